@@ -1,0 +1,386 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. They are the only store errors callers may branch on;
+// every backend maps its driver's errors onto them.
+var (
+	// ErrNotFound is returned when no row matches the lookup.
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict is returned when a guarded transition did not apply
+	// because the row is not in a state the transition allows.
+	ErrConflict = errors.New("store: conflict")
+	// ErrAlreadyActive is returned when a run would become active while
+	// another run of the same job is active and the job forbids overlap.
+	ErrAlreadyActive = errors.New("store: job already has an active run")
+	// ErrStaleAttempt is returned when an attempt is no longer live: it was
+	// lost, its lease expired, or it already has an outcome. The attempt
+	// cannot decide its task instance.
+	ErrStaleAttempt = errors.New("store: stale attempt")
+	// ErrNotLeader is returned when a leader lease cannot be acquired or a
+	// fenced write carries a token that is no longer current.
+	ErrNotLeader = errors.New("store: not leader")
+)
+
+// Store is the state store. Implementations are safe for concurrent use.
+//
+// Methods called on the Store passed to an InTx function run inside that
+// transaction; methods called on the outer Store each run in their own.
+type Store interface {
+	// InTx runs fn in one write transaction and commits it when fn returns
+	// nil. On a retryable error (SQLite busy, SQL Server deadlock or lock
+	// timeout) the whole function is run again, with jittered backoff, up
+	// to five times; fn must therefore be safe to repeat. InTx called on a
+	// transaction's Store runs fn in that same transaction.
+	InTx(ctx context.Context, fn func(tx Store) error) error
+	// Migrate brings the schema up to date. It is idempotent and safe when
+	// several processes migrate the same database at once.
+	Migrate(ctx context.Context) error
+	// Close releases the store's connections.
+	Close() error
+
+	// JobApply stores a job definition. A new name creates version 1; a
+	// Spec that differs from the current version's creates the next
+	// version; an identical Spec stores nothing (Created is false).
+	// Applying the name of a deleted job revives it with the next version.
+	JobApply(ctx context.Context, p *JobApplyParams) (*JobApplyResult, error)
+	// JobGet returns one version of a job, looked up by ID or by Name.
+	// Deleted jobs are not found by Name but still are by ID, so the runs
+	// of a deleted job keep their definition.
+	JobGet(ctx context.Context, p *JobGetParams) (*Job, error)
+	// JobList returns the current version of every job not deleted,
+	// ordered by name.
+	JobList(ctx context.Context, p *JobListParams) ([]*Job, error)
+	// JobDelete marks a job deleted. It returns ErrNotFound for an unknown
+	// job and ErrConflict while the job has a non-terminal run.
+	JobDelete(ctx context.Context, p *JobDeleteParams) error
+
+	// RunCreate creates a run and its initial task instances. With a
+	// RequestID already used for this job it returns that run and Created
+	// false. With Overlap forbid it returns ErrAlreadyActive while another
+	// run of the job is active; with queue it creates the run queued; with
+	// allow it always creates it running.
+	RunCreate(ctx context.Context, p *RunCreateParams) (*RunCreateResult, error)
+	// RunGet returns one run.
+	RunGet(ctx context.Context, p *RunGetParams) (*Run, error)
+	// RunList returns runs newest first.
+	RunList(ctx context.Context, p *RunListParams) ([]*Run, error)
+	// RunTransition moves a run from one of From to To. It sets StartedAt
+	// when the run first becomes running and FinishedAt when it becomes
+	// terminal. It returns ErrConflict when the run is not in From, and
+	// ErrAlreadyActive when To is active, the run's overlap is forbid or
+	// queue, and another run of the job is active.
+	RunTransition(ctx context.Context, p *RunTransitionParams) (*Run, error)
+
+	// InstanceCreate adds task instances to a run (for-each expansion).
+	InstanceCreate(ctx context.Context, p *InstanceCreateParams) ([]*Instance, error)
+	// InstanceList returns a run's task instances ordered by id.
+	InstanceList(ctx context.Context, p *InstanceListParams) ([]*Instance, error)
+	// InstanceTransition moves an instance from one of From to To. With a
+	// non-zero AttemptID it applies only while that attempt is the
+	// instance's latest (fencing). It sets FinishedAt when To is done and
+	// clears it otherwise. It returns ErrConflict when a guard fails.
+	InstanceTransition(ctx context.Context, p *InstanceTransitionParams) error
+
+	// AttemptClaim atomically moves an instance from one of From (default:
+	// ready) to dispatched and records a new attempt for it with a lease of
+	// LeaseTTL. Of many concurrent claims of one instance exactly one
+	// succeeds; the others get ErrConflict.
+	AttemptClaim(ctx context.Context, p *AttemptClaimParams) (*Attempt, error)
+	// AttemptStarted moves a live attempt of Agent from dispatched to
+	// running and renews its lease. It returns ErrStaleAttempt when the
+	// attempt is not live, belongs to another agent or its lease expired.
+	AttemptStarted(ctx context.Context, p *AttemptStartedParams) error
+	// AttemptHeartbeat renews the leases of the listed live attempts of
+	// Agent whose leases have not expired, and returns the ids it renewed.
+	// Ids it did not renew are stale.
+	AttemptHeartbeat(ctx context.Context, p *AttemptHeartbeatParams) ([]int64, error)
+	// AttemptExtendLeases gives every live attempt a lease of at least
+	// LeaseTTL from now, and returns how many it extended. A control plane
+	// calls it when it takes over, so agents have a full timeout to
+	// reconnect.
+	AttemptExtendLeases(ctx context.Context, p *AttemptExtendLeasesParams) (int, error)
+	// AttemptFinish records the outcome of a live attempt of Agent whose
+	// lease has not expired, and returns the attempt. Otherwise it records
+	// the outcome as late (LateState and the outcome fields, once; the
+	// attempt's State is unchanged) and returns ErrStaleAttempt. It returns
+	// ErrNotFound for an unknown attempt.
+	AttemptFinish(ctx context.Context, p *AttemptFinishParams) (*Attempt, error)
+	// AttemptLose marks a live attempt lost, whatever its lease. It returns
+	// ErrStaleAttempt when the attempt is not live.
+	AttemptLose(ctx context.Context, p *AttemptLoseParams) (*Attempt, error)
+	// AttemptReapExpired marks up to Limit live attempts whose lease has
+	// expired as lost and returns them. Concurrent reapers never return the
+	// same attempt twice.
+	AttemptReapExpired(ctx context.Context, p *AttemptReapExpiredParams) ([]*Attempt, error)
+	// AttemptGet returns one attempt.
+	AttemptGet(ctx context.Context, p *AttemptGetParams) (*Attempt, error)
+	// AttemptList returns a run's attempts (or one instance's) ordered by id.
+	AttemptList(ctx context.Context, p *AttemptListParams) ([]*Attempt, error)
+
+	// EventAppend appends events to their runs' logs.
+	EventAppend(ctx context.Context, p *EventAppendParams) error
+	// EventList returns up to Limit events of a run with a cursor greater
+	// than After, in cursor order. A reader that passes the last cursor it
+	// saw never misses an event, also while other transactions append.
+	EventList(ctx context.Context, p *EventListParams) ([]*Event, error)
+
+	// LogAppend stores chunks of attempts' output.
+	LogAppend(ctx context.Context, p *LogAppendParams) error
+	// LogList returns an attempt's stored chunks in the order they arrived.
+	LogList(ctx context.Context, p *LogListParams) ([]*LogChunk, error)
+
+	// AgentUpsert records an agent's identity and state.
+	AgentUpsert(ctx context.Context, p *AgentUpsertParams) error
+	// AgentList returns every known agent ordered by name.
+	AgentList(ctx context.Context, p *AgentListParams) ([]*Agent, error)
+
+	// LeaderAcquire takes or renews the named lease for Holder for TTL. A
+	// renewal by the current holder keeps the token; a takeover (the lease
+	// was free or expired) increments it. It returns ErrNotLeader while
+	// another holder's lease is unexpired.
+	LeaderAcquire(ctx context.Context, p *LeaderAcquireParams) (*Lease, error)
+	// LeaderCheck returns ErrNotLeader unless Holder holds the named lease
+	// with Token and it has not expired. Called first in a transaction, it
+	// fences every write of that transaction: a takeover cannot commit in
+	// between.
+	LeaderCheck(ctx context.Context, p *LeaderCheckParams) error
+	// LeaderRelease gives up the lease if Holder holds it with Token, so
+	// another replica may take over at once.
+	LeaderRelease(ctx context.Context, p *LeaderReleaseParams) error
+}
+
+// JobApplyParams are the arguments of [Store.JobApply].
+type JobApplyParams struct {
+	Name        string
+	Description string
+	Spec        []byte
+	Source      string
+}
+
+// JobApplyResult is the result of [Store.JobApply].
+type JobApplyResult struct {
+	Job     *Job
+	Created bool
+}
+
+// JobGetParams are the arguments of [Store.JobGet]. Set ID or Name.
+type JobGetParams struct {
+	ID   int64
+	Name string
+	// Version is the version to return; 0 means the current one.
+	Version int
+}
+
+// JobListParams are the arguments of [Store.JobList].
+type JobListParams struct{}
+
+// JobDeleteParams are the arguments of [Store.JobDelete].
+type JobDeleteParams struct {
+	Name string
+}
+
+// InstanceInit describes a task instance to create.
+type InstanceInit struct {
+	Task      string
+	Item      int // NoItem for a plain task
+	ItemValue string
+	// State is the initial state: pending or ready.
+	State InstanceState
+}
+
+// RunCreateParams are the arguments of [Store.RunCreate].
+type RunCreateParams struct {
+	JobID      int64
+	JobName    string
+	JobVersion int
+	Overlap    Overlap
+	Params     map[string]string
+	RequestID  string
+	Instances  []InstanceInit
+}
+
+// RunCreateResult is the result of [Store.RunCreate].
+type RunCreateResult struct {
+	Run *Run
+	// Created is false when RequestID matched an existing run.
+	Created bool
+}
+
+// RunGetParams are the arguments of [Store.RunGet].
+type RunGetParams struct {
+	ID int64
+}
+
+// RunListParams are the arguments of [Store.RunList].
+type RunListParams struct {
+	// JobName limits the list to one job's runs.
+	JobName string
+	// States limits the list to runs in these states.
+	States []RunState
+	// BeforeID lists only runs with a smaller id (paging); 0 means none.
+	BeforeID int64
+	// Limit caps the number of runs; 0 means no limit.
+	Limit int
+}
+
+// RunTransitionParams are the arguments of [Store.RunTransition].
+type RunTransitionParams struct {
+	ID   int64
+	From []RunState
+	To   RunState
+	// Error is stored when non-empty.
+	Error string
+}
+
+// InstanceCreateParams are the arguments of [Store.InstanceCreate].
+type InstanceCreateParams struct {
+	RunID     int64
+	Instances []InstanceInit
+}
+
+// InstanceListParams are the arguments of [Store.InstanceList].
+type InstanceListParams struct {
+	RunID int64
+}
+
+// InstanceTransitionParams are the arguments of [Store.InstanceTransition].
+type InstanceTransitionParams struct {
+	ID   int64
+	From []InstanceState
+	To   InstanceState
+	// AttemptID, when non-zero, must be the instance's latest attempt.
+	AttemptID int64
+	// Outputs replaces the instance's outputs when non-nil.
+	Outputs map[string]string
+	// Error replaces the instance's error (also when empty).
+	Error string
+}
+
+// AttemptClaimParams are the arguments of [Store.AttemptClaim].
+type AttemptClaimParams struct {
+	InstanceID int64
+	// From lists the instance states a claim applies to; empty means ready.
+	From     []InstanceState
+	Agent    string
+	Kind     AttemptKind
+	LeaseTTL time.Duration
+}
+
+// AttemptStartedParams are the arguments of [Store.AttemptStarted].
+type AttemptStartedParams struct {
+	ID    int64
+	Agent string
+	// StartedAt is when the child started; zero means now.
+	StartedAt time.Time
+	LeaseTTL  time.Duration
+}
+
+// AttemptHeartbeatParams are the arguments of [Store.AttemptHeartbeat].
+type AttemptHeartbeatParams struct {
+	Agent      string
+	AttemptIDs []int64
+	LeaseTTL   time.Duration
+}
+
+// AttemptExtendLeasesParams are the arguments of [Store.AttemptExtendLeases].
+type AttemptExtendLeasesParams struct {
+	LeaseTTL time.Duration
+}
+
+// AttemptFinishParams are the arguments of [Store.AttemptFinish].
+type AttemptFinishParams struct {
+	ID    int64
+	Agent string
+	// State is the outcome: succeeded, failed, timed_out or cancelled.
+	State      AttemptState
+	ExitCode   *int
+	Error      string
+	Outputs    map[string]string
+	StdoutTail string
+	StderrTail string
+	// StartedAt, when non-zero, replaces the recorded start time.
+	StartedAt time.Time
+	// FinishedAt is when the child ended; zero means now.
+	FinishedAt time.Time
+}
+
+// AttemptLoseParams are the arguments of [Store.AttemptLose].
+type AttemptLoseParams struct {
+	ID    int64
+	Error string
+}
+
+// AttemptReapExpiredParams are the arguments of [Store.AttemptReapExpired].
+type AttemptReapExpiredParams struct {
+	// Limit caps how many attempts one call reaps; 0 means 100.
+	Limit int
+}
+
+// AttemptGetParams are the arguments of [Store.AttemptGet].
+type AttemptGetParams struct {
+	ID int64
+}
+
+// AttemptListParams are the arguments of [Store.AttemptList].
+type AttemptListParams struct {
+	RunID int64
+	// InstanceID, when non-zero, limits the list to one instance.
+	InstanceID int64
+}
+
+// EventAppendParams are the arguments of [Store.EventAppend].
+type EventAppendParams struct {
+	Events []*Event
+}
+
+// EventListParams are the arguments of [Store.EventList].
+type EventListParams struct {
+	RunID int64
+	After int64
+	// Limit caps the number of events; 0 means 1000.
+	Limit int
+}
+
+// LogAppendParams are the arguments of [Store.LogAppend].
+type LogAppendParams struct {
+	Chunks []*LogChunk
+}
+
+// LogListParams are the arguments of [Store.LogList].
+type LogListParams struct {
+	AttemptID int64
+}
+
+// AgentUpsertParams are the arguments of [Store.AgentUpsert].
+type AgentUpsertParams struct {
+	Agent *Agent
+}
+
+// AgentListParams are the arguments of [Store.AgentList].
+type AgentListParams struct{}
+
+// LeaderAcquireParams are the arguments of [Store.LeaderAcquire].
+type LeaderAcquireParams struct {
+	Name   string
+	Holder string
+	TTL    time.Duration
+}
+
+// LeaderCheckParams are the arguments of [Store.LeaderCheck].
+type LeaderCheckParams struct {
+	Name   string
+	Holder string
+	Token  int64
+}
+
+// LeaderReleaseParams are the arguments of [Store.LeaderRelease].
+type LeaderReleaseParams struct {
+	Name   string
+	Holder string
+	Token  int64
+}
