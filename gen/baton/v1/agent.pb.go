@@ -426,7 +426,11 @@ type Hello struct {
 	Running []*RunningAttempt `protobuf:"bytes,7,rep,name=running,proto3" json:"running,omitempty"`
 	// unacked lists outcomes the control plane has not yet acknowledged; they
 	// are recorded as if they had just been reported.
-	Unacked       []*TaskFinished `protobuf:"bytes,8,rep,name=unacked,proto3" json:"unacked,omitempty"`
+	Unacked []*TaskFinished `protobuf:"bytes,8,rep,name=unacked,proto3" json:"unacked,omitempty"`
+	// boot_id is a random id the agent picks when its process starts. A
+	// reconnect carrying the boot_id of a session the control plane still
+	// holds replaces that stale session instead of being refused.
+	BootId        string `protobuf:"bytes,9,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +519,13 @@ func (x *Hello) GetUnacked() []*TaskFinished {
 		return x.Unacked
 	}
 	return nil
+}
+
+func (x *Hello) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
 }
 
 // RunningAttempt is an attempt an agent is running.
@@ -1230,7 +1241,7 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"cancelTask\x12!\n" +
 	"\x03ack\x18\x04 \x01(\v2\r.baton.v1.AckH\x00R\x03ack\x12'\n" +
 	"\x05drain\x18\x05 \x01(\v2\x0f.baton.v1.DrainH\x00R\x05drainB\x05\n" +
-	"\x03msg\"\xcd\x02\n" +
+	"\x03msg\"\xe6\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1b.baton.v1.Hello.LabelsEntryR\x06labels\x12\x14\n" +
@@ -1239,7 +1250,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\bhostname\x18\x05 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x06 \x01(\tR\x02os\x122\n" +
 	"\arunning\x18\a \x03(\v2\x18.baton.v1.RunningAttemptR\arunning\x120\n" +
-	"\aunacked\x18\b \x03(\v2\x16.baton.v1.TaskFinishedR\aunacked\x1a9\n" +
+	"\aunacked\x18\b \x03(\v2\x16.baton.v1.TaskFinishedR\aunacked\x12\x17\n" +
+	"\aboot_id\x18\t \x01(\tR\x06bootId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"j\n" +
