@@ -10,6 +10,7 @@ require (
 
 require (
 	cel.dev/cel-go v0.33.2 // indirect
+	cel.dev/expr v0.25.3 // indirect
 	github.com/antlr4-go/antlr/v4 v4.13.1 // indirect
 	github.com/bytebase/tsql-parser v0.0.0-20250311085620-1db45111863e // indirect
 	github.com/dustin/go-humanize v1.1.0 // indirect
