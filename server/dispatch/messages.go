@@ -1,0 +1,115 @@
+// Package dispatch is the control plane's side of the agent protocol: it
+// serves AgentService.Connect, turns each agent's stream into a [Session]
+// that speaks domain messages, and places work on agents. Decisions about
+// runs are the scheduler's; dispatch hands it every message through a
+// [Handler].
+package dispatch
+
+import (
+	"time"
+
+	"github.com/batonhq/baton/server/store"
+)
+
+// Hello is an agent's first message.
+type Hello struct {
+	Name     string
+	Labels   map[string]string
+	Slots    int
+	Version  string
+	Hostname string
+	OS       string
+	// BootID identifies one agent process; a reconnect from the same
+	// process may replace its own stale session.
+	BootID string
+	// Running lists attempts the agent is running.
+	Running []int64
+	// Unacked lists outcomes the control plane has not acknowledged.
+	Unacked []*Finished
+}
+
+// Heartbeat keeps a session alive.
+type Heartbeat struct {
+	Running  []int64
+	Draining bool
+}
+
+// Started says an attempt's child started.
+type Started struct {
+	AttemptID int64
+	At        time.Time
+	PID       int
+}
+
+// Log is a chunk of an attempt's output.
+type Log struct {
+	AttemptID int64
+	Stream    store.LogStream
+	Offset    int64
+	Data      []byte
+}
+
+// Outcome is how an attempt ended, as its agent saw it.
+type Outcome int
+
+// Outcomes.
+const (
+	OutcomeSucceeded Outcome = iota + 1
+	OutcomeFailed
+	OutcomeStartFailed
+	OutcomeTimedOut
+	OutcomeCancelled
+	// OutcomeRejected means nothing ran: the agent refused the attempt.
+	OutcomeRejected
+)
+
+// Finished is the real outcome of an attempt.
+type Finished struct {
+	AttemptID  int64
+	Outcome    Outcome
+	ExitCode   int
+	Error      string
+	Outputs    map[string]string
+	StdoutTail []byte
+	StderrTail []byte
+	StartedAt  time.Time
+	FinishedAt time.Time
+}
+
+// Welcome accepts an agent.
+type Welcome struct {
+	HeartbeatInterval time.Duration
+	ServerVersion     string
+}
+
+// Start asks an agent to start an attempt.
+type Start struct {
+	AttemptID  int64
+	RunID      int64
+	Job        string
+	Task       string
+	Attempt    int
+	Item       string
+	Argv       []string
+	Env        map[string]string
+	WorkingDir string
+	Timeout    time.Duration
+	KillGrace  time.Duration
+}
+
+// Cancel asks an agent to stop an attempt.
+type Cancel struct {
+	AttemptID int64
+	Reason    string
+	KillGrace time.Duration
+}
+
+// Ack acknowledges durably recorded outcomes.
+type Ack struct {
+	AttemptIDs []int64
+}
+
+// Drain asks an agent to take no new work.
+type Drain struct {
+	Reason string
+}

@@ -1,0 +1,229 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+// Handler receives what agents say. The scheduler implements it.
+type Handler interface {
+	// Hello asks to admit a new session. It returns nil to accept (the
+	// handler then sends the Welcome through the session) or an error to
+	// refuse; a status error's code reaches the agent.
+	Hello(ctx context.Context, s *Session, h *Hello) error
+	// Message delivers one of *Heartbeat, *Started, *Log or *Finished. It
+	// may block to apply backpressure.
+	Message(ctx context.Context, s *Session, msg any) error
+	// Gone says the session's stream ended. It is called once, after Hello
+	// accepted the session. A Message already in flight may still arrive
+	// after it; the handler ignores messages of sessions it no longer holds
+	// (the agent repeats anything unacknowledged when it reconnects).
+	Gone(s *Session, err error)
+}
+
+var sessionIDs atomic.Uint64
+
+// Session is one agent's live stream. Send is safe for concurrent use and
+// never blocks; messages are delivered in order.
+type Session struct {
+	// ID is unique among the sessions of this process.
+	ID   uint64
+	Name string
+
+	mu     sync.Mutex
+	queue  []any
+	wake   chan struct{}
+	closed bool
+	done   chan struct{}
+	cause  error
+}
+
+func newSession(name string) *Session {
+	return &Session{ID: sessionIDs.Add(1), Name: name, wake: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// Send queues a *Welcome, *Start, *Cancel, *Ack or *Drain for the agent. It
+// reports false when the session is closed.
+func (s *Session) Send(msg any) bool {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return false
+	}
+	s.queue = append(s.queue, msg)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Close ends the session; the agent sees its stream end with err's status
+// and reconnects.
+func (s *Session) Close(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	s.cause = err
+	close(s.done)
+}
+
+// Done is closed when the session is closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+func (s *Session) take() []any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queue
+	s.queue = nil
+	return q
+}
+
+// Service implements batonv1.AgentServiceServer.
+type Service struct {
+	batonv1.UnimplementedAgentServiceServer
+	handler Handler
+	log     *slog.Logger
+}
+
+// NewService returns the AgentService that hands agents to h.
+func NewService(h Handler, log *slog.Logger) *Service {
+	return &Service{handler: h, log: log}
+}
+
+// Connect serves one agent's stream for as long as it lasts.
+func (svc *Service) Connect(stream batonv1.AgentService_ConnectServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hp := first.GetHello()
+	if hp == nil {
+		return status.Error(codes.InvalidArgument, "the first message must be a Hello")
+	}
+	hello, err := helloFromProto(hp)
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	sess := newSession(hello.Name)
+	if err := svc.handler.Hello(ctx, sess, hello); err != nil {
+		if _, ok := status.FromError(err); ok {
+			return err
+		}
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	log := svc.log.With(slog.String("agent", hello.Name), slog.Uint64("session", sess.ID))
+
+	// The receiver hands messages to the scheduler; the sender drains the
+	// session's queue. Either ending ends the session.
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			msg, err := messageFromProto(m)
+			if err != nil {
+				recvErr <- status.Error(codes.InvalidArgument, err.Error())
+				return
+			}
+			if msg == nil {
+				continue
+			}
+			if err := svc.handler.Message(ctx, sess, msg); err != nil {
+				recvErr <- err
+				return
+			}
+		}
+	}()
+
+	var end error
+loop:
+	for {
+		for _, m := range sess.take() {
+			resp, err := messageToProto(m)
+			if err != nil {
+				log.ErrorContext(ctx, "drop unsendable message", slog.Any("error", err))
+				continue
+			}
+			if err := stream.Send(resp); err != nil {
+				end = err
+				break loop
+			}
+		}
+		select {
+		case <-sess.wake:
+		case err := <-recvErr:
+			end = err
+			break loop
+		case <-sess.done:
+			end = sess.cause
+			break loop
+		case <-ctx.Done():
+			end = ctx.Err()
+			break loop
+		}
+	}
+	sess.Close(end)
+	svc.handler.Gone(sess, end)
+	if s, ok := status.FromError(end); ok && s.Code() != codes.OK && s.Code() != codes.Unknown {
+		return end
+	}
+	if errors.Is(end, context.Canceled) {
+		return status.Error(codes.Unavailable, "control plane is shutting down")
+	}
+	return nil
+}
+
+// messageToProto converts an outbound domain message.
+func messageToProto(m any) (*batonv1.ConnectResponse, error) {
+	switch m := m.(type) {
+	case *Welcome:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Welcome{Welcome: &batonv1.Welcome{
+			HeartbeatInterval: durationpb.New(m.HeartbeatInterval),
+			ServerVersion:     m.ServerVersion,
+		}}}, nil
+	case *Start:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_StartTask{StartTask: &batonv1.StartTask{
+			AttemptId:  m.AttemptID,
+			RunId:      m.RunID,
+			Job:        m.Job,
+			Task:       m.Task,
+			Attempt:    int32(m.Attempt),
+			Item:       m.Item,
+			Argv:       m.Argv,
+			Env:        m.Env,
+			WorkingDir: m.WorkingDir,
+			Timeout:    durationpb.New(m.Timeout),
+			KillGrace:  durationpb.New(m.KillGrace),
+		}}}, nil
+	case *Cancel:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_CancelTask{CancelTask: &batonv1.CancelTask{
+			AttemptId: m.AttemptID,
+			Reason:    m.Reason,
+			KillGrace: durationpb.New(m.KillGrace),
+		}}}, nil
+	case *Ack:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Ack{Ack: &batonv1.Ack{AttemptIds: m.AttemptIDs}}}, nil
+	case *Drain:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Drain{Drain: &batonv1.Drain{Reason: m.Reason}}}, nil
+	}
+	return nil, fmt.Errorf("unknown outbound message %T", m)
+}

@@ -1,0 +1,487 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/engine"
+	"github.com/batonhq/baton/server/store"
+)
+
+// agentRT is an agent known to the loop: connected, or holding attempts
+// while it may still reconnect.
+type agentRT struct {
+	name        string
+	sess        *dispatch.Session
+	bootID      string
+	labels      map[string]string
+	slots       int
+	version     string
+	hostname    string
+	os          string
+	draining    bool
+	lastSeen    time.Time
+	connectedAt time.Time
+	// attempts are the live attempts placed on this agent.
+	attempts map[*attemptRT]struct{}
+	// zombies are attempts the agent runs that no longer decide anything
+	// (replaced after a loss); they still use its slots.
+	zombies  map[int64]struct{}
+	lastUsed uint64
+	lost     bool
+}
+
+func newAgent(name string) *agentRT {
+	return &agentRT{name: name, attempts: map[*attemptRT]struct{}{}, zombies: map[int64]struct{}{}, lastSeen: time.Now()}
+}
+
+func (a *agentRT) usable() bool { return a.sess != nil && !a.draining && !a.lost }
+func (a *agentRT) free() int    { return a.slots - len(a.attempts) - len(a.zombies) }
+
+func (a *agentRT) record(state store.AgentState) *store.Agent {
+	return &store.Agent{
+		Name: a.name, Labels: a.labels, Slots: a.slots, Version: a.version, Hostname: a.hostname,
+		OS: a.os, State: state, ConnectedAt: a.connectedAt, LastSeenAt: a.lastSeen,
+	}
+}
+
+// agentFor returns the agent record for name, creating a disconnected one.
+func (s *Scheduler) agentFor(name string) *agentRT {
+	a := s.agents[name]
+	if a == nil {
+		a = newAgent(name)
+		s.agents[name] = a
+	}
+	return a
+}
+
+// adopt re-creates a live attempt loaded from the store; its agent is
+// expected to reconnect and re-attach it.
+func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
+	ag := s.agentFor(a.Agent)
+	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State}
+	in.live = att
+	r.inflight++
+	if in.item != store.NoItem {
+		r.tasks[in.task].inflight++
+	}
+	ag.attempts[att] = struct{}{}
+	s.live[a.ID] = att
+	// Rebuild the StartTask so it can be sent again if the agent never got it.
+	name := r.taskName(in.task)
+	task := r.g.Nodes[in.task].Task
+	start := &dispatch.Start{AttemptID: a.ID, RunID: r.run.ID, Job: r.run.JobName, Task: name,
+		Attempt: a.No, Timeout: task.Timeout.D(), KillGrace: s.cfg.KillGrace}
+	if vars, err := r.itemVars(in); err == nil {
+		argv, env, dir, err := r.g.Exprs.Expand(name, vars)
+		if err == nil {
+			if env == nil {
+				env = map[string]string{}
+			}
+			for k, v := range r.run.Params {
+				env["BATON_PARAM_"+envName(k)] = v
+			}
+			start.Argv, start.Env, start.WorkingDir = argv, env, dir
+		}
+	}
+	if in.item != store.NoItem {
+		start.Item = itemText(in.itemValue)
+	}
+	att.start = start
+}
+
+// helloInput admits an agent session.
+type helloInput struct {
+	sess  *dispatch.Session
+	h     *dispatch.Hello
+	reply chan error
+}
+
+func (in helloInput) apply(s *Scheduler) {
+	h := in.h
+	a := s.agents[h.Name]
+	if a != nil && a.sess != nil {
+		if h.BootID == "" || h.BootID != a.bootID {
+			in.reply <- status.Errorf(codes.AlreadyExists, "an agent named %q is already connected", h.Name)
+			return
+		}
+		// The same agent process reconnected before its old stream ended.
+		a.sess.Close(status.Error(codes.Aborted, "replaced by a newer session of the same agent"))
+	}
+	if a == nil {
+		a = newAgent(h.Name)
+		s.agents[h.Name] = a
+	}
+	now := time.Now()
+	a.sess, a.bootID = in.sess, h.BootID
+	a.labels, a.slots, a.version, a.hostname, a.os = h.Labels, h.Slots, h.Version, h.Hostname, h.OS
+	a.draining, a.lost = false, false
+	a.lastSeen, a.connectedAt = now, now
+	rec := a.record(store.AgentConnected)
+	s.write(func(ctx context.Context, tx store.Store) error {
+		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
+	})
+	sess := in.sess
+	s.after(func() {
+		sess.Send(&dispatch.Welcome{HeartbeatInterval: s.HeartbeatInterval(), ServerVersion: s.cfg.Version})
+		in.reply <- nil
+	})
+	s.onFail(func() { in.reply <- errUnavailable("control plane is restarting") })
+	s.log.Info("agent connected", slog.String("agent", h.Name), slog.Int("slots", h.Slots),
+		slog.Int("running", len(h.Running)), slog.Int("unacked", len(h.Unacked)))
+
+	// Re-attach what the agent still holds.
+	running := map[int64]bool{}
+	for _, id := range h.Running {
+		running[id] = true
+	}
+	unacked := map[int64]bool{}
+	for _, f := range h.Unacked {
+		unacked[f.AttemptID] = true
+	}
+	clear(a.zombies)
+	for att := range a.attempts {
+		switch {
+		case running[att.id]:
+			if att.state == store.AttemptDispatched {
+				s.started(a, &dispatch.Started{AttemptID: att.id, At: now})
+			}
+			if att.inst.run.eng.Stopping() {
+				att.cancelSent = false
+				s.cancelAttempt(att, "run is stopping")
+			}
+		case unacked[att.id]:
+		case att.state == store.AttemptDispatched:
+			start := att.start
+			s.after(func() { sess.Send(start) })
+		default:
+			s.lost(att.inst, fmt.Sprintf("agent %s restarted without attempt %d", a.name, att.id))
+		}
+	}
+	for _, id := range h.Running {
+		if att := s.live[id]; att != nil && att.agent == a {
+			continue
+		}
+		// Not ours any more: it was replaced after a loss. Stop the
+		// duplicate; its outcome is recorded as late history.
+		a.zombies[id] = struct{}{}
+		s.after(func() {
+			sess.Send(&dispatch.Cancel{AttemptID: id, Reason: "the attempt was replaced after its agent was lost", KillGrace: s.cfg.KillGrace})
+		})
+	}
+	for _, f := range h.Unacked {
+		s.finished(a, f)
+	}
+}
+
+// goneInput says a session's stream ended.
+type goneInput struct {
+	sess *dispatch.Session
+	err  error
+}
+
+func (in goneInput) apply(s *Scheduler) {
+	a := s.agents[in.sess.Name]
+	if a == nil || a.sess != in.sess {
+		return
+	}
+	a.sess = nil
+	rec := a.record(store.AgentDisconnected)
+	s.write(func(ctx context.Context, tx store.Store) error {
+		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
+	})
+	s.log.Info("agent disconnected", slog.String("agent", a.name), slog.Int("attempts", len(a.attempts)), slog.Any("cause", in.err))
+}
+
+// messageInput carries a message of a live session.
+type messageInput struct {
+	sess *dispatch.Session
+	msg  any
+}
+
+func (in messageInput) apply(s *Scheduler) {
+	a := s.agents[in.sess.Name]
+	if a == nil || a.sess != in.sess {
+		return // a stale session; the agent repeats what matters
+	}
+	a.lastSeen = time.Now()
+	switch m := in.msg.(type) {
+	case *dispatch.Heartbeat:
+		s.heartbeat(a, m)
+	case *dispatch.Started:
+		s.started(a, m)
+	case *dispatch.Log:
+		s.logChunk(a, m)
+	case *dispatch.Finished:
+		s.finished(a, m)
+	}
+}
+
+func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
+	a.draining = hb.Draining
+	clear(a.zombies)
+	for _, id := range hb.Running {
+		if att := s.live[id]; att == nil || att.agent != a {
+			a.zombies[id] = struct{}{}
+		}
+	}
+	if len(a.attempts) == 0 {
+		return
+	}
+	ids := make([]int64, 0, len(a.attempts))
+	for att := range a.attempts {
+		if att.id != 0 {
+			ids = append(ids, att.id)
+		}
+	}
+	name, ttl := a.name, s.leaseTTL()
+	s.write(func(ctx context.Context, tx store.Store) error {
+		_, err := tx.AttemptHeartbeat(ctx, &store.AttemptHeartbeatParams{Agent: name, AttemptIDs: ids, LeaseTTL: ttl})
+		return err
+	})
+}
+
+func (s *Scheduler) started(a *agentRT, m *dispatch.Started) {
+	att := s.live[m.AttemptID]
+	if att == nil || att.agent != a || att.state != store.AttemptDispatched {
+		return
+	}
+	att.state = store.AttemptRunning
+	in := att.inst
+	id, name, ttl, at := att.id, a.name, s.leaseTTL(), m.At
+	s.write(func(ctx context.Context, tx store.Store) error {
+		return tx.AttemptStarted(ctx, &store.AttemptStartedParams{ID: id, Agent: name, StartedAt: at, LeaseTTL: ttl})
+	})
+	s.transition(in, store.InstanceRunning, "", nil, id)
+	in.run.eng.Transition(in.task, in.item, store.InstanceRunning)
+}
+
+func (s *Scheduler) logChunk(a *agentRT, m *dispatch.Log) {
+	att := s.live[m.AttemptID]
+	if att == nil || att.agent != a || att.logged >= s.cfg.LogCap {
+		return
+	}
+	data := m.Data
+	if room := s.cfg.LogCap - att.logged; int64(len(data)) > room {
+		data = data[:room]
+	}
+	att.logged += int64(len(data))
+	s.b.logs = append(s.b.logs, &store.LogChunk{
+		AttemptID: m.AttemptID, Stream: m.Stream, Offset: m.Offset, Data: data, At: time.Now().UTC(),
+	})
+}
+
+// finished records an attempt's outcome and decides its instance.
+func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
+	ack := func() {
+		if a.sess != nil {
+			a.sess.Send(&dispatch.Ack{AttemptIDs: []int64{f.AttemptID}})
+		}
+	}
+	params := finishParams(a.name, f)
+	att := s.live[f.AttemptID]
+	if att == nil || att.agent != a {
+		// Late, repeated or unknown: keep it as history, never as the
+		// outcome of its instance.
+		s.write(func(ctx context.Context, tx store.Store) error {
+			_, err := tx.AttemptFinish(ctx, params)
+			switch {
+			case err == nil, errors.Is(err, store.ErrNotFound):
+				// Recorded (an attempt of a run this scheduler could not
+				// load), or unknown: nothing more to do.
+				return nil
+			case !errors.Is(err, store.ErrStaleAttempt):
+				return err
+			}
+			old, err := tx.AttemptGet(ctx, &store.AttemptGetParams{ID: f.AttemptID})
+			if err != nil {
+				return err
+			}
+			return tx.EventAppend(ctx, &store.EventAppendParams{Events: []*store.Event{{
+				RunID: old.RunID, At: time.Now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
+				Agent: a.name, ExitCode: params.ExitCode,
+				Message: fmt.Sprintf("late outcome %s of attempt %d ignored: the attempt is %s", params.State, old.ID, old.State),
+			}}})
+		})
+		delete(a.zombies, f.AttemptID)
+		s.after(ack)
+		return
+	}
+	s.release(att)
+	in := att.inst
+	r := in.run
+	s.write(func(ctx context.Context, tx store.Store) error {
+		_, err := tx.AttemptFinish(ctx, params)
+		return err
+	})
+	task := r.g.Nodes[in.task].Task
+	errMsg := f.Error
+	switch f.Outcome {
+	case dispatch.OutcomeSucceeded:
+		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id)
+		s.done(in, store.InstanceSucceeded, f.Outputs, "")
+	case dispatch.OutcomeRejected:
+		// Nothing ran; place it again without counting a retry.
+		a.draining = true
+		s.requeueAfter(in, att.id, "rejected by agent "+a.name+": "+errMsg, 0)
+	case dispatch.OutcomeCancelled:
+		if r.eng.Stopping() {
+			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id)
+			s.done(in, store.InstanceCancelled, nil, errMsg)
+			break
+		}
+		fallthrough
+	default:
+		in.failures++
+		retry, delay := engine.RetryAfterFailure(task, in.failures)
+		if retry && !r.eng.Stopping() {
+			in.kind = store.AttemptRetry
+			s.requeueAfter(in, att.id, errMsg, delay)
+			break
+		}
+		s.transition(in, store.InstanceFailed, errMsg, f.Outputs, att.id)
+		s.done(in, store.InstanceFailed, f.Outputs, errMsg)
+	}
+	s.after(ack)
+}
+
+// requeueAfter puts an instance whose attempt ended back to ready.
+func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time.Duration) {
+	s.transition(in, store.InstanceReady, msg, nil, fence)
+	in.run.eng.Transition(in.task, in.item, store.InstanceReady)
+	s.readyAfter(in, delay)
+}
+
+// release detaches a live attempt from its agent and frees its slot.
+func (s *Scheduler) release(att *attemptRT) {
+	delete(s.live, att.id)
+	delete(att.agent.attempts, att)
+	in := att.inst
+	in.live = nil
+	r := in.run
+	t := r.tasks[in.task]
+	r.inflight--
+	if in.item != store.NoItem {
+		t.inflight--
+	}
+	s.unpark(r, t)
+}
+
+// done tells the engine an instance is done and acts on its decisions.
+func (s *Scheduler) done(in *instRT, state store.InstanceState, outputs map[string]string, msg string) {
+	r := in.run
+	s.apply(r, r.eng.Done(in.task, in.item, state, outputs, msg))
+	s.check(r)
+}
+
+// lost handles an instance whose attempt was lost with its agent: it is
+// retried elsewhere when the task allows, else it is lost.
+func (s *Scheduler) lost(in *instRT, msg string) {
+	r := in.run
+	fence := in.attemptID
+	if att := in.live; att != nil {
+		s.release(att)
+		id := att.id
+		s.write(func(ctx context.Context, tx store.Store) error {
+			_, err := tx.AttemptLose(ctx, &store.AttemptLoseParams{ID: id, Error: msg})
+			if errors.Is(err, store.ErrStaleAttempt) {
+				return nil
+			}
+			return err
+		})
+	}
+	in.losses++
+	task := r.g.Nodes[in.task].Task
+	if !r.eng.Stopping() && engine.RetryAfterLoss(task, in.losses) {
+		in.kind = store.AttemptReplacement
+		s.requeueAfter(in, fence, msg, 0)
+		return
+	}
+	state := store.InstanceLost
+	if r.eng.Stopping() {
+		state = store.InstanceCancelled
+	}
+	s.transition(in, state, msg, nil, fence)
+	s.done(in, state, nil, msg)
+}
+
+// cancelAttempt asks an attempt's agent to stop it.
+func (s *Scheduler) cancelAttempt(att *attemptRT, reason string) {
+	if att.cancelSent || att.agent.sess == nil {
+		return
+	}
+	att.cancelSent = true
+	sess := att.agent.sess
+	s.after(func() {
+		sess.Send(&dispatch.Cancel{AttemptID: att.id, Reason: reason, KillGrace: s.cfg.KillGrace})
+	})
+}
+
+// sweep marks agents that have been silent for longer than the agent
+// timeout as lost, and their attempts with them.
+func (s *Scheduler) sweep() {
+	now := time.Now()
+	for _, a := range s.agents {
+		if a.lost || now.Sub(a.lastSeen) <= s.cfg.AgentTimeout {
+			continue
+		}
+		a.lost = true
+		if a.sess != nil {
+			a.sess.Close(status.Error(codes.Unavailable, "agent timed out"))
+			a.sess = nil
+		}
+		s.log.Warn("agent lost", slog.String("agent", a.name), slog.Duration("silent_for", now.Sub(a.lastSeen)),
+			slog.Int("attempts", len(a.attempts)))
+		rec := a.record(store.AgentLost)
+		s.write(func(ctx context.Context, tx store.Store) error {
+			return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
+		})
+		msg := fmt.Sprintf("agent %s not heard from for %s", a.name, s.cfg.AgentTimeout)
+		for att := range a.attempts {
+			s.lost(att.inst, msg)
+		}
+		clear(a.zombies)
+	}
+	s.at(now.Add(s.sweepInterval()), s.sweep)
+}
+
+func (s *Scheduler) sweepInterval() time.Duration {
+	return min(max(s.cfg.AgentTimeout/10, 50*time.Millisecond), time.Second)
+}
+
+func finishParams(agent string, f *dispatch.Finished) *store.AttemptFinishParams {
+	p := &store.AttemptFinishParams{
+		ID: f.AttemptID, Agent: agent, Error: f.Error, Outputs: f.Outputs,
+		StdoutTail: validUTF8(f.StdoutTail), StderrTail: validUTF8(f.StderrTail),
+		StartedAt: f.StartedAt, FinishedAt: f.FinishedAt,
+	}
+	switch f.Outcome {
+	case dispatch.OutcomeSucceeded:
+		p.State = store.AttemptSucceeded
+	case dispatch.OutcomeTimedOut:
+		p.State = store.AttemptTimedOut
+	case dispatch.OutcomeCancelled:
+		p.State = store.AttemptCancelled
+	case dispatch.OutcomeRejected:
+		p.State = store.AttemptCancelled
+		p.Error = "rejected by the agent: " + f.Error
+	default:
+		p.State = store.AttemptFailed
+	}
+	if f.Outcome != dispatch.OutcomeStartFailed && f.Outcome != dispatch.OutcomeRejected {
+		code := f.ExitCode
+		p.ExitCode = &code
+	}
+	return p
+}
+
+// validUTF8 turns a child's raw output into text, replacing invalid bytes.
+func validUTF8(b []byte) string { return strings.ToValidUTF8(string(b), "\uFFFD") }

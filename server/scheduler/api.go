@@ -1,0 +1,206 @@
+package scheduler
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/store"
+)
+
+// Hello implements dispatch.Handler: it admits an agent session once the
+// loop has recorded it, or refuses it (ALREADY_EXISTS while another live
+// agent holds the name).
+func (s *Scheduler) Hello(ctx context.Context, sess *dispatch.Session, h *dispatch.Hello) error {
+	reply := make(chan error, 1)
+	if err := s.enqueue(ctx, helloInput{sess: sess, h: h, reply: reply}); err != nil {
+		return err
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopped:
+		return ErrStopped
+	}
+}
+
+// Message implements dispatch.Handler.
+func (s *Scheduler) Message(ctx context.Context, sess *dispatch.Session, msg any) error {
+	return s.enqueue(ctx, messageInput{sess: sess, msg: msg})
+}
+
+// Gone implements dispatch.Handler.
+func (s *Scheduler) Gone(sess *dispatch.Session, err error) {
+	// Never block a finished stream for long; the loop is the only reader.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = s.enqueue(ctx, goneInput{sess: sess, err: err})
+}
+
+// Started hands the scheduler a run the store has just created (running or
+// queued), with its instances. It returns once the loop has taken the run
+// over; the run's first decisions are committed by then.
+func (s *Scheduler) Started(ctx context.Context, run *store.Run, insts []*store.Instance) error {
+	reply := make(chan error, 1)
+	var in input = loadInput{run: run, insts: insts, reply: reply}
+	if run.State == store.RunQueued {
+		in = queueInput{run: run, reply: reply}
+	}
+	if err := s.enqueue(ctx, in); err != nil {
+		return err
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopped:
+		return ErrStopped
+	}
+}
+
+// queueInput records a queued run; it starts when its job's active run ends.
+type queueInput struct {
+	run   *store.Run
+	reply chan error
+}
+
+func (in queueInput) apply(s *Scheduler) {
+	s.queued[in.run.JobID] = append(s.queued[in.run.JobID], in.run)
+	// The active run may have ended before this run was handed over.
+	s.promote(in.run.JobID)
+	s.after(func() { in.reply <- nil })
+	s.onFail(func() { in.reply <- ErrStopped })
+}
+
+// Cancel stops a run: children in flight are stopped (SIGTERM, then
+// SIGKILL after the kill grace) and the run ends cancelled. It returns
+// store.ErrNotFound for an unknown run and ErrNotActive for a run that is
+// already over.
+func (s *Scheduler) Cancel(ctx context.Context, runID int64, reason string) error {
+	reply := make(chan error, 1)
+	if err := s.enqueue(ctx, cancelInput{id: runID, reason: reason, reply: reply}); err != nil {
+		return err
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopped:
+		return ErrStopped
+	}
+}
+
+type cancelInput struct {
+	id     int64
+	reason string
+	reply  chan error
+}
+
+func (in cancelInput) apply(s *Scheduler) {
+	reason := in.reason
+	if reason == "" {
+		reason = "cancelled by request"
+	}
+	if r := s.runs[in.id]; r != nil {
+		if !r.eng.Stopping() {
+			s.stop(r, true, reason)
+		}
+		s.after(func() { in.reply <- nil })
+		s.onFail(func() { in.reply <- ErrStopped })
+		return
+	}
+	for jobID, q := range s.queued {
+		i := slices.IndexFunc(q, func(r *store.Run) bool { return r.ID == in.id })
+		if i < 0 {
+			continue
+		}
+		s.queued[jobID] = slices.Delete(q, i, i+1)
+		s.write(func(ctx context.Context, tx store.Store) error {
+			_, err := tx.RunTransition(ctx, &store.RunTransitionParams{
+				ID: in.id, From: []store.RunState{store.RunQueued}, To: store.RunCancelled, Error: reason,
+			})
+			if err != nil {
+				return err
+			}
+			insts, err := tx.InstanceList(ctx, &store.InstanceListParams{RunID: in.id})
+			if err != nil {
+				return err
+			}
+			for _, inst := range insts {
+				err := tx.InstanceTransition(ctx, &store.InstanceTransitionParams{
+					ID: inst.ID, From: []store.InstanceState{store.InstancePending}, To: store.InstanceCancelled, Error: reason,
+				})
+				if err := ignoreConflict(err); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		s.event(&store.Event{RunID: in.id, Item: store.NoItem, RunState: store.RunCancelled, Message: reason})
+		s.after(func() { in.reply <- nil })
+		s.onFail(func() { in.reply <- ErrStopped })
+		return
+	}
+	// Not active here: unknown, or already over.
+	go func() {
+		_, err := s.st.RunGet(context.Background(), &store.RunGetParams{ID: in.id})
+		if err == nil {
+			err = ErrNotActive
+		}
+		in.reply <- err
+	}()
+}
+
+// Done is closed when Run has returned.
+func (s *Scheduler) Done() <-chan struct{} { return s.stopped }
+
+// Changed returns a channel closed after the next commit that changes the
+// run. Take it before reading the run, then wait on it: no change is missed.
+func (s *Scheduler) Changed(runID int64) <-chan struct{} { return s.notify.wait(runID) }
+
+// AgentInfo is a snapshot of an agent for the API.
+type AgentInfo struct {
+	store.Agent
+	Running  int
+	Draining bool
+}
+
+// Agents returns a snapshot of the agents the loop knows, ordered by name.
+func (s *Scheduler) Agents(ctx context.Context) ([]AgentInfo, error) {
+	reply := make(chan []AgentInfo, 1)
+	if err := s.enqueue(ctx, agentsInput{reply: reply}); err != nil {
+		return nil, err
+	}
+	select {
+	case out := <-reply:
+		return out, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.stopped:
+		return nil, ErrStopped
+	}
+}
+
+type agentsInput struct{ reply chan []AgentInfo }
+
+func (in agentsInput) apply(s *Scheduler) {
+	out := make([]AgentInfo, 0, len(s.agents))
+	for _, a := range s.agents {
+		state := store.AgentDisconnected
+		switch {
+		case a.lost:
+			state = store.AgentLost
+		case a.sess != nil:
+			state = store.AgentConnected
+		}
+		out = append(out, AgentInfo{Agent: *a.record(state), Running: len(a.attempts) + len(a.zombies), Draining: a.draining})
+	}
+	slices.SortFunc(out, func(a, b AgentInfo) int { return strings.Compare(a.Name, b.Name) })
+	in.reply <- out
+}

@@ -1,0 +1,165 @@
+package scheduler
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/batonhq/baton/server/store"
+)
+
+// op is one write of a batch. Ops run in order inside one transaction and
+// may run more than once (the store retries a busy transaction), so they
+// only write and fill in ids.
+type op func(ctx context.Context, tx store.Store) error
+
+// batch collects what one loop iteration writes and what it does once the
+// writes are committed.
+type batch struct {
+	ops     []op
+	events  []*store.Event
+	logs    []*store.LogChunk
+	effects []func()
+	onFail  []func()
+	touched map[int64]struct{}
+}
+
+func newBatch() *batch { return &batch{touched: map[int64]struct{}{}} }
+
+func (b *batch) empty() bool {
+	return len(b.ops) == 0 && len(b.events) == 0 && len(b.logs) == 0 && len(b.effects) == 0
+}
+
+func (s *Scheduler) write(o op) { s.b.ops = append(s.b.ops, o) }
+
+// after runs fn once the batch is committed.
+func (s *Scheduler) after(fn func()) { s.b.effects = append(s.b.effects, fn) }
+
+// onFail runs fn when the batch cannot be committed.
+func (s *Scheduler) onFail(fn func()) { s.b.onFail = append(s.b.onFail, fn) }
+
+// event appends an event to the batch; watchers of its run are woken
+// after the commit.
+func (s *Scheduler) event(e *store.Event) {
+	if e.At.IsZero() {
+		e.At = time.Now().UTC()
+	}
+	s.b.events = append(s.b.events, e)
+	s.b.touched[e.RunID] = struct{}{}
+}
+
+// commit writes the batch in one transaction, then runs its effects.
+func (s *Scheduler) commit(ctx context.Context) error {
+	b := s.b
+	if b.empty() {
+		return nil
+	}
+	if len(b.ops) > 0 || len(b.events) > 0 || len(b.logs) > 0 {
+		err := s.st.InTx(ctx, func(tx store.Store) error {
+			for _, o := range b.ops {
+				if err := o(ctx, tx); err != nil {
+					return err
+				}
+			}
+			if len(b.logs) > 0 {
+				if err := tx.LogAppend(ctx, &store.LogAppendParams{Chunks: b.logs}); err != nil {
+					return err
+				}
+			}
+			if len(b.events) > 0 {
+				if err := tx.EventAppend(ctx, &store.EventAppendParams{Events: b.events}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	s.b = newBatch()
+	for _, f := range b.effects {
+		f()
+	}
+	for id := range b.touched {
+		s.notify.wake(id)
+	}
+	return nil
+}
+
+func errUnavailable(msg string) error { return status.Error(codes.Unavailable, msg) }
+
+// timer is a deadline the loop acts on.
+type timer struct {
+	at   time.Time
+	fire func()
+	idx  int
+}
+
+type timerHeap []*timer
+
+func (h timerHeap) Len() int           { return len(h) }
+func (h timerHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h timerHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i]; h[i].idx = i; h[j].idx = j }
+func (h *timerHeap) Push(x any)        { t := x.(*timer); t.idx = len(*h); *h = append(*h, t) }
+func (h *timerHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
+}
+
+// at schedules fn to run on the loop at (or soon after) t.
+func (s *Scheduler) at(t time.Time, fn func()) {
+	heap.Push(&s.timers, &timer{at: t, fire: fn})
+}
+
+func (s *Scheduler) fireTimers() {
+	now := time.Now()
+	for len(s.timers) > 0 && !s.timers[0].at.After(now) {
+		t := heap.Pop(&s.timers).(*timer)
+		t.fire()
+	}
+}
+
+func (s *Scheduler) resetTimer(t *time.Timer) {
+	d := time.Hour
+	if len(s.timers) > 0 {
+		d = max(time.Until(s.timers[0].at), 0)
+	}
+	t.Reset(d)
+}
+
+// notifier wakes run watchers after commits.
+type notifier struct {
+	mu sync.Mutex
+	ch map[int64]chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{ch: map[int64]chan struct{}{}} }
+
+// wait returns a channel closed at the next commit that touches run id.
+func (n *notifier) wait(id int64) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, ok := n.ch[id]
+	if !ok {
+		c = make(chan struct{})
+		n.ch[id] = c
+	}
+	return c
+}
+
+func (n *notifier) wake(id int64) {
+	n.mu.Lock()
+	c, ok := n.ch[id]
+	delete(n.ch, id)
+	n.mu.Unlock()
+	if ok {
+		close(c)
+	}
+}

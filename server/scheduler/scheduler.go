@@ -1,0 +1,299 @@
+// Package scheduler is batond's run loop. One goroutine owns every active
+// run's decision state (engine.Run), the agents' slots and the ready
+// queues. Everything that changes state arrives as an input on one channel;
+// the loop applies a batch of inputs in memory, places ready work on
+// agents, commits all resulting writes in one store transaction (group
+// commit) and only then acts: sends StartTask, CancelTask and Ack messages,
+// answers API calls and wakes run watchers. A failed commit resets the
+// scheduler to what the store holds, so memory never runs ahead of it.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/batonhq/baton/server/store"
+)
+
+// Errors the API maps to status codes.
+var (
+	// ErrNotActive is returned when cancelling a run that is already over.
+	ErrNotActive = errors.New("run is not active")
+	// ErrStopped is returned when the scheduler is not running.
+	ErrStopped = errors.New("scheduler stopped")
+)
+
+// Config configures a Scheduler.
+type Config struct {
+	// Store is required.
+	Store store.Store
+	// Logger is required.
+	Logger *slog.Logger
+	// AgentTimeout is how long an agent may go unheard before its attempts
+	// are lost and retried elsewhere. Defaults to 30s.
+	AgentTimeout time.Duration
+	// KillGrace is how long agents wait between SIGTERM and SIGKILL when
+	// stopping a child. Defaults to 10s.
+	KillGrace time.Duration
+	// LogCap is how many bytes of each attempt's output are stored; the
+	// tails of both streams are kept beyond it. Defaults to 1 MiB.
+	LogCap int64
+	// MaxBatch caps the inputs applied in one transaction. Defaults to 1024.
+	MaxBatch int
+	// Version is reported to agents in Welcome.
+	Version string
+}
+
+func (c *Config) setDefaults() error {
+	if c.Store == nil {
+		return errors.New("scheduler: Store is required")
+	}
+	if c.Logger == nil {
+		return errors.New("scheduler: Logger is required")
+	}
+	if c.AgentTimeout <= 0 {
+		c.AgentTimeout = 30 * time.Second
+	}
+	if c.KillGrace <= 0 {
+		c.KillGrace = 10 * time.Second
+	}
+	if c.LogCap <= 0 {
+		c.LogCap = 1 << 20
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 1024
+	}
+	return nil
+}
+
+// input is anything that changes the scheduler's state. apply runs on the
+// loop goroutine.
+type input interface {
+	apply(s *Scheduler)
+}
+
+// Scheduler is batond's run loop. Its exported methods are safe for
+// concurrent use; all state is owned by the goroutine running Run.
+type Scheduler struct {
+	cfg Config
+	st  store.Store
+	log *slog.Logger
+
+	in      chan input
+	stopped chan struct{}
+	notify  *notifier
+
+	// Owned by the loop.
+	b       *batch
+	local   []input // inputs produced by effects, applied next iteration
+	runs    map[int64]*runRT
+	queued  map[int64][]*store.Run // job id -> queued runs, oldest first
+	agents  map[string]*agentRT
+	live    map[int64]*attemptRT // live attempts by id
+	groups  map[string]*group    // ready queues by selector
+	glist   []*group
+	timers  timerHeap
+	graphs  graphCache
+	seq     uint64
+	ctx     context.Context
+	healthy bool
+}
+
+// New returns a Scheduler. Call Run to start it.
+func New(cfg Config) (*Scheduler, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	return &Scheduler{
+		cfg:     cfg,
+		st:      cfg.Store,
+		log:     cfg.Logger.With(slog.String("component", "scheduler")),
+		in:      make(chan input, 4096),
+		stopped: make(chan struct{}),
+		notify:  newNotifier(),
+	}, nil
+}
+
+// HeartbeatInterval is how often agents are told to send heartbeats: a
+// third of the agent timeout, so two lost heartbeats are tolerated.
+func (s *Scheduler) HeartbeatInterval() time.Duration { return s.cfg.AgentTimeout / 3 }
+
+// Run loads every non-terminal run from the store and schedules until ctx
+// is done. Running children are not touched when it returns: agents keep
+// them running and report to the next control plane.
+func (s *Scheduler) Run(ctx context.Context) error {
+	defer close(s.stopped)
+	s.ctx = ctx
+	backoff := 100 * time.Millisecond
+	for {
+		err := s.recover(ctx)
+		if err == nil {
+			err = s.loop(ctx)
+		}
+		if ctx.Err() != nil {
+			s.shutdown()
+			return nil
+		}
+		s.log.ErrorContext(ctx, "scheduler reset: state reloaded from the store", slog.Any("error", err))
+		s.shutdown()
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// loop applies inputs in batches until ctx is done or a commit fails.
+func (s *Scheduler) loop(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.resetTimer(timer)
+		if len(s.local) == 0 {
+			select {
+			case in := <-s.in:
+				in.apply(s)
+			case <-timer.C:
+				s.fireTimers()
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		s.applyLocal()
+	gather:
+		for n := 1; n < s.cfg.MaxBatch; n++ {
+			select {
+			case in := <-s.in:
+				in.apply(s)
+			default:
+				break gather
+			}
+		}
+		s.fireTimers()
+		s.place()
+		if err := s.commit(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Scheduler) applyLocal() {
+	for len(s.local) > 0 {
+		l := s.local
+		s.local = nil
+		for _, in := range l {
+			in.apply(s)
+		}
+	}
+}
+
+// enqueue hands an input to the loop, waiting while the inbox is full.
+func (s *Scheduler) enqueue(ctx context.Context, in input) error {
+	select {
+	case s.in <- in:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopped:
+		return ErrStopped
+	}
+}
+
+// shutdown forgets all in-memory state and closes every agent session, so
+// agents reconnect and repeat whatever was not acknowledged.
+func (s *Scheduler) shutdown() {
+	if s.b != nil {
+		for _, f := range s.b.onFail {
+			f()
+		}
+	}
+	for _, a := range s.agents {
+		if a.sess != nil {
+			a.sess.Close(errUnavailable("control plane is restarting"))
+		}
+	}
+	for _, r := range s.runs {
+		s.notify.wake(r.run.ID)
+	}
+	s.b = nil
+	s.local = nil
+	s.runs = nil
+	s.agents = nil
+	s.live = nil
+	s.groups = nil
+	s.glist = nil
+	s.timers = nil
+}
+
+// recover rebuilds the in-memory state from the store: every live attempt
+// gets a fresh lease so its agent has a full timeout to reconnect, then
+// every non-terminal run is loaded and continues.
+func (s *Scheduler) recover(ctx context.Context) error {
+	s.b = newBatch()
+	s.runs = map[int64]*runRT{}
+	s.queued = map[int64][]*store.Run{}
+	s.agents = map[string]*agentRT{}
+	s.live = map[int64]*attemptRT{}
+	s.groups = map[string]*group{}
+	s.glist = nil
+	s.timers = nil
+	s.graphs = graphCache{}
+	if _, err := s.st.AttemptExtendLeases(ctx, &store.AttemptExtendLeasesParams{LeaseTTL: s.leaseTTL()}); err != nil {
+		return fmt.Errorf("extend leases: %w", err)
+	}
+	runs, err := s.st.RunList(ctx, &store.RunListParams{
+		States: []store.RunState{store.RunQueued, store.RunRunning, store.RunCancelling},
+	})
+	if err != nil {
+		return fmt.Errorf("list active runs: %w", err)
+	}
+	// Oldest first, so queues keep their order.
+	for i := len(runs) - 1; i >= 0; i-- {
+		run := runs[i]
+		if run.State == store.RunQueued {
+			s.queued[run.JobID] = append(s.queued[run.JobID], run)
+			continue
+		}
+		if err := s.loadStored(ctx, run); err != nil {
+			return err
+		}
+	}
+	for jobID := range s.queued {
+		s.promote(jobID)
+	}
+	s.at(time.Now().Add(s.sweepInterval()), s.sweep)
+	s.healthy = true
+	s.log.InfoContext(ctx, "scheduler started", slog.Int("runs", len(s.runs)), slog.Int("live_attempts", len(s.live)))
+	return s.commit(ctx)
+}
+
+// loadStored loads a running or cancelling run with its instances and
+// attempts.
+func (s *Scheduler) loadStored(ctx context.Context, run *store.Run) error {
+	insts, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: run.ID})
+	if err != nil {
+		return fmt.Errorf("load run %d: %w", run.ID, err)
+	}
+	atts, err := s.st.AttemptList(ctx, &store.AttemptListParams{RunID: run.ID})
+	if err != nil {
+		return fmt.Errorf("load run %d: %w", run.ID, err)
+	}
+	if err := s.loadRun(ctx, run, insts, atts); err != nil {
+		// A run that cannot be loaded (its job version is unreadable) must
+		// not stop every other run: fail it.
+		s.log.ErrorContext(ctx, "cannot load run; failing it", slog.Int64("run_id", run.ID), slog.Any("error", err))
+		s.failUnloadable(run, err)
+	}
+	return nil
+}
+
+func (s *Scheduler) leaseTTL() time.Duration {
+	// Leases outlast the in-memory agent timeout, so the loop always marks
+	// an attempt lost before the store would call it stale.
+	return 2 * s.cfg.AgentTimeout
+}

@@ -1,0 +1,164 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/engine"
+	"github.com/batonhq/baton/server/job"
+	"github.com/batonhq/baton/server/store"
+)
+
+// runRT is an active run in memory.
+type runRT struct {
+	run   *store.Run
+	g     *engine.Graph
+	eng   *engine.Run
+	rem   []time.Duration
+	tasks []*taskRT
+	// inflight counts instances dispatched or running.
+	inflight int
+	maxPar   int
+	// parked holds ready instances held back by the job's max_parallel.
+	parked instHeap
+	// finishing is set once the run's final transition is written.
+	finishing bool
+}
+
+// taskRT is one task of an active run.
+type taskRT struct {
+	node *engine.Node
+	inst *instRT // the task-level instance
+	// items are a for-each task's item instances, by item index.
+	items []*instRT
+	// inflight counts items dispatched or running; cap bounds it
+	// (for_each max_parallel; 0 means no bound).
+	inflight int
+	cap      int
+	parked   instHeap
+}
+
+// instRT is a task instance in memory.
+type instRT struct {
+	id        int64
+	run       *runRT
+	task      int
+	item      int
+	itemValue string // JSON of the for-each item
+	state     store.InstanceState
+	attempts  int
+	attemptID int64
+	failures  int
+	losses    int
+	// kind is what the next attempt will be.
+	kind store.AttemptKind
+	// live is the instance's attempt on an agent, if any.
+	live *attemptRT
+	// queued is true while the instance sits in a ready queue.
+	queued bool
+	seq    uint64
+	hidx   int
+}
+
+// attemptRT is a live attempt.
+type attemptRT struct {
+	id    int64
+	inst  *instRT
+	agent *agentRT
+	no    int
+	state store.AttemptState
+	start *dispatch.Start
+	// logged counts the output bytes stored so far.
+	logged     int64
+	cancelSent bool
+}
+
+// graphCache keeps compiled job versions.
+type graphCache map[[2]int64]*engine.Graph
+
+func (s *Scheduler) graph(ctx context.Context, jobID int64, version int) (*engine.Graph, error) {
+	key := [2]int64{jobID, int64(version)}
+	if g, ok := s.graphs[key]; ok {
+		return g, nil
+	}
+	j, err := s.st.JobGet(ctx, &store.JobGetParams{ID: jobID, Version: version})
+	if err != nil {
+		return nil, fmt.Errorf("load job %d version %d: %w", jobID, version, err)
+	}
+	spec, err := job.Decode(j.Spec)
+	if err != nil {
+		return nil, fmt.Errorf("decode job %q version %d: %w", j.Name, version, err)
+	}
+	g, err := engine.Compile(spec)
+	if err != nil {
+		return nil, err
+	}
+	s.graphs[key] = g
+	return g, nil
+}
+
+func (r *runRT) taskName(t int) string { return r.g.Nodes[t].Name }
+
+// instance returns the in-memory instance of (task, item), or nil.
+func (r *runRT) instance(task, item int) *instRT {
+	t := r.tasks[task]
+	if item == store.NoItem {
+		return t.inst
+	}
+	if item < 0 || item >= len(t.items) {
+		return nil
+	}
+	return t.items[item]
+}
+
+// itemVars returns the expression variables for one instance.
+func (r *runRT) itemVars(in *instRT) (*job.Vars, error) {
+	v := *r.eng.Vars()
+	if in.item != store.NoItem {
+		var val any
+		if err := json.Unmarshal([]byte(in.itemValue), &val); err != nil {
+			return nil, fmt.Errorf("item %d: stored value is not JSON: %w", in.item, err)
+		}
+		v.Item = val
+		v.Index = in.item
+	}
+	return &v, nil
+}
+
+// itemText is the BATON_ITEM form of an item value: strings as they are,
+// anything else as JSON.
+func itemText(jsonValue string) string {
+	var s string
+	if json.Unmarshal([]byte(jsonValue), &s) == nil {
+		return s
+	}
+	return jsonValue
+}
+
+// instHeap orders ready instances by engine.Key.
+type instHeap []*instRT
+
+func (h instHeap) Len() int { return len(h) }
+func (h instHeap) Less(i, j int) bool {
+	return keyOf(h[i]).Less(keyOf(h[j]))
+}
+func (h instHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].hidx = i; h[j].hidx = j }
+func (h *instHeap) Push(x any)   { in := x.(*instRT); in.hidx = len(*h); *h = append(*h, in) }
+func (h *instHeap) Pop() any {
+	old := *h
+	in := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return in
+}
+
+func keyOf(in *instRT) engine.Key {
+	return engine.Key{
+		Priority:  in.run.g.Nodes[in.task].Task.Priority,
+		Remaining: in.run.rem[in.task],
+		Seq:       in.seq,
+	}
+}

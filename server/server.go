@@ -1,0 +1,307 @@
+// Package server is batond: the gRPC API (JobService, RunService,
+// AgentAdminService and the agents' AgentService), the REST gateway and
+// OpenAPI document, wired to the scheduler and the store.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
+
+	baton "github.com/batonhq/baton"
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/scheduler"
+	"github.com/batonhq/baton/server/store"
+)
+
+// Default listen addresses. Both are loopback: batond is reachable from
+// other machines only when told so, and then only over TLS (or with
+// Insecure).
+const (
+	DefaultGRPCAddr = "127.0.0.1:7700"
+	DefaultHTTPAddr = "127.0.0.1:7701"
+)
+
+// Config configures batond.
+type Config struct {
+	// Store is the opened, migrated state store. Required.
+	Store store.Store
+	// Logger is required.
+	Logger *slog.Logger
+	// GRPCAddr is where the gRPC API (and agents) connect. Defaults to
+	// DefaultGRPCAddr. Port 0 picks a free port.
+	GRPCAddr string
+	// HTTPAddr is where the REST gateway and /openapi.json are served.
+	// Defaults to DefaultHTTPAddr; "off" disables it.
+	HTTPAddr string
+	// TLSCertFile and TLSKeyFile, when both set, serve both listeners over
+	// TLS.
+	TLSCertFile string
+	TLSKeyFile  string
+	// Insecure allows listening on a non-loopback address without TLS.
+	Insecure bool
+	// AgentTimeout is how long an agent may be silent before its attempts
+	// are lost. Defaults to 30s.
+	AgentTimeout time.Duration
+	// KillGrace is the SIGTERM-to-SIGKILL grace for stopped children.
+	// Defaults to 10s.
+	KillGrace time.Duration
+	// LogCap is how many output bytes of each attempt are stored.
+	// Defaults to 1 MiB.
+	LogCap int64
+	// ShutdownTimeout bounds a graceful shutdown. Defaults to 10s.
+	ShutdownTimeout time.Duration
+	// Version is batond's build version.
+	Version string
+}
+
+// Addrs are the addresses batond listens on.
+type Addrs struct {
+	GRPC string
+	HTTP string // empty when the gateway is off
+}
+
+// Server is batond.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	sched *scheduler.Scheduler
+	tls   *tls.Config
+
+	grpcLis net.Listener
+	httpLis net.Listener
+}
+
+// New validates cfg, opens the listeners and returns a Server ready to Run.
+// It refuses a non-loopback address without TLS unless cfg.Insecure.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Logger == nil {
+		return nil, errors.New("server: Store and Logger are required")
+	}
+	cfg.GRPCAddr = cmpOr(cfg.GRPCAddr, DefaultGRPCAddr)
+	cfg.HTTPAddr = cmpOr(cfg.HTTPAddr, DefaultHTTPAddr)
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.LogCap <= 0 {
+		cfg.LogCap = 1 << 20
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, errors.New("--tls-cert and --tls-key must be given together")
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger}
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load TLS certificate: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	addrs := []string{cfg.GRPCAddr}
+	if cfg.HTTPAddr != "off" {
+		addrs = append(addrs, cfg.HTTPAddr)
+	}
+	for _, a := range addrs {
+		if s.tls == nil && !cfg.Insecure && !isLoopback(a) {
+			return nil, fmt.Errorf("refusing to listen on %s without TLS: give --tls-cert and --tls-key, "+
+				"or --insecure to accept plaintext from other machines", a)
+		}
+	}
+	sched, err := scheduler.New(scheduler.Config{
+		Store: cfg.Store, Logger: cfg.Logger, AgentTimeout: cfg.AgentTimeout,
+		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.sched = sched
+	s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen for gRPC: %w", err)
+	}
+	if cfg.HTTPAddr != "off" {
+		s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			s.grpcLis.Close()
+			return nil, fmt.Errorf("listen for HTTP: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Addrs returns the addresses the server listens on (resolved ports).
+func (s *Server) Addrs() Addrs {
+	a := Addrs{GRPC: s.grpcLis.Addr().String()}
+	if s.httpLis != nil {
+		a.HTTP = s.httpLis.Addr().String()
+	}
+	return a
+}
+
+// Run serves until ctx is done, then shuts down gracefully: the gateway
+// stops, agent streams end (agents keep their children running and
+// reconnect to the next batond), and in-flight calls get ShutdownTimeout.
+func (s *Server) Run(ctx context.Context) error {
+	stopping := make(chan struct{})
+	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping}
+	register := func(g *grpc.Server) {
+		batonv1.RegisterAgentServiceServer(g, dispatch.NewService(s.sched, s.log))
+		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log})
+		batonv1.RegisterRunServiceServer(g, runs)
+		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log})
+	}
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxRecvMsgSize(8 << 20),
+	}
+	external := opts
+	if s.tls != nil {
+		external = append(external, grpc.Creds(credentials.NewTLS(s.tls)))
+	}
+	grpcSrv := grpc.NewServer(external...)
+	register(grpcSrv)
+	// The gateway reaches the API through an in-process listener, so it
+	// needs neither the network nor the TLS certificate.
+	inner := grpc.NewServer(opts...)
+	register(inner)
+	pipe := bufconn.Listen(1 << 20)
+
+	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSched()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	wg.Add(3)
+	go func() { defer wg.Done(); errc <- s.sched.Run(schedCtx) }()
+	go func() { defer wg.Done(); errc <- serveGRPC(grpcSrv, s.grpcLis) }()
+	go func() { defer wg.Done(); errc <- serveGRPC(inner, pipe) }()
+
+	var httpSrv *http.Server
+	if s.httpLis != nil {
+		conn, err := grpc.NewClient("passthrough:///baton",
+			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return pipe.DialContext(ctx) }),
+			grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		defer conn.Close()
+		gw := runtime.NewServeMux()
+		for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
+			batonv1.RegisterJobServiceHandler, batonv1.RegisterRunServiceHandler, batonv1.RegisterAgentAdminServiceHandler,
+		} {
+			if err := reg(ctx, gw, conn); err != nil {
+				return fmt.Errorf("gateway: %w", err)
+			}
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/v1/", gw)
+		mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(baton.OpenAPI)
+		})
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = w.Write([]byte("ok\n"))
+		})
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if s.tls != nil {
+				err = httpSrv.ServeTLS(s.httpLis, "", "")
+			} else {
+				err = httpSrv.Serve(s.httpLis)
+			}
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			errc <- err
+		}()
+	}
+	s.log.InfoContext(ctx, "batond listening", slog.String("grpc_addr", s.Addrs().GRPC),
+		slog.String("http_addr", s.Addrs().HTTP), slog.Bool("tls", s.tls != nil), slog.String("version", s.cfg.Version))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		if runErr != nil {
+			s.log.ErrorContext(ctx, "batond stopping after an error", slog.Any("error", runErr))
+		}
+	}
+
+	// Shut down: first the gateway and watchers, then the scheduler (which
+	// ends every agent stream), then the gRPC servers with a time limit.
+	close(stopping)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if httpSrv != nil {
+		_ = httpSrv.Shutdown(sctx)
+	}
+	stopSched()
+	select {
+	case <-s.sched.Done():
+	case <-sctx.Done():
+	}
+	for _, g := range []*grpc.Server{grpcSrv, inner} {
+		done := make(chan struct{})
+		go func() { g.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-sctx.Done():
+			g.Stop()
+		}
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if runErr == nil && err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			runErr = err
+		}
+	}
+	s.log.Info("batond stopped")
+	return runErr
+}
+
+func serveGRPC(g *grpc.Server, lis net.Listener) error {
+	err := g.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// isLoopback reports whether a listen address only accepts connections
+// from this machine.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
