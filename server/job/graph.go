@@ -1,9 +1,7 @@
 package job
 
 import (
-	"math"
 	"slices"
-	"time"
 )
 
 // graph is the dependency graph of a spec. Nodes 0..n-1 are the tasks in
@@ -261,22 +259,4 @@ func (t *Task) Backoff() float64 {
 		return 1
 	}
 	return t.RetryBackoff
-}
-
-// maxRetryDelay caps computed retry delays.
-const maxRetryDelay = 24 * time.Hour
-
-// RetryDelayBefore returns how long to wait before retry number n (1 for
-// the first retry, that is the second attempt): retry_delay multiplied by
-// retry_backoff n-1 times, capped at 24 hours.
-func (t *Task) RetryDelayBefore(n int) time.Duration {
-	d := t.RetryDelay.D()
-	if d <= 0 || n < 1 {
-		return 0
-	}
-	f := float64(d) * math.Pow(t.Backoff(), float64(n-1))
-	if f >= float64(maxRetryDelay) || math.IsNaN(f) {
-		return maxRetryDelay
-	}
-	return time.Duration(f)
 }

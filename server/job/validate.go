@@ -55,9 +55,11 @@ func (v *validator) validate() {
 				} else {
 					seen[e.Task] = k
 				}
-				if e.Status == StatusFailure && stageDeps[j] {
-					v.add(ep, t.Name, "status failure can never be met: %q is in stage %d, which this task (stage %d) already needs to succeed",
-						e.Task, s.Tasks[j].Stage, t.Stage)
+				// A failed stage member holds the next stage back unless
+				// it may fail, so this edge could never be satisfied.
+				if e.Status == StatusFailure && stageDeps[j] && !s.Tasks[j].AllowFailure {
+					v.add(ep, t.Name, "status failure can never be met: %q is in stage %d, and this task (stage %d) runs only once stage %d has no failures; set allow_failure on %q or move this task out of the stages",
+						e.Task, s.Tasks[j].Stage, t.Stage, s.Tasks[j].Stage, e.Task)
 				}
 			}
 		}
