@@ -954,22 +954,6 @@ tasks:
 	}
 }
 
-func TestRunParams(t *testing.T) {
-	t.Parallel()
-	s := mustParse(t, "name: j\nparams: {load_date: \"2026-11-21\", mode: full}\ntasks:\n  - name: a\n    run: [x]\n")
-	got, err := s.RunParams(map[string]string{"mode": "delta"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := map[string]string{"load_date": "2026-11-21", "mode": "delta"}; !cmp.Equal(got, want) {
-		t.Errorf("RunParams() = %v, want %v", got, want)
-	}
-	_, err = s.RunParams(map[string]string{"load_dat": "x"})
-	if err == nil || !strings.Contains(err.Error(), `job "j" has no param "load_dat" (declared: load_date, mode)`) {
-		t.Errorf("RunParams(unknown) error = %v", err)
-	}
-}
-
 func TestParamEnv(t *testing.T) {
 	t.Parallel()
 	got := ParamEnv(map[string]string{"load_date": "a", "Region.Name": "b", "x-y-1": "c"})

@@ -163,39 +163,3 @@ func ParamEnv(params map[string]string) map[string]string {
 	}
 	return env
 }
-
-// RunParams returns the parameters of a new run: the job's declared
-// params with their defaults, overridden by given. A name in given that the
-// job does not declare is an error, so that a misspelt parameter is not
-// silently ignored.
-func (s *Spec) RunParams(given map[string]string) (map[string]string, error) {
-	out := make(map[string]string, len(s.Params))
-	for k, v := range s.Params {
-		out[k] = v
-	}
-	var unknown []string
-	for k, v := range given {
-		if _, ok := s.Params[k]; !ok {
-			unknown = append(unknown, k)
-			continue
-		}
-		out[k] = v
-	}
-	if len(unknown) > 0 {
-		slices.Sort(unknown)
-		declared := "none"
-		if len(s.Params) > 0 {
-			declared = strings.Join(sortedKeys(s.Params), ", ")
-		}
-		return nil, fmt.Errorf("job %q has no param %s (declared: %s)", s.Name, quoteList(unknown), declared)
-	}
-	return out, nil
-}
-
-func quoteList(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = fmt.Sprintf("%q", n)
-	}
-	return strings.Join(q, ", ")
-}
