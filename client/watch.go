@@ -76,6 +76,10 @@ type WaitOptions struct {
 	// WaitRun, which returns that error.
 	OnEvent func(*batonv1.RunEvent) error
 
+	// OnReconnect, when set, is called with the error that broke the watch
+	// each time WaitRun is about to reconnect, before the backoff delay.
+	OnReconnect func(err error)
+
 	// MaxReconnects is how many times in a row WaitRun reconnects without
 	// receiving an event before it gives up and returns the last error.
 	// Defaults to 20.
@@ -143,6 +147,9 @@ func (c *Client) WaitRun(ctx context.Context, runID int64, opts *WaitOptions) (*
 		failures++
 		if failures > o.MaxReconnects {
 			return nil, fmt.Errorf("wait for run %d: gave up after %d reconnects: %w", runID, o.MaxReconnects, err)
+		}
+		if o.OnReconnect != nil {
+			o.OnReconnect(err)
 		}
 		if err := sleep(ctx, backoff(failures-1, o.MinBackoff, o.MaxBackoff)); err != nil {
 			return nil, err

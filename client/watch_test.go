@@ -130,10 +130,17 @@ func TestWaitRun(t *testing.T) {
 			b.srv.SetReplayAll(tc.replay)
 
 			var got []int64
+			reconnects := 0
 			run, err := b.client.WaitRun(ctx, id, fastWait(&client.WaitOptions{
 				OnEvent: func(ev *batonv1.RunEvent) error {
 					got = append(got, ev.GetCursor())
 					return nil
+				},
+				OnReconnect: func(err error) {
+					reconnects++
+					if status.Code(err) != codes.Unavailable {
+						t.Errorf("OnReconnect(%v): code %v, want Unavailable", err, status.Code(err))
+					}
 				},
 			}))
 			if err != nil {
@@ -144,6 +151,9 @@ func TestWaitRun(t *testing.T) {
 			}
 			if !proto.Equal(run, withID(f.FinalRun(), id)) {
 				t.Errorf("WaitRun = %v, want the final run %v", run, f.FinalRun())
+			}
+			if reconnects != len(tc.breaks) {
+				t.Errorf("OnReconnect calls = %d, want %d", reconnects, len(tc.breaks))
 			}
 			if n := len(b.srv.WatchRequests()); n != len(tc.breaks)+1 {
 				t.Errorf("WatchRun requests = %d, want %d (one per break, plus the last)", n, len(tc.breaks)+1)

@@ -474,7 +474,7 @@ func (rs *runService) StartRun(_ context.Context, req *batonv1.StartRunRequest) 
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "job %q not found", req.GetJob())
 	}
-	f := RunFixture{Run: proto.Clone(tmpl.Run).(*batonv1.Run), Events: tmpl.Events}
+	f := RunFixture{Run: proto.Clone(tmpl.Run).(*batonv1.Run), Events: tmpl.Events, Updates: tmpl.Updates}
 	f.Run.Job = req.GetJob()
 	f.Run.RequestId = req.GetRequestId()
 	if len(req.GetParams()) > 0 {
@@ -575,14 +575,16 @@ func (rs *runService) WatchRun(req *batonv1.WatchRunRequest, stream grpc.ServerS
 			if brk != nil && sent == brk.After {
 				return s.breakStream(ctx, brk)
 			}
+			// Record the cursor before sending, so a client that reacts to
+			// the event with GetRun already sees the run's next state.
+			s.mu.Lock()
+			s.sent[req.GetRunId()] = max(s.sent[req.GetRunId()], ev.GetCursor())
+			s.mu.Unlock()
 			if err := stream.Send(&batonv1.WatchRunResponse{Event: ev}); err != nil {
 				return err
 			}
 			sent++
 			cursor = ev.GetCursor()
-			s.mu.Lock()
-			s.sent[req.GetRunId()] = max(s.sent[req.GetRunId()], cursor)
-			s.mu.Unlock()
 			if ev.GetTask() == "" && terminal(ev.GetRunState()) {
 				return nil
 			}
