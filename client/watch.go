@@ -86,7 +86,8 @@ type WaitOptions struct {
 	MaxReconnects int
 
 	// MinBackoff and MaxBackoff bound the jittered exponential delay before
-	// each reconnect. They default to 100ms and 5s.
+	// each reconnect. They default to 100ms and 5s; MaxBackoff is raised to
+	// MinBackoff when it is smaller.
 	MinBackoff, MaxBackoff time.Duration
 }
 
@@ -111,9 +112,10 @@ func (c *Client) WaitRun(ctx context.Context, runID int64, opts *WaitOptions) (*
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
 	}
-	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = max(5*time.Second, o.MinBackoff)
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 5 * time.Second
 	}
+	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 
 	cursor := o.AfterCursor
 	failures := 0

@@ -209,6 +209,16 @@ func (a *app) applyGlobals(cmd *cobra.Command, _ []string) error {
 	return nil
 }
 
+// groupRun is the RunE of a command that only groups subcommands: it
+// shows the group's help, and refuses an unknown subcommand (which cobra
+// would otherwise answer with the help and success).
+func groupRun(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+	}
+	return cmd.Help()
+}
+
 // markCommandErrors wraps every command's RunE so that Run can tell an
 // error from running a command apart from cobra's own usage errors
 // (unknown command, wrong flag, missing argument).

@@ -112,6 +112,7 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{"unknown command", []string{"jobs"}, "baton: unknown command \"jobs\" for \"baton\""},
+		{"unknown subcommand", []string{"run", "stop", "1"}, "baton: unknown command \"stop\" for \"baton run\"\nRun 'baton run --help' for usage.\n"},
 		{"unknown flag", []string{"agents", "--all"}, "baton: unknown flag: --all\nRun 'baton agents --help' for usage.\n"},
 		{"missing argument", []string{"run", "get"}, "baton: baton run get needs RUN\nRun 'baton run get --help' for usage.\n"},
 		{"extra argument", []string{"run", "watch", "1", "2"}, "baton: baton run watch takes 1 argument(s), got 2: 1 2\nRun 'baton run watch --help' for usage.\n"},
@@ -161,5 +162,35 @@ func TestHelp(t *testing.T) {
 	walk(nil, cli.RootCommandForDocs())
 	if commands != 14 {
 		t.Errorf("walked %d commands, want 14", commands)
+	}
+}
+
+func TestGroupsShowHelp(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, group := range []string{"job", "run"} {
+		r := b.run(t, group)
+		if r.code != cli.ExitOK || !strings.Contains(r.stdout, "Available Commands:") {
+			t.Errorf("baton %s = %d, want its help:\n%s", group, r.code, r.stdout)
+		}
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// A deadline that has passed before the call is made fails it at once.
+	r := b.run(t, "--timeout", "1ns", "agents")
+	want := "baton: list agents: context deadline exceeded\nhint: no answer from " + b.srv.Addr() + " within --timeout 1ns"
+	if r.code != cli.ExitError || !strings.HasPrefix(r.stderr, want) {
+		t.Errorf("agents --timeout 1ns = %d %q, want exit 2 and %q", r.code, r.stderr, want)
+	}
+	b.env["BATON_TIMEOUT"] = "1ns"
+	if r := b.run(t, "agents"); r.code != cli.ExitError || !strings.HasPrefix(r.stderr, want) {
+		t.Errorf("agents with BATON_TIMEOUT=1ns = %d %q, want exit 2 and %q", r.code, r.stderr, want)
+	}
+	// 0 turns the limit off.
+	if r := b.run(t, "agents", "--timeout", "0"); r.code != cli.ExitOK {
+		t.Errorf("agents --timeout 0 = %d %q, want success", r.code, r.stderr)
 	}
 }

@@ -29,6 +29,7 @@ func (a *app) jobCommand() *cobra.Command {
   baton job list
   baton job get nightly-dw-load --version 2`,
 	}
+	cmd.RunE = groupRun
 	cmd.AddCommand(a.jobApplyCommand(), a.jobValidateCommand(), a.jobListCommand(),
 		a.jobGetCommand(), a.jobDeleteCommand())
 	return cmd

@@ -27,6 +27,7 @@ func (a *app) runCommand() *cobra.Command {
   baton run watch 42
   baton run cancel 42 --reason "wrong load date"`,
 	}
+	cmd.RunE = groupRun
 	cmd.AddCommand(a.runStartCommand(), a.runGetCommand(), a.runListCommand(),
 		a.runWatchCommand(), a.runCancelCommand())
 	return cmd
