@@ -47,7 +47,10 @@ own, so scripts can capture it. With --wait, then follow the run as run watch
 does and exit 0 if it succeeds, 1 if it fails or is cancelled.
 
 --param overrides a job parameter; repeat it for several. --request-id makes
-the start idempotent: repeating it returns the run it started the first time.`,
+the start idempotent: repeating it returns the run it started the first time.
+
+With -o json, prints the StartRunResponse; with --wait too, it prints that
+response on one line and then each of the run's events as one JSON line.`,
 		Example: `  baton run start nightly-dw-load
   RUN=$(baton run start nightly-dw-load --param load_date=2026-11-21)
   baton run start nightly-dw-load --request-id nightly-2026-11-21 --wait`,
