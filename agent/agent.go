@@ -1,0 +1,377 @@
+// Package agent is baton-agent: it holds one bidirectional stream to the
+// control plane, runs the child processes the control plane asks for and
+// reports each child's real outcome back.
+//
+// An [Agent] dials out (firewall friendly) and keeps reconnecting with a
+// jittered, capped exponential backoff. Every attempt id is written to a
+// journal in the state directory before its child starts, so an attempt
+// starts at most once, also across agent restarts; every outcome stays in
+// the journal until the control plane acknowledges it and is listed again
+// in the Hello of each new session until then.
+//
+// Shutting down is graceful first: when Run's context is done the agent
+// takes no new work, lets running children finish, reports their outcomes
+// and returns. [Agent.Abort] forces it: children's process trees are
+// killed.
+package agent
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/batonhq/baton/client"
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+// Defaults for Config.
+const (
+	DefaultKillGrace     = 10 * time.Second
+	DefaultReportTimeout = 10 * time.Second
+)
+
+// defaultHeartbeat is used when a Welcome names no heartbeat interval.
+const defaultHeartbeat = 10 * time.Second
+
+// errStateDirInUse is returned by New when another agent holds the state
+// directory.
+var errStateDirInUse = errors.New("state dir is in use by another agent process")
+
+// Config configures an Agent. A zero field takes its default.
+type Config struct {
+	// Server says how to reach the control plane. Defaults to
+	// client.DefaultAddr without TLS.
+	Server client.DialConfig
+	// Name identifies the agent; it is unique among live agents. Defaults
+	// to the host name.
+	Name string
+	// Labels are matched by task selectors (runs_on.labels). Keys must not
+	// be empty.
+	Labels map[string]string
+	// Slots is how many children the agent runs at once. Defaults to the
+	// number of CPUs.
+	Slots int
+	// StateDir holds the journal and per-attempt files. Required. Only one
+	// agent process may use a state dir at a time.
+	StateDir string
+	// Version is the agent's build version, reported in Hello.
+	Version string
+	// KillGrace is how long a child's process tree has between SIGTERM and
+	// SIGKILL when a task is cancelled or times out and StartTask or
+	// CancelTask names no grace. Defaults to DefaultKillGrace.
+	KillGrace time.Duration
+	// Fsync makes the journal flush every record to stable storage. By
+	// default records are replaced atomically but not flushed: they survive
+	// an agent crash but maybe not a power loss. With Fsync they survive
+	// both, at the cost of a few disk flushes per attempt.
+	Fsync bool
+	// Env is the base environment of every child as key=value pairs; each
+	// StartTask's env and the BATON_* variables are added to it. Nil means
+	// the agent's own environment.
+	Env []string
+	// ReportTimeout is how long Run, after the last child finished during
+	// a shutdown, waits for the control plane to acknowledge outstanding
+	// outcomes. Unacknowledged outcomes stay in the journal and are
+	// reported after the next start. Defaults to DefaultReportTimeout.
+	ReportTimeout time.Duration
+	// Logger receives the agent's logs. Defaults to discarding them.
+	Logger *slog.Logger
+}
+
+// Agent runs children for the control plane. Create it with New and call
+// Run once.
+type Agent struct {
+	cfg      Config
+	log      *slog.Logger
+	hostname string
+	bootID   string
+	env      []string
+	outDir   string
+	journal  *journal
+	release  func() // unlocks the state dir
+	runner   runner
+	// retryBase is the first reconnect backoff; tests shorten it.
+	retryBase time.Duration
+
+	mu       sync.Mutex
+	sess     *session           // the current session, nil while disconnected
+	attempts map[int64]*attempt // accepted attempts whose outcome is not yet journaled
+	draining bool               // no new work; set once, never cleared
+	drainCh  chan struct{}      // closed when draining starts
+	changed  chan struct{}      // signalled when an attempt ends
+	acked    chan struct{}      // signalled when outcomes are acknowledged
+	wg       sync.WaitGroup     // attempt goroutines
+
+	started   atomic.Bool
+	aborted   chan struct{}
+	abortOnce sync.Once
+}
+
+// New applies defaults to cfg, validates it, takes the state directory
+// (only one agent process may use it) and opens the journal in it. The
+// returned error names the offending Config field.
+func New(cfg Config) (*Agent, error) {
+	cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler))
+	hostname, err := os.Hostname()
+	if err != nil {
+		hostname = ""
+	}
+	if cfg.Name == "" {
+		cfg.Name = hostname
+	}
+	if cfg.Slots == 0 {
+		cfg.Slots = runtime.NumCPU()
+	}
+	cfg.KillGrace = cmp.Or(cfg.KillGrace, DefaultKillGrace)
+	cfg.ReportTimeout = cmp.Or(cfg.ReportTimeout, DefaultReportTimeout)
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.Labels = maps.Clone(cfg.Labels)
+	env := cfg.Env
+	if env == nil {
+		env = os.Environ()
+	}
+
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	release, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("state dir %s: %w", cfg.StateDir, err)
+	}
+	log := cfg.Logger.With(slog.String("agent", cfg.Name))
+	j, err := openJournal(filepath.Join(cfg.StateDir, "journal"), cfg.Fsync, log, time.Now)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	// Output files of earlier processes belong to attempts whose outcome
+	// is journaled or unknown; either way they are no longer read.
+	outDir := filepath.Join(cfg.StateDir, "output")
+	if err := os.RemoveAll(outDir); err != nil {
+		release()
+		return nil, fmt.Errorf("clear output dir: %w", err)
+	}
+	if err := os.MkdirAll(outDir, 0o700); err != nil {
+		release()
+		return nil, fmt.Errorf("create output dir: %w", err)
+	}
+	return &Agent{
+		cfg:       cfg,
+		log:       log,
+		hostname:  strings.ToValidUTF8(hostname, "\uFFFD"),
+		bootID:    rand.Text(),
+		env:       env,
+		outDir:    outDir,
+		journal:   j,
+		release:   release,
+		runner:    localRunner{},
+		retryBase: time.Second,
+		attempts:  make(map[int64]*attempt),
+		drainCh:   make(chan struct{}),
+		changed:   make(chan struct{}, 1),
+		acked:     make(chan struct{}, 1),
+		aborted:   make(chan struct{}),
+	}, nil
+}
+
+func (c *Config) validate() error {
+	if c.StateDir == "" {
+		return errors.New("config: StateDir is required")
+	}
+	if c.Name == "" {
+		return errors.New("config: Name is empty and the host name is unknown")
+	}
+	if !utf8.ValidString(c.Name) {
+		return errors.New("config: Name is not valid UTF-8")
+	}
+	if !utf8.ValidString(c.Version) {
+		return errors.New("config: Version is not valid UTF-8")
+	}
+	for k, v := range c.Labels {
+		if k == "" {
+			return errors.New("config: Labels has an empty key")
+		}
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("config: Labels[%q] is not valid UTF-8", k)
+		}
+	}
+	if c.Slots < 1 || c.Slots > math.MaxInt32 {
+		return fmt.Errorf("config: Slots must be between 1 and %d, got %d", math.MaxInt32, c.Slots)
+	}
+	if c.KillGrace < 0 {
+		return fmt.Errorf("config: KillGrace must not be negative, got %s", c.KillGrace)
+	}
+	if c.ReportTimeout < 0 {
+		return fmt.Errorf("config: ReportTimeout must not be negative, got %s", c.ReportTimeout)
+	}
+	return nil
+}
+
+// Run connects to the control plane and serves until ctx is done. Then it
+// drains: it takes no new work (a StartTask is answered REJECTED), cancels
+// nothing, waits for running children to finish and their outcomes to be
+// acknowledged (at most Config.ReportTimeout after the last child
+// finished), and returns nil. Run returns early when the control plane
+// refuses the agent for good (Unauthenticated, PermissionDenied,
+// Unimplemented): it still lets running children finish, keeps their
+// outcomes in the journal and returns that error. After Abort, Run kills
+// the children's process trees and returns without waiting for
+// acknowledgements.
+//
+// Run may be called once; when it returns the state directory is
+// released.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.started.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called more than once")
+	}
+	defer a.release()
+	conn, err := client.Dial(a.cfg.Server)
+	if err != nil {
+		return fmt.Errorf("dial control plane: %w", err)
+	}
+	defer conn.Close()
+
+	// Sessions outlive ctx: outcomes of children that finish during the
+	// drain must still be reported.
+	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSessions()
+	loopErr := make(chan error, 1)
+	go func() { loopErr <- a.sessionLoop(sessCtx, batonv1.NewAgentServiceClient(conn)) }()
+
+	a.log.InfoContext(ctx, "agent started",
+		slog.String("server", cmp.Or(a.cfg.Server.Addr, client.DefaultAddr)),
+		slog.Int("slots", a.cfg.Slots), slog.String("version", a.cfg.Version),
+		slog.String("state_dir", a.cfg.StateDir))
+
+	var fatal error
+	loopDone := false
+	select {
+	case <-ctx.Done():
+		a.drain(sessCtx, "agent is shutting down")
+	case fatal = <-loopErr:
+		loopDone = true
+		a.drain(sessCtx, "control plane refused the agent")
+	case <-a.aborted:
+		a.drain(sessCtx, "agent is stopping by force")
+	}
+
+	if !a.waitIdle(sessCtx) {
+		a.log.WarnContext(sessCtx, "killing running children")
+		a.killAll()
+	}
+	a.wg.Wait()
+
+	if !loopDone && !a.isAborted() {
+		fatal, loopDone = a.waitAcked(sessCtx, loopErr)
+	}
+	stopSessions()
+	if !loopDone {
+		if err := <-loopErr; err != nil && fatal == nil {
+			fatal = err
+		}
+	}
+	if fatal != nil {
+		a.log.ErrorContext(sessCtx, "agent stopped", slog.Any("error", fatal))
+	} else {
+		a.log.InfoContext(sessCtx, "agent stopped")
+	}
+	return fatal
+}
+
+// Abort forces a shutdown: Run kills every running child's process tree
+// (their outcome is FAILED and stays journaled), then returns without
+// waiting for acknowledgements. Abort does not block, may be called from
+// any goroutine and more than once, and takes effect also before Run's
+// context is done.
+func (a *Agent) Abort() {
+	a.abortOnce.Do(func() { close(a.aborted) })
+}
+
+func (a *Agent) isAborted() bool {
+	select {
+	case <-a.aborted:
+		return true
+	default:
+		return false
+	}
+}
+
+// drain makes the agent take no new work. It is idempotent.
+func (a *Agent) drain(ctx context.Context, reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return
+	}
+	a.draining = true
+	close(a.drainCh)
+	a.log.InfoContext(ctx, "draining: no new work", slog.String("reason", reason),
+		slog.Int("running", len(a.attempts)))
+}
+
+// waitIdle waits until no attempt is running. It returns false when Abort
+// was called first.
+func (a *Agent) waitIdle(ctx context.Context) bool {
+	for {
+		a.mu.Lock()
+		n := len(a.attempts)
+		a.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		a.log.InfoContext(ctx, "waiting for running children to finish", slog.Int("running", n))
+		select {
+		case <-a.changed:
+		case <-a.aborted:
+			return false
+		}
+	}
+}
+
+// waitAcked waits until the journal holds no unacknowledged outcome, at
+// most ReportTimeout. It returns the session loop's error when the loop
+// ended meanwhile.
+func (a *Agent) waitAcked(ctx context.Context, loopErr <-chan error) (fatal error, loopDone bool) {
+	timer := time.NewTimer(a.cfg.ReportTimeout)
+	defer timer.Stop()
+	for {
+		n := a.journal.unackedCount()
+		if n == 0 {
+			return nil, false
+		}
+		select {
+		case <-a.acked:
+		case <-timer.C:
+			a.log.WarnContext(ctx, "outcomes not acknowledged before shutdown; they are reported after the next start",
+				slog.Int("unacked", n))
+			return nil, false
+		case <-a.aborted:
+			return nil, false
+		case err := <-loopErr:
+			return err, true
+		}
+	}
+}
+
+// notify signals ch without blocking; ch has a buffer of one.
+func notify(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}

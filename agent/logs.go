@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"sync"
+	"time"
+
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+const (
+	// logChunkSize is the most data one LogChunk carries; a stream is
+	// flushed as soon as this much is pending.
+	logChunkSize = 32 << 10
+	// logFlushInterval is how often pending output is flushed anyway.
+	logFlushInterval = 200 * time.Millisecond
+	// logStreamCap is how much of each stream is streamed to the control
+	// plane; later output is only counted (and kept in the tail).
+	logStreamCap = 1 << 20
+	// logTailSize is how much of the end of each stream TaskFinished
+	// carries.
+	logTailSize = 8 << 10
+)
+
+// logStream turns one of a child's output streams into LogChunks. Memory
+// stays bounded whatever the child writes: at most a chunk's worth of
+// pending data (all of the first logStreamCap bytes while the stream is
+// not yet open) and a tail of twice logTailSize.
+type logStream struct {
+	attemptID int64
+	stream    batonv1.LogStream
+	// emit delivers a chunk; it may block (backpressure on the child) and
+	// may drop the chunk when no session is connected.
+	emit func(*batonv1.LogChunk)
+
+	mu      sync.Mutex
+	open    bool   // chunks may be emitted (after TaskStarted)
+	pending []byte // streamable bytes not yet emitted, starting at sent
+	sent    int64  // offset of pending[0]
+	total   int64  // bytes written so far
+	tail    []byte
+}
+
+// Write records p. It never fails.
+func (l *logStream) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.appendTail(p)
+	if l.total < logStreamCap {
+		keep := min(int64(len(p)), logStreamCap-l.total)
+		l.pending = append(l.pending, p[:keep]...)
+	}
+	l.total += int64(len(p))
+	if l.open {
+		for len(l.pending) >= logChunkSize {
+			l.emitLocked(logChunkSize)
+		}
+	}
+	return len(p), nil
+}
+
+// appendTail keeps at least the last logTailSize bytes, compacting only
+// when the buffer reaches twice that, so a write costs O(len(p)) amortised.
+func (l *logStream) appendTail(p []byte) {
+	if len(p) >= logTailSize {
+		l.tail = append(l.tail[:0], p[len(p)-logTailSize:]...)
+		return
+	}
+	if len(l.tail)+len(p) > 2*logTailSize {
+		l.tail = append(l.tail[:0], l.tail[len(l.tail)-(logTailSize-len(p)):]...)
+	}
+	l.tail = append(l.tail, p...)
+}
+
+// setOpen allows chunks to be emitted and emits what is pending.
+func (l *logStream) setOpen() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open = true
+	l.flushLocked()
+}
+
+// flush emits everything pending, in chunks of at most logChunkSize.
+func (l *logStream) flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open {
+		l.flushLocked()
+	}
+}
+
+func (l *logStream) flushLocked() {
+	for len(l.pending) > 0 {
+		l.emitLocked(min(len(l.pending), logChunkSize))
+	}
+}
+
+// emitLocked emits the first n pending bytes. The chunk gets its own copy:
+// the sender marshals it later, while pending is reused.
+func (l *logStream) emitLocked(n int) {
+	chunk := &batonv1.LogChunk{
+		AttemptId: l.attemptID,
+		Stream:    l.stream,
+		Offset:    l.sent,
+		Data:      append([]byte(nil), l.pending[:n]...),
+	}
+	l.pending = append(l.pending[:0], l.pending[n:]...)
+	l.sent += int64(n)
+	l.emit(chunk)
+}
+
+// lastBytes returns a copy of the stream's last logTailSize bytes.
+func (l *logStream) lastBytes() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t := l.tail
+	if len(t) > logTailSize {
+		t = t[len(t)-logTailSize:]
+	}
+	return append([]byte(nil), t...)
+}
+
+// attemptLogs streams an attempt's stdout and stderr.
+type attemptLogs struct {
+	stdout *logStream
+	stderr *logStream
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func newAttemptLogs(attemptID int64, emit func(*batonv1.LogChunk)) *attemptLogs {
+	return &attemptLogs{
+		stdout: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDOUT, emit: emit},
+		stderr: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDERR, emit: emit},
+	}
+}
+
+// start opens both streams and flushes them every logFlushInterval until
+// finish.
+func (l *attemptLogs) start() {
+	l.stdout.setOpen()
+	l.stderr.setOpen()
+	l.stop = make(chan struct{})
+	l.done = make(chan struct{})
+	go func() {
+		defer close(l.done)
+		t := time.NewTicker(logFlushInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				l.stdout.flush()
+				l.stderr.flush()
+			case <-l.stop:
+				return
+			}
+		}
+	}()
+}
+
+// finish stops the periodic flush and flushes what is left. Call it after
+// the child's output has been read to the end.
+func (l *attemptLogs) finish() {
+	if l.stop != nil {
+		close(l.stop)
+		<-l.done
+	}
+	l.stdout.setOpen()
+	l.stderr.setOpen()
+}

@@ -1,0 +1,332 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/batonhq/baton/client"
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+// The test binary doubles as the child process: with BATON_TEST_CHILD set
+// (the tests put it in StartTask.env), TestMain runs the named behaviour
+// instead of the tests, like buildkite's internal/process/main_test.go.
+func TestMain(m *testing.M) {
+	if b := os.Getenv("BATON_TEST_CHILD"); b != "" {
+		os.Exit(child(b))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// child runs one test child behaviour and returns its exit code.
+func child(behaviour string) int {
+	fmt.Print(os.Getenv("BATON_TEST_STDOUT"))
+	fmt.Fprint(os.Stderr, os.Getenv("BATON_TEST_STDERR"))
+	switch behaviour {
+	case "exit":
+		code, _ := strconv.Atoi(os.Getenv("BATON_TEST_EXIT"))
+		return code
+	case "env":
+		// Report what the child saw as outputs.
+		args, _ := json.Marshal(os.Args[1:])
+		cwd, _ := os.Getwd()
+		lines := []string{"args=" + string(args), "cwd=" + cwd}
+		for _, kv := range os.Environ() {
+			if strings.HasPrefix(kv, "BATON_") || strings.HasPrefix(kv, "TEST_") {
+				lines = append(lines, "ENV_"+kv)
+			}
+		}
+		return writeOutput(strings.Join(lines, "\n") + "\n")
+	case "outputs":
+		return writeOutput(os.Getenv("BATON_TEST_OUTPUTS"))
+	case "big-outputs":
+		return writeOutput("first=1\npad=" + strings.Repeat("x", outputCap) + "\nlast=2\n")
+	case "count":
+		f, err := os.OpenFile(os.Getenv("BATON_TEST_MARKER"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Fprintln(f, os.Getenv("BATON_ATTEMPT_ID"))
+		if err := f.Close(); err != nil {
+			return 1
+		}
+		return 0
+	case "wait-file":
+		// Exit once the test creates the release file.
+		for {
+			if _, err := os.Stat(os.Getenv("BATON_TEST_RELEASE")); err == nil {
+				return 0
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	case "sleep":
+		time.Sleep(time.Hour)
+		return 0
+	case "ignore-term":
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("ignoring SIGTERM")
+		time.Sleep(time.Hour)
+		return 0
+	case "grandchild":
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		gc := exec.Command(exe)
+		gc.Env = append(os.Environ(), "BATON_TEST_CHILD=sleep", "BATON_TEST_STDOUT=", "BATON_TEST_STDERR=")
+		if err := gc.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Printf("grandchild=%d\n", gc.Process.Pid)
+		time.Sleep(time.Hour)
+		return 0
+	case "flood":
+		return flood()
+	default:
+		fmt.Fprintf(os.Stderr, "unknown BATON_TEST_CHILD %q\n", behaviour)
+		return 99
+	}
+}
+
+func writeOutput(content string) int {
+	if err := os.WriteFile(os.Getenv("BATON_OUTPUT"), []byte(content), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// floodPattern is the byte at offset i of a flooded stream.
+func floodPattern(i int64) byte { return byte('a' + i%26) }
+
+// flood writes BATON_TEST_FLOOD_STDOUT and BATON_TEST_FLOOD_STDERR bytes of
+// floodPattern to stdout and stderr, in odd-sized writes.
+func flood() int {
+	for _, s := range []struct {
+		f   *os.File
+		env string
+	}{{os.Stdout, "BATON_TEST_FLOOD_STDOUT"}, {os.Stderr, "BATON_TEST_FLOOD_STDERR"}} {
+		n, _ := strconv.ParseInt(os.Getenv(s.env), 10, 64)
+		buf := make([]byte, 7001)
+		for off := int64(0); off < n; {
+			k := min(int64(len(buf)), n-off)
+			for i := range k {
+				buf[i] = floodPattern(off + i)
+			}
+			if _, err := s.f.Write(buf[:k]); err != nil {
+				return 1
+			}
+			off += k
+		}
+	}
+	return 0
+}
+
+// testLog is a slog.Handler that writes to t.Log and lets a test wait for
+// a message.
+type testLog struct {
+	t     *testing.T
+	attrs []slog.Attr
+	store *logStore
+}
+
+type logStore struct {
+	mu      sync.Mutex
+	records []logRecord
+	changed chan struct{} // closed and replaced on every record
+}
+
+type logRecord struct {
+	msg   string
+	attrs map[string]string
+}
+
+func newTestLog(t *testing.T) (*slog.Logger, *logStore) {
+	store := &logStore{changed: make(chan struct{})}
+	return slog.New(&testLog{t: t, store: store}), store
+}
+
+func (h *testLog) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *testLog) Handle(_ context.Context, r slog.Record) error {
+	rec := logRecord{msg: r.Message, attrs: make(map[string]string)}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s", r.Time.Format("15:04:05.000"), r.Level, r.Message)
+	add := func(a slog.Attr) bool {
+		rec.attrs[a.Key] = a.Value.String()
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	h.t.Log(b.String())
+	h.store.mu.Lock()
+	h.store.records = append(h.store.records, rec)
+	close(h.store.changed)
+	h.store.changed = make(chan struct{})
+	h.store.mu.Unlock()
+	return nil
+}
+
+func (h *testLog) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &testLog{t: h.t, attrs: append(slices.Clip(h.attrs), attrs...), store: h.store}
+}
+
+func (h *testLog) WithGroup(string) slog.Handler { return h }
+
+// wait waits for a record with message msg and the given attribute values
+// (key, value pairs).
+func (s *logStore) wait(t *testing.T, msg string, kv ...string) {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	seen := 0
+	for {
+		s.mu.Lock()
+		recs := s.records[seen:]
+		seen = len(s.records)
+		changed := s.changed
+		s.mu.Unlock()
+		for _, r := range recs {
+			if r.msg == msg && matchAttrs(r.attrs, kv) {
+				return
+			}
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("no log %q %v within %s", msg, kv, waitTimeout)
+		}
+	}
+}
+
+func matchAttrs(attrs map[string]string, kv []string) bool {
+	for i := 0; i+1 < len(kv); i += 2 {
+		if attrs[kv[i]] != kv[i+1] {
+			return false
+		}
+	}
+	return true
+}
+
+// testBundle is what the agent tests work with.
+type testBundle struct {
+	srv      *fakeServer
+	stateDir string
+	logs     *logStore
+	logger   *slog.Logger
+	exe      string // the test binary, run as the child
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logger, logs := newTestLog(t)
+	return &testBundle{
+		srv:      newFakeServer(t),
+		stateDir: filepath.Join(t.TempDir(), "state"),
+		logs:     logs,
+		logger:   logger,
+		exe:      exe,
+	}
+}
+
+// config returns an agent Config for the bundle's server and state dir.
+func (b *testBundle) config() Config {
+	return Config{
+		Server:        client.DialConfig{Addr: b.srv.addr},
+		Name:          "test-agent",
+		Labels:        map[string]string{"role": "ssis", "dc": "east"},
+		Slots:         4,
+		StateDir:      b.stateDir,
+		Version:       "v-test",
+		KillGrace:     5 * time.Second,
+		ReportTimeout: 5 * time.Second,
+		// A race-enabled child would otherwise sleep a second at exit.
+		Env:    append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
+		Logger: b.logger,
+	}
+}
+
+// runningAgent is an agent whose Run is in progress.
+type runningAgent struct {
+	*Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start creates an agent from cfg and runs it until the test ends.
+func (b *testBundle) start(t *testing.T, cfg Config) *runningAgent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	a.retryBase = 20 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		a.Abort()
+		select {
+		case <-r.done:
+		case <-time.After(waitTimeout):
+			t.Errorf("Run did not return within %s of Abort", waitTimeout)
+		}
+	})
+	return r
+}
+
+// wait waits for Run to return and returns its error.
+func (r *runningAgent) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err // for the cleanup
+		return err
+	case <-time.After(waitTimeout):
+		t.Fatalf("Run did not return within %s", waitTimeout)
+		return nil
+	}
+}
+
+// task returns a StartTask that runs the test binary as a child with the
+// given behaviour.
+func (b *testBundle) task(id int64, behaviour string, env ...string) *batonv1.StartTask {
+	st := &batonv1.StartTask{
+		AttemptId: id,
+		RunId:     1000 + id,
+		Job:       "nightly-dw-load",
+		Task:      "stage-customers",
+		Attempt:   1,
+		Argv:      []string{b.exe},
+		Env:       map[string]string{"BATON_TEST_CHILD": behaviour},
+	}
+	for i := 0; i+1 < len(env); i += 2 {
+		st.Env[env[i]] = env[i+1]
+	}
+	return st
+}

@@ -1,0 +1,299 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+const (
+	// maxBackoffShift caps the reconnect backoff at retryBase << 6 (64 s).
+	maxBackoffShift = 6
+	// welcomeTimeout is how long a session waits for the Welcome.
+	welcomeTimeout = 30 * time.Second
+	// minHeartbeat bounds a Welcome's heartbeat interval from below.
+	minHeartbeat = 10 * time.Millisecond
+	// sessionQueue is how many messages wait for the sender.
+	sessionQueue = 64
+)
+
+// fatalCodes end Run: retrying cannot help.
+var fatalCodes = map[codes.Code]bool{
+	codes.Unauthenticated:  true,
+	codes.PermissionDenied: true,
+	codes.Unimplemented:    true,
+}
+
+func isFatal(err error) bool { return err != nil && fatalCodes[status.Code(err)] }
+
+// errNoWelcome ends a session whose Hello got no answer.
+var errNoWelcome = errors.New("no welcome from the control plane")
+
+// session is one Connect stream. Messages for it go through out to its
+// single sender goroutine (a gRPC stream's Send is not safe for concurrent
+// use); done is closed when the session ends, and messages still queued
+// then are dropped: outcomes are journaled and resent in the next Hello,
+// running attempts are listed there too, and log chunks are best effort.
+type session struct {
+	out  chan *batonv1.ConnectRequest
+	done <-chan struct{}
+}
+
+// send queues msg, blocking while the queue is full. It reports false when
+// the session ended first.
+func (s *session) send(msg *batonv1.ConnectRequest) bool {
+	select {
+	case s.out <- msg:
+		return true
+	case <-s.done:
+		return false
+	}
+}
+
+// send queues msg on the current session. It reports false when the agent
+// is disconnected or the session ended first.
+func (a *Agent) send(msg *batonv1.ConnectRequest) bool {
+	a.mu.Lock()
+	s := a.sess
+	a.mu.Unlock()
+	if s == nil {
+		return false
+	}
+	return s.send(msg)
+}
+
+// sessionLoop runs sessions until ctx is done or the control plane refuses
+// the agent for good. It reconnects with full-jitter exponential backoff,
+// capped, and starts over after a healthy session (one that got a
+// Welcome), so a fleet of agents does not reconnect in lockstep after a
+// control plane restart.
+func (a *Agent) sessionLoop(ctx context.Context, cl batonv1.AgentServiceClient) error {
+	attempt := 0
+	for {
+		healthy, err := a.runSession(ctx, cl)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isFatal(err) {
+			return fmt.Errorf("control plane refused the agent: %w", err)
+		}
+		a.logSessionEnd(ctx, err)
+		attempt++
+		if healthy {
+			attempt = 0
+		}
+		delay := rand.N(a.retryBase << min(attempt, maxBackoffShift))
+		a.log.DebugContext(ctx, "reconnecting", slog.Duration("delay", delay))
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+func (a *Agent) logSessionEnd(ctx context.Context, err error) {
+	switch {
+	case errors.Is(err, io.EOF):
+		a.log.InfoContext(ctx, "control plane closed the session")
+	case status.Code(err) == codes.AlreadyExists:
+		a.log.WarnContext(ctx, "another live agent holds this name; retrying in case it is a stale session",
+			slog.String("name", a.cfg.Name), slog.Any("error", err))
+	default:
+		a.log.WarnContext(ctx, "session ended", slog.Any("error", err))
+	}
+}
+
+// runSession runs one Connect stream until it breaks or ctx is done. The
+// stream gets its own context, because Recv cannot be selected on: ending
+// the session cancels it. healthy reports whether a Welcome arrived.
+func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (healthy bool, err error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := cl.Connect(sctx)
+	if err != nil {
+		return false, fmt.Errorf("open stream: %w", err)
+	}
+	s := &session{out: make(chan *batonv1.ConnectRequest, sessionQueue), done: sctx.Done()}
+	hello := a.register(s)
+	defer a.unregister(s)
+
+	welcomed := make(chan time.Duration, 1)
+	sendErr := make(chan error, 1)
+	go func() {
+		err := a.sendLoop(sctx, stream, s, hello, welcomed)
+		if err != nil && !errors.Is(err, io.EOF) {
+			// A broken stream or a missing Welcome: stop receiving too. On
+			// io.EOF the server ended the stream and Recv returns its status.
+			cancel(err)
+		}
+		sendErr <- err
+	}()
+	healthy, err = a.recvLoop(sctx, stream, welcomed)
+	cancel(nil)
+	serr := <-sendErr
+	if cause := context.Cause(sctx); serr != nil && errors.Is(cause, serr) {
+		err = serr
+	}
+	return healthy, err
+}
+
+// register makes s the current session and returns the Hello for it. Both
+// happen under the lock that also covers journaling an outcome, so every
+// outcome either is listed in this Hello or is sent on s afterwards.
+func (a *Agent) register(s *session) *batonv1.ConnectRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sess = s
+	hello := &batonv1.Hello{
+		Name:     a.cfg.Name,
+		Labels:   a.cfg.Labels,
+		Slots:    int32(a.cfg.Slots),
+		Version:  a.cfg.Version,
+		Hostname: a.hostname,
+		Os:       runtime.GOOS,
+		Unacked:  a.journal.unacked(),
+		BootId:   a.bootID,
+	}
+	for _, att := range a.attempts {
+		hello.Running = append(hello.Running, &batonv1.RunningAttempt{
+			AttemptId: att.id,
+			StartTime: timestamppb.New(att.startTime()),
+		})
+	}
+	slices.SortFunc(hello.Running, func(x, y *batonv1.RunningAttempt) int {
+		return cmp.Compare(x.GetAttemptId(), y.GetAttemptId())
+	})
+	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Hello{Hello: hello}}
+}
+
+func (a *Agent) unregister(s *session) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sess == s {
+		a.sess = nil
+	}
+}
+
+// heartbeat returns a Heartbeat listing the running attempts.
+func (a *Agent) heartbeat() *batonv1.ConnectRequest {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	hb := &batonv1.Heartbeat{Draining: a.draining}
+	for id := range a.attempts {
+		hb.Running = append(hb.Running, id)
+	}
+	slices.Sort(hb.Running)
+	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Heartbeat{Heartbeat: hb}}
+}
+
+// sendLoop is the session's only sender. It sends the Hello, waits for the
+// Welcome, then sends queued messages and a Heartbeat every interval (and
+// at once when draining starts). It returns nil when ctx is done.
+func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient, s *session,
+	hello *batonv1.ConnectRequest, welcomed <-chan time.Duration) error {
+	if err := stream.Send(hello); err != nil {
+		return fmt.Errorf("send hello: %w", err)
+	}
+	var interval time.Duration
+	wt := time.NewTimer(welcomeTimeout)
+	select {
+	case interval = <-welcomed:
+		wt.Stop()
+	case <-wt.C:
+		return fmt.Errorf("%w within %s", errNoWelcome, welcomeTimeout)
+	case <-ctx.Done():
+		wt.Stop()
+		return nil
+	}
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	drainCh := a.drainCh
+	for {
+		var msg *batonv1.ConnectRequest
+		select {
+		case <-ctx.Done():
+			return nil
+		case iv := <-welcomed:
+			ticker.Reset(iv)
+			continue
+		case <-ticker.C:
+			msg = a.heartbeat()
+		case <-drainCh:
+			drainCh = nil
+			msg = a.heartbeat()
+		case msg = <-s.out:
+		}
+		if err := stream.Send(msg); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+}
+
+// recvLoop receives and dispatches control plane messages until the
+// stream breaks.
+func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient,
+	welcomed chan time.Duration) (healthy bool, err error) {
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return healthy, err
+		}
+		switch m := msg.GetMsg().(type) {
+		case *batonv1.ConnectResponse_Welcome:
+			iv := defaultHeartbeat
+			if d := m.Welcome.GetHeartbeatInterval(); d != nil && d.IsValid() && d.AsDuration() > 0 {
+				iv = max(d.AsDuration(), minHeartbeat)
+			}
+			if !healthy {
+				a.log.InfoContext(ctx, "connected",
+					slog.String("server_version", m.Welcome.GetServerVersion()),
+					slog.Duration("heartbeat_interval", iv))
+			}
+			healthy = true
+			// Replace an interval the sender has not picked up yet.
+			select {
+			case <-welcomed:
+			default:
+			}
+			welcomed <- iv
+		case *batonv1.ConnectResponse_StartTask:
+			a.handleStart(ctx, m.StartTask)
+		case *batonv1.ConnectResponse_CancelTask:
+			a.handleCancel(ctx, m.CancelTask)
+		case *batonv1.ConnectResponse_Ack:
+			a.handleAck(ctx, m.Ack)
+		case *batonv1.ConnectResponse_Drain:
+			a.drain(ctx, "control plane asked: "+m.Drain.GetReason())
+		default:
+			a.log.WarnContext(ctx, "ignoring unknown message from the control plane", slog.String("type", fmt.Sprintf("%T", m)))
+		}
+	}
+}
+
+// handleAck forgets acknowledged outcomes.
+func (a *Agent) handleAck(ctx context.Context, ack *batonv1.Ack) {
+	a.mu.Lock()
+	err := a.journal.ack(ack.GetAttemptIds())
+	a.mu.Unlock()
+	if err != nil {
+		a.log.WarnContext(ctx, "journal: cannot record acknowledgement", slog.Any("error", err))
+	}
+	a.log.DebugContext(ctx, "outcomes acknowledged", slog.Any("attempt_ids", ack.GetAttemptIds()))
+	notify(a.acked)
+}
