@@ -1,0 +1,150 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"unicode/utf16"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func utf16Bytes(s string, bigEndian bool) []byte {
+	out := []byte{0xFF, 0xFE}
+	if bigEndian {
+		out = []byte{0xFE, 0xFF}
+	}
+	for _, u := range utf16.Encode([]rune(s)) {
+		if bigEndian {
+			out = append(out, byte(u>>8), byte(u))
+		} else {
+			out = append(out, byte(u), byte(u>>8))
+		}
+	}
+	return out
+}
+
+func TestParseOutputs(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		data      []byte
+		truncated bool
+		want      map[string]string
+		notes     []string
+	}{
+		{
+			name: "lines, CRLF, comments, blanks, later wins",
+			data: []byte("a=1\r\n\r\n  \n# comment\n  # indented comment\nb = two words \na=3\n"),
+			want: map[string]string{"a": "3", "b": " two words "},
+		},
+		{
+			name: "value keeps every '=' after the first",
+			data: []byte("conn=Server=x;Database=y"),
+			want: map[string]string{"conn": "Server=x;Database=y"},
+		},
+		{
+			name:  "malformed lines",
+			data:  []byte("ok=1\nnoequals\n=novalue\n  =x\n"),
+			want:  map[string]string{"ok": "1"},
+			notes: []string{"output file line 2: no '=' in the line; skipped", "output file line 3: empty name; skipped", "output file line 4: empty name; skipped"},
+		},
+		{
+			name:  "invalid UTF-8 is replaced",
+			data:  []byte("bad=\xff\xfe\n"),
+			want:  map[string]string{"bad": "\uFFFD"},
+			notes: []string{"output file line 1: invalid UTF-8 replaced with U+FFFD"},
+		},
+		{
+			name: "UTF-8 byte order mark",
+			data: append([]byte{0xEF, 0xBB, 0xBF}, "RowCount=5\n"...),
+			want: map[string]string{"RowCount": "5"},
+		},
+		{
+			name: "UTF-16LE as PowerShell writes it",
+			data: utf16Bytes("RowCount=5\r\nName=Zürich\r\n", false),
+			want: map[string]string{"RowCount": "5", "Name": "Zürich"},
+		},
+		{
+			name: "UTF-16BE",
+			data: utf16Bytes("x=y\n", true),
+			want: map[string]string{"x": "y"},
+		},
+		{
+			name:      "truncated drops the cut last line",
+			data:      []byte("a=1\nb=2\nc=partial"),
+			truncated: true,
+			want:      map[string]string{"a": "1", "b": "2"},
+			notes:     []string{"output file: the last line was cut by the cap and is skipped"},
+		},
+		{
+			name:      "truncated inside the first line",
+			data:      []byte("a=12345"),
+			truncated: true,
+			notes:     []string{"output file: the first line was cut by the cap and is skipped"},
+		},
+		{
+			name: "empty",
+			data: nil,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, notes := parseOutputs(tc.data, tc.truncated)
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("parseOutputs(%q) outputs mismatch (-want +got):\n%s", tc.data, diff)
+			}
+			if diff := cmp.Diff(tc.notes, notes); diff != "" {
+				t.Errorf("parseOutputs(%q) notes mismatch (-want +got):\n%s", tc.data, diff)
+			}
+		})
+	}
+}
+
+func TestParseOutputsBoundsNotes(t *testing.T) {
+	t.Parallel()
+	_, notes := parseOutputs([]byte(strings.Repeat("garbage\n", 1000)), false)
+	if len(notes) != maxOutputNotes+1 {
+		t.Errorf("got %d notes for 1000 bad lines, want %d", len(notes), maxOutputNotes+1)
+	}
+}
+
+func TestReadOutputs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tests := []struct {
+		name      string
+		content   *string
+		want      map[string]string
+		wantNotes int
+	}{
+		{name: "missing file", content: nil},
+		{name: "exactly the cap", content: ptr("k=" + strings.Repeat("v", outputCap-3) + "\n"), want: map[string]string{"k": strings.Repeat("v", outputCap-3)}},
+		{name: "one byte over the cap", content: ptr("a=1\nk=" + strings.Repeat("v", outputCap-6) + "\n"), want: map[string]string{"a": "1"}, wantNotes: 2},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(dir, string(rune('a'+i)))
+			if tc.content != nil {
+				if err := os.WriteFile(path, []byte(*tc.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, notes, err := readOutputs(path)
+			if err != nil {
+				t.Fatalf("readOutputs: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("outputs mismatch (-want +got):\n%s", diff)
+			}
+			if len(notes) != tc.wantNotes {
+				t.Errorf("notes = %q, want %d", notes, tc.wantNotes)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
