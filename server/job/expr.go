@@ -191,8 +191,8 @@ func compileExprs(s *Spec, errs *errorList, lines map[string]int) *Exprs {
 	return x
 }
 
-// upstreamOf caches one task's upstream set while its expressions are
-// checked.
+// taskScope is the task whose expressions are being checked, with its
+// upstream set computed on first use.
 type taskScope struct {
 	index    int
 	name     string

@@ -26,15 +26,21 @@ const maxNodes = 1 << 20
 // 32-bit columns.
 const maxInt = math.MaxInt32
 
-// Field values.
+// Values of [Spec.Overlap].
 const (
 	OverlapForbid = "forbid"
 	OverlapQueue  = "queue"
 	OverlapAllow  = "allow"
+)
 
+// Values of [Task.Trigger].
+const (
 	TriggerAll = "all"
 	TriggerAny = "any"
+)
 
+// Values of [Task.OnFailure].
+const (
 	OnFailureContinue  = "continue"
 	OnFailureCancelRun = "cancel_run"
 )
@@ -395,6 +401,12 @@ func (p *parser) text(n *yaml.Node, task, path string) (string, int, bool) {
 	if n.Kind == yaml.ScalarNode {
 		switch n.ShortTag() {
 		case "!!str", "!!int", "!!float", "!!bool", "!!timestamp":
+			// No program argument, environment value or path can hold
+			// a NUL, and nothing else in a job file needs one.
+			if strings.IndexByte(n.Value, 0) >= 0 {
+				p.errs.add(n.Line, task, path, "must not contain a NUL character (\\0)")
+				return "", n.Line, false
+			}
 			return n.Value, n.Line, true
 		case "!!null":
 			p.errs.add(n.Line, task, path, "must be a value, not null (write \"\" for an empty string)")

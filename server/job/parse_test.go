@@ -179,6 +179,11 @@ func TestParseInvalid(t *testing.T) {
 			want: []wantErr{{4, "a", "tasks[a].run[1]", `must be a value, not null (write "" for an empty string)`}},
 		},
 		{
+			name: "NUL in an argument",
+			src:  header + "  - name: a\n    run: [x, \"a\\0b\"]\n",
+			want: []wantErr{{4, "a", "tasks[a].run[1]", "must not contain a NUL character"}},
+		},
+		{
 			name: "duplicate task names",
 			src:  header + "  - name: a\n    run: [x]\n  - name: a\n    run: [y]\n",
 			want: []wantErr{{5, "a", "tasks[a].name", `duplicate task name "a" (first at line 3)`}},
@@ -732,7 +737,7 @@ tasks:
   - {name: may-fail, stage: 10, allow_failure: true, run: [x]}
   - {name: on-failure, stage: 11, needs: [{task: may-fail, status: failure}], run: [x]}
 `,
-		"escapes": "name: escapes\ntasks:\n  - name: a\n    run: [\"echo\", \"$${{ not a placeholder }}\", \"tab\\there\", \"ünïcödé\", \"<&>\", '\"quoted\"', \"\\u0001\"]\n",
+		"escapes": "name: escapes\ntasks:\n  - name: a\n    run: [\"echo\", \"$${{ not a placeholder }}\", \"tab\\there\", \"ünïcödé\", \"<&>\", '\"quoted\"', \"\\u0001\", \"\\u2028\\u2029\", \"back\\\\slash\", \"😀\"]\n",
 	}
 	for _, name := range []string{"design-example.yaml"} {
 		b, err := os.ReadFile(filepath.Join("testdata", name))

@@ -13,9 +13,12 @@ import (
 
 // Spec is a parsed and validated job file.
 type Spec struct {
-	Name        string            `json:"name"`
-	Description string            `json:"description,omitempty"`
-	Params      map[string]string `json:"params,omitempty"`
+	// Name identifies the job; applying a spec with the same name makes a
+	// new version.
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// Params maps each run parameter to its default value.
+	Params map[string]string `json:"params,omitempty"`
 	// MaxParallel bounds how many task instances of one run are in flight
 	// at once; 0 means unbounded.
 	MaxParallel int `json:"max_parallel,omitempty"`
@@ -23,7 +26,8 @@ type Spec struct {
 	Overlap string `json:"overlap,omitempty"`
 	// Timeout is the run-level time limit; 0 means none.
 	Timeout Duration `json:"timeout,omitempty"`
-	Tasks   []*Task  `json:"tasks"`
+	// Tasks are in file order; names are unique.
+	Tasks []*Task `json:"tasks"`
 }
 
 // Task is one node of a job.
@@ -37,10 +41,13 @@ type Task struct {
 	// Trigger is all (default: every edge must be satisfied) or any.
 	Trigger string `json:"trigger,omitempty"`
 	// When is a CEL condition evaluated once the edges are satisfied.
-	When   string            `json:"when,omitempty"`
-	RunsOn Selector          `json:"runs_on,omitzero"`
-	Run    []string          `json:"run"`
-	Env    map[string]string `json:"env,omitempty"`
+	When   string   `json:"when,omitempty"`
+	RunsOn Selector `json:"runs_on,omitzero"`
+	// Run is the argv: the program and its arguments, never run through a
+	// shell. Elements may hold ${{ }} placeholders (see [Exprs.Expand]).
+	Run []string `json:"run"`
+	// Env holds extra environment variables; values may hold placeholders.
+	Env map[string]string `json:"env,omitempty"`
 	// WorkingDir is the child's working directory on the agent.
 	WorkingDir string `json:"working_dir,omitempty"`
 	// Retries is how many more attempts a failed attempt gets.
@@ -53,9 +60,11 @@ type Task struct {
 	// AllowFailure keeps this task's failure from failing the run.
 	AllowFailure bool `json:"allow_failure,omitempty"`
 	// OnFailure is continue (default) or cancel_run.
-	OnFailure string   `json:"on_failure,omitempty"`
-	Priority  int      `json:"priority,omitempty"`
-	ForEach   *ForEach `json:"for_each,omitempty"`
+	OnFailure string `json:"on_failure,omitempty"`
+	// Priority orders ready work: higher first.
+	Priority int `json:"priority,omitempty"`
+	// ForEach, when set, runs the task once per item.
+	ForEach *ForEach `json:"for_each,omitempty"`
 	// MaxParallel bounds the in-flight items of a for-each task.
 	MaxParallel int `json:"max_parallel,omitempty"`
 }
