@@ -140,6 +140,9 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if _, err := cfg.Server.TLSConfig(); err != nil {
+		return nil, fmt.Errorf("config: Server: %w", err)
+	}
 	cfg.Labels = maps.Clone(cfg.Labels)
 	env := cfg.Env
 	if env == nil {
@@ -189,6 +192,13 @@ func New(cfg Config) (*Agent, error) {
 	}, nil
 }
 
+// Limits on what a Hello may carry; the control plane refuses more.
+const (
+	maxNameLen  = 128
+	maxLabels   = 64
+	maxLabelLen = 256
+)
+
 func (c *Config) validate() error {
 	if c.StateDir == "" {
 		return errors.New("config: StateDir is required")
@@ -199,6 +209,12 @@ func (c *Config) validate() error {
 	if !utf8.ValidString(c.Name) {
 		return errors.New("config: Name is not valid UTF-8")
 	}
+	if len(c.Name) > maxNameLen {
+		return fmt.Errorf("config: Name is longer than %d bytes", maxNameLen)
+	}
+	if len(c.Labels) > maxLabels {
+		return fmt.Errorf("config: Labels has %d entries, at most %d are allowed", len(c.Labels), maxLabels)
+	}
 	if !utf8.ValidString(c.Version) {
 		return errors.New("config: Version is not valid UTF-8")
 	}
@@ -208,6 +224,9 @@ func (c *Config) validate() error {
 		}
 		if !utf8.ValidString(k) || !utf8.ValidString(v) {
 			return fmt.Errorf("config: Labels[%q] is not valid UTF-8", k)
+		}
+		if len(k) > maxLabelLen || len(v) > maxLabelLen {
+			return fmt.Errorf("config: Labels[%.20q...]: keys and values are at most %d bytes", k, maxLabelLen)
 		}
 	}
 	if c.Slots < 1 || c.Slots > math.MaxInt32 {
@@ -226,12 +245,13 @@ func (c *Config) validate() error {
 // drains: it takes no new work (a StartTask is answered REJECTED), cancels
 // nothing, waits for running children to finish and their outcomes to be
 // acknowledged (at most Config.ReportTimeout after the last child
-// finished), and returns nil. Run returns early when the control plane
+// finished), and returns nil. Run stops early when the control plane
 // refuses the agent for good (Unauthenticated, PermissionDenied,
 // Unimplemented): it still lets running children finish, keeps their
 // outcomes in the journal and returns that error. After Abort, Run kills
 // the children's process trees and returns without waiting for
-// acknowledgements.
+// acknowledgements. Run never gives up on an unreachable control plane; it
+// keeps reconnecting.
 //
 // Run may be called once; when it returns the state directory is
 // released.
@@ -285,11 +305,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			fatal = err
 		}
 	}
-	if fatal != nil {
-		a.log.ErrorContext(sessCtx, "agent stopped", slog.Any("error", fatal))
-	} else {
-		a.log.InfoContext(sessCtx, "agent stopped")
-	}
+	a.log.InfoContext(sessCtx, "agent stopped")
 	return fatal
 }
 

@@ -281,41 +281,61 @@ func markerCount(t *testing.T, path string) int {
 	return strings.Count(string(data), "\n")
 }
 
-func TestRepeatedStartTaskIgnored(t *testing.T) {
+func TestRepeatedStartTask(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	marker := filepath.Join(t.TempDir(), "marker")
+	release, done := releaseFile(t)
 	b.start(t, b.config())
 	s := b.srv.session(t)
-	st := b.task(11, "count", "BATON_TEST_MARKER", marker)
+	st := b.task(11, "count", "BATON_TEST_MARKER", marker, "BATON_TEST_RELEASE", release)
+	st.Env["BATON_TEST_CHILD"] = "wait-file"
+	s.startTask(t, st)
+	s.started(t, 11)
 
-	// A duplicate while the first may still be running.
+	// Running: the duplicate is ignored.
 	s.startTask(t, st)
-	s.startTask(t, st)
-	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "11")
-	if tf, _ := s.finished(t, 11); tf.GetOutcome() != succeeded {
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "11", "state", "running")
+	done()
+	tf, _ := s.finished(t, 11)
+	if tf.GetOutcome() != succeeded {
 		t.Fatalf("outcome = %v (%s), want SUCCEEDED", tf.GetOutcome(), tf.GetError())
 	}
-	// A duplicate after the outcome, before and after the ack.
+
+	// Finished, not acked: the control plane evidently lacks the outcome,
+	// so it is sent again and nothing runs.
 	s.startTask(t, st)
+	again, msgs := s.finished(t, 11)
+	if diff := cmp.Diff(tf, again, protocmp.Transform()); diff != "" {
+		t.Errorf("repeated outcome differs (-first +again):\n%s", diff)
+	}
+	for _, m := range msgs {
+		if m.GetTaskStarted() != nil {
+			t.Errorf("repeated StartTask started the attempt again: %v", m)
+		}
+	}
+
+	// Acked: ignored.
 	s.ack(t, 11)
 	s.startTask(t, st)
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "11", "state", "acked")
+
 	// A later attempt runs, so the agent has processed the duplicates.
 	s.startTask(t, b.task(12, "count", "BATON_TEST_MARKER", marker))
-	msgs := s.until(t, "TaskFinished for 12", func(m *batonv1.ConnectRequest) bool {
+	msgs = s.until(t, "TaskFinished for 12", func(m *batonv1.ConnectRequest) bool {
 		return m.GetTaskFinished().GetAttemptId() == 12
 	})
 	for _, m := range msgs {
 		if m.GetTaskStarted().GetAttemptId() == 11 || m.GetTaskFinished().GetAttemptId() == 11 {
-			t.Errorf("repeated StartTask produced %v", m)
+			t.Errorf("acked attempt repeated: %v", m)
 		}
 	}
-	if n := markerCount(t, marker); n != 2 {
-		t.Errorf("children ran %d times, want 2 (attempt 11 once, attempt 12 once)", n)
+	if n := markerCount(t, marker); n != 1 {
+		t.Errorf("the count child ran %d times, want once (attempt 12; attempt 11 waited for a file)", n)
 	}
 }
 
-func TestRestartedAgentReportsUnackedAndIgnoresKnownAttempt(t *testing.T) {
+func TestRestartedAgentReportsUnackedAndNeverRestarts(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	marker := filepath.Join(t.TempDir(), "marker")
@@ -341,8 +361,13 @@ func TestRestartedAgentReportsUnackedAndIgnoresKnownAttempt(t *testing.T) {
 	if diff := cmp.Diff([]*batonv1.TaskFinished{tf}, s2.hello.GetUnacked(), protocmp.Transform()); diff != "" {
 		t.Errorf("Hello.unacked after restart mismatch (-want +got):\n%s", diff)
 	}
+	// Repeated to the new process: the known outcome comes back, nothing
+	// runs.
 	s2.startTask(t, st)
-	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "21")
+	again, _ := s2.finished(t, 21)
+	if diff := cmp.Diff(tf, again, protocmp.Transform()); diff != "" {
+		t.Errorf("repeated outcome differs (-first +again):\n%s", diff)
+	}
 	s2.ack(t, 21)
 	second.cancel()
 	if err := second.wait(t); err != nil {
@@ -359,7 +384,10 @@ func TestRestartedAgentReportsUnackedAndIgnoresKnownAttempt(t *testing.T) {
 		t.Errorf("Hello.unacked = %v after ack, want none", s3.hello.GetUnacked())
 	}
 	s3.startTask(t, st)
-	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "21")
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "21", "state", "acked")
+	if n := markerCount(t, marker); n != 1 {
+		t.Errorf("attempt 21 ran %d times, want once", n)
+	}
 }
 
 func TestReconnectResendsUnackedUntilAcked(t *testing.T) {
@@ -641,6 +669,9 @@ func TestConfigValidation(t *testing.T) {
 		{name: "negative kill grace", modify: func(c *Config) { c.KillGrace = -time.Second }, wantErr: "KillGrace must not be negative"},
 		{name: "negative report timeout", modify: func(c *Config) { c.ReportTimeout = -time.Second }, wantErr: "ReportTimeout must not be negative"},
 		{name: "invalid UTF-8 name", modify: func(c *Config) { c.Name = "\xff" }, wantErr: "Name is not valid UTF-8"},
+		{name: "long name", modify: func(c *Config) { c.Name = strings.Repeat("n", 129) }, wantErr: "Name is longer than 128 bytes"},
+		{name: "long label", modify: func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 257)} }, wantErr: "at most 256 bytes"},
+		{name: "missing CA file", modify: func(c *Config) { c.Server.CAFile = "/no/such/ca.pem" }, wantErr: "config: Server: read CA file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -653,4 +684,45 @@ func TestConfigValidation(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestAttemptRunningAtCrashIsNeverRestarted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// An earlier agent process recorded attempt 111 and died while its
+	// child ran.
+	j, err := openJournal(filepath.Join(b.stateDir, "journal"), false, b.logger, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.begin(111, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+
+	b.start(t, b.config())
+	s := b.srv.session(t)
+	if len(s.hello.GetRunning()) != 0 || len(s.hello.GetUnacked()) != 0 {
+		t.Errorf("Hello lists running %v, unacked %v; want neither for an attempt whose outcome is unknown",
+			s.hello.GetRunning(), s.hello.GetUnacked())
+	}
+	// The control plane never heard that it started and sends it again:
+	// it must not run twice, and the control plane must not wait forever.
+	marker := filepath.Join(t.TempDir(), "marker")
+	s.startTask(t, b.task(111, "count", "BATON_TEST_MARKER", marker))
+	tf, msgs := s.finished(t, 111)
+	if tf.GetOutcome() != failed || tf.GetExitCode() != -1 || tf.GetError() != "the agent stopped while the attempt ran; its outcome is unknown" {
+		t.Errorf("TaskFinished = {%v, %d, %q}, want {FAILED, -1, the agent stopped while the attempt ran; its outcome is unknown}",
+			tf.GetOutcome(), tf.GetExitCode(), tf.GetError())
+	}
+	for _, m := range msgs {
+		if m.GetTaskStarted() != nil {
+			t.Errorf("the attempt started again: %v", m)
+		}
+	}
+	if n := markerCount(t, marker); n != 0 {
+		t.Errorf("the child ran %d times, want never", n)
+	}
+	s.ack(t, 111)
+	s.startTask(t, b.task(111, "count", "BATON_TEST_MARKER", marker))
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "111", "state", "acked")
 }

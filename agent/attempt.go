@@ -78,9 +78,14 @@ func (att *attempt) startTime() time.Time {
 	return att.started
 }
 
-// handleStart accepts, rejects or ignores a StartTask. An attempt id the
-// agent already holds or has journaled is ignored: an attempt starts at
-// most once.
+// handleStart accepts, rejects or answers a StartTask. An attempt starts at
+// most once: for an attempt id the agent already holds or has journaled,
+// nothing starts. The control plane repeats a StartTask when it believes
+// the attempt never reached the agent, so the agent answers what it knows:
+// a running attempt is in every Heartbeat, an unacknowledged outcome is
+// sent again, and an attempt an earlier agent process was running when it
+// stopped is reported FAILED, its real outcome being unknown. An
+// acknowledged attempt is ignored.
 func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 	id := st.GetAttemptId()
 	log := a.log.With(slog.Int64("attempt_id", id))
@@ -89,9 +94,43 @@ func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 		return
 	}
 	a.mu.Lock()
-	if _, ok := a.attempts[id]; ok || a.journal.seen(id) {
+	if _, ok := a.attempts[id]; ok {
 		a.mu.Unlock()
-		log.InfoContext(ctx, "ignoring repeated start_task")
+		log.InfoContext(ctx, "ignoring repeated start_task", slog.String("state", "running"))
+		return
+	}
+	if state, tf, ok := a.journal.lookup(id); ok && state != stateRejected {
+		var err error
+		switch state {
+		case stateAbandoned:
+			now := timestamppb.Now()
+			tf = &batonv1.TaskFinished{
+				AttemptId: id,
+				Outcome:   batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED,
+				ExitCode:  -1,
+				Error:     "the agent stopped while the attempt ran; its outcome is unknown",
+				StartTime: now,
+				EndTime:   now,
+			}
+			err = a.journal.finish(tf)
+		case stateFinished:
+		default:
+			tf = nil
+		}
+		s := a.sess
+		a.mu.Unlock()
+		if err != nil {
+			log.WarnContext(ctx, "journal: cannot record outcome", slog.Any("error", err))
+		}
+		if tf == nil {
+			log.InfoContext(ctx, "ignoring repeated start_task", slog.String("state", string(state)))
+			return
+		}
+		log.InfoContext(ctx, "repeated start_task: reporting the known outcome", slog.String("state", string(state)),
+			slog.String("outcome", tf.GetOutcome().String()))
+		if s != nil {
+			s.send(finishedMsg(tf))
+		}
 		return
 	}
 	var reason string
@@ -173,15 +212,16 @@ func (a *Agent) killAll() {
 
 // stopAttempt records why the agent stops att and signals its child: kill
 // at once, or SIGTERM then SIGKILL after grace. A child that already exited
-// keeps its own outcome; one that has not started yet will not start.
-func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, grace time.Duration, kill bool) {
+// keeps its own outcome (stopAttempt reports false); one that has not
+// started yet will not start.
+func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, grace time.Duration, kill bool) bool {
 	att.mu.Lock()
 	p := att.proc
 	if p != nil {
 		select {
 		case <-p.Done():
 			att.mu.Unlock()
-			return
+			return false
 		default:
 		}
 	}
@@ -190,7 +230,7 @@ func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, 
 	}
 	att.mu.Unlock()
 	if p == nil {
-		return
+		return true
 	}
 	var err error
 	if kill {
@@ -201,6 +241,7 @@ func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, 
 	if err != nil {
 		a.log.WarnContext(ctx, "cannot signal child", slog.Int64("attempt_id", att.id), slog.Any("error", err))
 	}
+	return true
 }
 
 // runAttempt runs att to its outcome, journals the outcome and reports it.
@@ -282,11 +323,13 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 
 	if timeout > 0 {
 		t := time.AfterFunc(timeout, func() {
-			log.InfoContext(ctx, "attempt timed out; stopping its process tree", slog.Duration("timeout", timeout))
-			a.stopAttempt(ctx, att, &stopReason{
+			if a.stopAttempt(ctx, att, &stopReason{
 				outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_TIMED_OUT,
 				msg:     "timed out after " + timeout.String(),
-			}, att.grace, false)
+			}, att.grace, false) {
+				log.InfoContext(ctx, "attempt timed out; stopping its process tree",
+					slog.Duration("timeout", timeout), slog.Duration("kill_grace", att.grace))
+			}
 		})
 		defer t.Stop()
 	}

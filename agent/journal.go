@@ -167,13 +167,16 @@ func readRecord(path string, id int64) (*record, error) {
 	return &rec, nil
 }
 
-// seen reports whether the attempt id was started, finished or abandoned
-// here. An attempt that was only rejected does not count.
-func (j *journal) seen(id int64) bool {
+// lookup returns the state of the attempt's record and its unacknowledged
+// outcome, if any. ok is false when the journal holds no record.
+func (j *journal) lookup(id int64) (state recordState, outcome *batonv1.TaskFinished, ok bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	rec, ok := j.recs[id]
-	return ok && rec.State != stateRejected
+	if !ok {
+		return "", nil, false
+	}
+	return rec.State, rec.outcome, true
 }
 
 // begin records that the attempt is about to start. It returns

@@ -103,14 +103,14 @@ func TestJournalLifecycleSurvivesReopen(t *testing.T) {
 		t.Errorf("unacked after reopen mismatch (-want +got):\n%s", diff)
 	}
 	for _, id := range []int64{1, 2, 3} {
-		if !j.seen(id) {
+		if !seen(j, id) {
 			t.Errorf("seen(%d) = false after reopen, want true", id)
 		}
 		if err := j.begin(id, start); err != errAttemptSeen {
 			t.Errorf("begin(%d) after reopen = %v, want errAttemptSeen", id, err)
 		}
 	}
-	if j.seen(4) {
+	if seen(j, 4) {
 		t.Error("seen(4) = true, want false")
 	}
 }
@@ -123,7 +123,7 @@ func TestJournalRejectedIsNotSeen(t *testing.T) {
 	if err := j.finish(tf); err != nil {
 		t.Fatal(err)
 	}
-	if j.seen(5) {
+	if seen(j, 5) {
 		t.Error("seen(5) = true for a rejected attempt, want false")
 	}
 	j = open(t)
@@ -158,12 +158,12 @@ func TestJournalPrunesOldTombstones(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.clock.Add(journalRetention - time.Minute)
-	if j = open(t); !j.seen(1) {
+	if j = open(t); !seen(j, 1) {
 		t.Error("acked attempt forgotten before the retention ended")
 	}
 	b.clock.Add(2 * time.Minute)
 	j = open(t)
-	if j.seen(1) {
+	if seen(j, 1) {
 		t.Error("acked attempt still remembered after the retention")
 	}
 	if _, err := os.Stat(filepath.Join(b.dir, "1.json")); !os.IsNotExist(err) {
@@ -218,7 +218,7 @@ func TestJournalToleratesDamage(t *testing.T) {
 	}
 	// Damaged records still name their attempt: never start those again.
 	for _, id := range []int64{11, 12, 13, 14, 15, 16, 17} {
-		if !j.seen(id) {
+		if !seen(j, id) {
 			t.Errorf("seen(%d) = false for a damaged record, want true", id)
 		}
 	}
@@ -234,7 +234,7 @@ func TestJournalToleratesDamage(t *testing.T) {
 	// The rewritten tombstones read cleanly next time.
 	j = open(t)
 	for _, id := range []int64{11, 17} {
-		if !j.seen(id) {
+		if !seen(j, id) {
 			t.Errorf("seen(%d) = false after a second reopen, want true", id)
 		}
 	}
@@ -268,4 +268,11 @@ func TestJournalFsync(t *testing.T) {
 	if !slices.Equal(names, []string{"1.json"}) {
 		t.Errorf("journal dir holds %v, want only 1.json (no temp files)", names)
 	}
+}
+
+// seen reports whether the journal holds attempt id as started, finished
+// or a tombstone: an attempt that must not start again.
+func seen(j *journal, id int64) bool {
+	state, _, ok := j.lookup(id)
+	return ok && state != stateRejected
 }

@@ -17,6 +17,10 @@ const outputCap = 64 << 10
 // maxOutputNotes bounds the notes one output file can produce.
 const maxOutputNotes = 10
 
+// maxOutputs is how many distinct outputs an attempt may report; the
+// control plane refuses a TaskFinished with more.
+const maxOutputs = 1024
+
 // readOutputs reads the name=value file a child wrote to $BATON_OUTPUT. A
 // missing file means no outputs. Problems with the content (the cap,
 // malformed lines, invalid UTF-8) do not fail the attempt: they come back
@@ -75,6 +79,7 @@ func parseOutputs(data []byte, truncated bool) (map[string]string, []string) {
 		}
 	}
 	outputs := make(map[string]string)
+	tooMany := false
 	for n, line := range strings.Split(text, "\n") {
 		line = strings.TrimSuffix(line, "\r")
 		trimmed := strings.TrimSpace(line)
@@ -95,6 +100,13 @@ func parseOutputs(data []byte, truncated bool) (map[string]string, []string) {
 			note("output file line %d: invalid UTF-8 replaced with U+FFFD", n+1)
 			name = strings.ToValidUTF8(name, "\uFFFD")
 			value = strings.ToValidUTF8(value, "\uFFFD")
+		}
+		if _, dup := outputs[name]; !dup && len(outputs) == maxOutputs {
+			if !tooMany {
+				note("output file line %d: more than %d outputs; this and later new names are dropped", n+1, maxOutputs)
+				tooMany = true
+			}
+			continue
 		}
 		outputs[name] = value
 	}

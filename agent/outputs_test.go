@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,6 +109,23 @@ func TestParseOutputsBoundsNotes(t *testing.T) {
 	_, notes := parseOutputs([]byte(strings.Repeat("garbage\n", 1000)), false)
 	if len(notes) != maxOutputNotes+1 {
 		t.Errorf("got %d notes for 1000 bad lines, want %d", len(notes), maxOutputNotes+1)
+	}
+}
+
+func TestParseOutputsBoundsCount(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	for i := range maxOutputs + 10 {
+		fmt.Fprintf(&b, "k%d=%d\n", i, i)
+	}
+	b.WriteString("k0=again\n") // an existing name is still updated
+	got, notes := parseOutputs([]byte(b.String()), false)
+	if len(got) != maxOutputs || got["k0"] != "again" {
+		t.Errorf("got %d outputs, k0=%q; want %d and k0=again", len(got), got["k0"], maxOutputs)
+	}
+	want := []string{fmt.Sprintf("output file line %d: more than %d outputs; this and later new names are dropped", maxOutputs+1, maxOutputs)}
+	if diff := cmp.Diff(want, notes); diff != "" {
+		t.Errorf("notes mismatch (-want +got):\n%s", diff)
 	}
 }
 
