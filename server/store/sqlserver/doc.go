@@ -46,13 +46,16 @@
 //
 // # Events
 //
-// An event's cursor is its ROWVERSION read as BIGINT. Rowversions are
-// taken when a row is written, not when it commits, so EventList returns
-// only rows below MIN_ACTIVE_ROWVERSION(): an event of a transaction still
-// open, and every event written after it began, waits until it ends. A
-// reader that resumes after the last cursor it saw never skips an event.
-// MIN_ACTIVE_ROWVERSION is per database, so a long transaction that
-// appends events delays (never loses) events of every run.
+// An event's cursor is its ROWVERSION read as BIGINT. Rowversions (like
+// IDENTITY values) are taken when a row is written, not when it commits,
+// so a reader tailing "cursor > last" could skip an event whose
+// transaction commits after a later one's. EventAppend therefore locks the
+// row of each run it appends to (UPDLOCK, held to commit): the events of
+// one run are written by one transaction at a time, in commit order, and
+// a reader that resumes after the last cursor it saw never skips one. The
+// lock is per run, so appends to different runs do not wait for each
+// other, and a reader is never held back by other runs' transactions (as
+// a MIN_ACTIVE_ROWVERSION() bound, which is per database, would do).
 //
 // # Schema and migrations
 //

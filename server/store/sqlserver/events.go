@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	mssql "github.com/microsoft/go-mssqldb"
@@ -14,27 +15,33 @@ import (
 )
 
 var (
+	// qEventLockRun locks a run's row until the transaction ends (and
+	// finds an unknown run without a foreign key error, which would abort
+	// the transaction). Every event insert of a run happens under this
+	// lock, so a run's events are inserted, and take their rowversions, in
+	// the order their transactions commit.
+	qEventLockRun = register("event_lock_run", `
+SELECT COUNT(*) FROM {{schema}}.runs WITH (UPDLOCK, ROWLOCK) WHERE id = @run`)
+
 	// One row per statement: each insert takes the next rowversion, so a
-	// batch's cursors follow its order. The EXISTS guard turns an unknown
-	// run into no row instead of a foreign key error, which would abort
-	// the transaction.
+	// batch's cursors follow its order.
 	qEventInsert = register("event_insert", `
 INSERT INTO {{schema}}.events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message)
 OUTPUT CAST(inserted.rv AS BIGINT), inserted.at
-SELECT @run, COALESCE(@at, CAST(SYSUTCDATETIME() AS DATETIME2(3))), @task, @item, @attempt,
-       @run_state, @instance_state, @agent, @exit, @message
-WHERE EXISTS (SELECT 1 FROM {{schema}}.runs WHERE id = @run)`)
+VALUES (@run, COALESCE(@at, CAST(SYSUTCDATETIME() AS DATETIME2(3))), @task, @item, @attempt,
+        @run_state, @instance_state, @agent, @exit, @message)`)
 
-	// rowversion values are taken at write time, not commit time, so a
-	// row with a higher rv can commit before one with a lower rv. Rows at
-	// or above MIN_ACTIVE_ROWVERSION() (the lowest rowversion of a still
-	// open transaction) are held back until that transaction ends; a reader
-	// that resumes after the last cursor it saw therefore never skips one.
+	// The cursor is the rowversion. Rowversions are taken when a row is
+	// written, not when it commits; but a run's events are written one
+	// transaction at a time (qEventLockRun), so no event of the run with a
+	// lower rowversion than one a reader sees can still commit. Uncommitted
+	// rows are never returned: a locking read waits for them, a snapshot
+	// read (READ_COMMITTED_SNAPSHOT) does not see them.
 	qEventList = register("event_list", `
 SELECT TOP (@limit) CAST(rv AS BIGINT), run_id, at, task, item, attempt_id, run_state, instance_state,
        agent, exit_code, message
 FROM {{schema}}.events
-WHERE run_id = @run AND rv > CAST(@after AS BINARY(8)) AND rv < MIN_ACTIVE_ROWVERSION()
+WHERE run_id = @run AND rv > CAST(@after AS BINARY(8))
 ORDER BY rv`)
 
 	// A chunk re-sent after a reconnect is stored once. The data travels
@@ -58,7 +65,9 @@ FROM {{schema}}.log_chunks WHERE attempt_id = @attempt ORDER BY id`)
 
 // EventAppend appends events to their runs' logs; see
 // [store.Store.EventAppend]. It sets each event's Cursor, and At when it
-// is zero. An unknown run is [store.ErrNotFound].
+// is zero. An unknown run is [store.ErrNotFound], and then nothing is
+// appended. It locks each run's row until the transaction ends, so the
+// events of one run are appended by one transaction at a time.
 func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) error {
 	for i, e := range p.Events {
 		if err := checkEvent(e); err != nil {
@@ -68,9 +77,26 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 	if len(p.Events) == 0 {
 		return nil
 	}
+	// Runs are locked in id order, so two appenders of the same runs
+	// cannot deadlock on each other.
+	runs := make([]int64, 0, len(p.Events))
+	for _, e := range p.Events {
+		runs = append(runs, e.RunID)
+	}
+	slices.Sort(runs)
+	runs = slices.Compact(runs)
 	cursors := make([]int64, len(p.Events))
 	ats := make([]time.Time, len(p.Events))
 	err := s.write(ctx, func(tx *Store) error {
+		for _, run := range runs {
+			var n int
+			if err := tx.one(ctx, qEventLockRun, []any{sql.Named("run", run)}, &n); err != nil {
+				return err
+			}
+			if n == 0 {
+				return fmt.Errorf("run %d: %w", run, store.ErrNotFound)
+			}
+		}
 		for i, e := range p.Events {
 			err := tx.one(ctx, qEventInsert, []any{
 				sql.Named("run", e.RunID), sql.Named("at", timeOrNil(e.At)), sql.Named("task", e.Task),
@@ -79,9 +105,6 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 				sql.Named("agent", e.Agent), sql.Named("exit", intOrNil(e.ExitCode)),
 				sql.Named("message", nvarcharMax(e.Message)),
 			}, &cursors[i], utcTime{&ats[i]})
-			if errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("run %d: %w", e.RunID, store.ErrNotFound)
-			}
 			if err != nil {
 				return err
 			}
@@ -120,9 +143,8 @@ func checkEvent(e *store.Event) error {
 }
 
 // EventList returns up to Limit events of a run after a cursor; see
-// [store.Store.EventList]. Events appended by a transaction that is still
-// open (including the caller's own) appear once it ends, and so may those
-// of other transactions that began writing events after it.
+// [store.Store.EventList]. Events of a transaction that is still open
+// appear once it commits (inside that transaction they are visible).
 func (s *Store) EventList(ctx context.Context, p *store.EventListParams) ([]*store.Event, error) {
 	if p.Limit < 0 {
 		return nil, fmt.Errorf("event list of run %d: limit %d is negative", p.RunID, p.Limit)

@@ -190,7 +190,7 @@ func (s *Store) write(ctx context.Context, fn func(tx *Store) error) error {
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
-		defer tx.Rollback() //nolint:errcheck // a no-op after Commit; the outcome is reported below
+		defer tx.Rollback() // after Commit a no-op; otherwise the outcome is fn's error
 		t := &txn{tx: tx}
 		last = t
 		ferr := fn(&Store{db: s.db, schema: s.schema, sql: s.sql, log: s.log, tx: t})
@@ -217,8 +217,8 @@ func (s *Store) read(ctx context.Context, fn func(s *Store) error) error {
 	return store.Retry(ctx, retryBase, isRetryable, func() error { return fn(s) })
 }
 
-// errTxAborted wraps the first error of a transaction for the calls made
-// after it.
+// aborted returns, on the Store of a transaction that already failed, an
+// error wrapping that first failure, for every call made after it.
 func (s *Store) aborted() error {
 	if s.tx == nil {
 		return nil

@@ -161,10 +161,10 @@ CREATE NONCLUSTERED INDEX IX_attempts_run ON {{schema}}.attempts (run_id, id);
 GO
 
 -- The event cursor is rv, a ROWVERSION read as BIGINT. Neither IDENTITY
--- nor rowversion order is commit order on SQL Server, so readers tail
--- rv > @after AND rv < MIN_ACTIVE_ROWVERSION(): no row at or above the
--- lowest rowversion of a still-open transaction is returned until that
--- transaction ends, so a reader never skips an event.
+-- nor rowversion order is commit order on SQL Server; EventAppend holds a
+-- lock on the run's row while it appends, so within one run (the only
+-- order readers see) rowversion order is commit order, and a reader
+-- tailing run_id = @run AND rv > @after never skips an event.
 CREATE TABLE {{schema}}.events (
     id             BIGINT IDENTITY(1, 1) NOT NULL CONSTRAINT PK_events PRIMARY KEY CLUSTERED,
     rv             ROWVERSION NOT NULL,
