@@ -1,6 +1,7 @@
 package sqlserver
 
 import (
+	"fmt"
 	"os"
 	"regexp"
 	"slices"
@@ -173,4 +174,56 @@ func TestDropSchemaCoversTables(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestConstraintsNamed checks that every constraint the migrations (and
+// the runner's own table) declare is named, so a later migration can
+// alter or drop it by name on every server.
+func TestConstraintsNamed(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{
+		"CREATE TABLE x (a INT NOT NULL DEFAULT 0)",
+		"CREATE TABLE x (a INT NOT NULL PRIMARY KEY)",
+		"CREATE TABLE x (a INT NOT NULL, CHECK (a > 0))",
+		"CREATE TABLE x (a INT NOT NULL REFERENCES y (id))",
+		"CREATE TABLE x (a INT NOT NULL, UNIQUE (a))",
+	} {
+		if constraintProblem(bad) == "" {
+			t.Errorf("constraintProblem(%q) found nothing, want an unnamed constraint", bad)
+		}
+	}
+	ms, err := loadMigrations(migrationFS)
+	if err != nil {
+		t.Fatalf("loadMigrations() = %v", err)
+	}
+	texts := []string{qMigrationCreateTable.text}
+	for _, m := range ms {
+		texts = append(texts, m.batches...)
+	}
+	for _, text := range texts {
+		if p := constraintProblem(text); p != "" {
+			t.Errorf("%s in:\n%s", p, text)
+		}
+	}
+}
+
+var (
+	constraintKW    = regexp.MustCompile(`(?i)\b(DEFAULT|CHECK|PRIMARY\s+KEY|UNIQUE|FOREIGN\s+KEY)\b`)
+	namedConstraint = regexp.MustCompile(`(?i)\bCONSTRAINT\s+\w+\s+(DEFAULT|CHECK|PRIMARY\s+KEY|UNIQUE|FOREIGN\s+KEY)\b`)
+	uniqueIndex     = regexp.MustCompile(`(?i)\bCREATE\s+UNIQUE\b`)
+	references      = regexp.MustCompile(`(?i)\bREFERENCES\b`)
+	fkReferences    = regexp.MustCompile(`(?i)\bCONSTRAINT\s+\w+\s+FOREIGN\s+KEY\s*\([^)]*\)\s*REFERENCES\b`)
+)
+
+// constraintProblem reports an unnamed constraint in a DDL batch, or "".
+func constraintProblem(text string) string {
+	text = stripComments(text)
+	all := len(constraintKW.FindAllString(text, -1)) - len(uniqueIndex.FindAllString(text, -1))
+	if n := len(namedConstraint.FindAllString(text, -1)); n != all {
+		return fmt.Sprintf("%d constraints, %d of them named", all, n)
+	}
+	if refs, fks := len(references.FindAllString(text, -1)), len(fkReferences.FindAllString(text, -1)); refs != fks {
+		return fmt.Sprintf("%d REFERENCES, %d in named FOREIGN KEY constraints", refs, fks)
+	}
+	return ""
 }
