@@ -40,6 +40,7 @@ func TestConfigInvalid(t *testing.T) {
 		{"NoDSN", Config{}, "DSN"},
 		{"BadPort", Config{DSN: "sqlserver://u:secret@localhost:port?database=baton"}, "DSN"},
 		{"BadDialTimeout", Config{DSN: dsn + "&dial+timeout=soon"}, "DSN"},
+		{"Timezone", Config{DSN: dsn + "&timezone=America%2FNew_York"}, "DSN"},
 		{"SchemaDigitFirst", Config{DSN: dsn, Schema: "1baton"}, "Schema"},
 		{"SchemaDash", Config{DSN: dsn, Schema: "baton-prod"}, "Schema"},
 		{"SchemaSpace", Config{DSN: dsn, Schema: "baton prod"}, "Schema"},
@@ -155,5 +156,27 @@ func TestErrorClassification(t *testing.T) {
 				t.Errorf("interpretError(%v) = %v, lost the mssql.Error", tc.err, got)
 			}
 		})
+	}
+}
+
+func TestConnector(t *testing.T) {
+	t.Parallel()
+	for _, dsn := range []string{
+		"sqlserver://u:p@localhost:1433?database=baton",
+		"sqlserver://u:p@localhost?database=baton&timezone=UTC&app+name=batond&encrypt=true",
+		"server=localhost;user id=u;password=p;database=baton",
+	} {
+		c, err := connector(dsn)
+		if err != nil {
+			t.Errorf("connector(%q) = %v, want a connector", dsn, err)
+			continue
+		}
+		if c.SessionInitSQL != "SET XACT_ABORT ON" {
+			t.Errorf("connector(%q).SessionInitSQL = %q, want SET XACT_ABORT ON", dsn, c.SessionInitSQL)
+		}
+	}
+	_, err := connector("sqlserver://u:p@localhost?timezone=America%2FNew_York")
+	if err == nil || !strings.Contains(err.Error(), "UTC") {
+		t.Fatalf("connector(timezone America/New_York) = %v, want an error saying times are UTC", err)
 	}
 }

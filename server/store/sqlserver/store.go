@@ -11,6 +11,7 @@ import (
 	"time"
 
 	mssql "github.com/microsoft/go-mssqldb"
+	"github.com/microsoft/go-mssqldb/msdsn"
 
 	"github.com/batonhq/baton/server/store"
 )
@@ -73,6 +74,15 @@ func (c Config) withDefaults() (Config, error) {
 // connector parses the DSN into a driver connector whose sessions run
 // sessionInitSQL. The error never repeats the DSN, which holds a password.
 func connector(dsn string) (*mssql.Connector, error) {
+	p, err := msdsn.Parse(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlserver: config: DSN: %w", err)
+	}
+	// The driver reads DATETIME2 values as wall times in this zone; the
+	// store's are UTC.
+	if tz := p.Encoding.Timezone; tz != nil && tz.String() != "UTC" {
+		return nil, fmt.Errorf("sqlserver: config: DSN: timezone %q: Baton stores UTC times; leave timezone unset", tz)
+	}
 	c, err := mssql.NewConnector(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlserver: config: DSN: %w", err)
