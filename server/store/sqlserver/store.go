@@ -192,7 +192,11 @@ func (s *Store) write(ctx context.Context, fn func(tx *Store) error) error {
 	}
 	var last *txn
 	retryable := func(err error) bool {
-		return isRetryable(err) || (last != nil && isRetryable(last.failed()))
+		ok := isRetryable(err) || (last != nil && isRetryable(last.failed()))
+		if ok {
+			s.log.DebugContext(ctx, "transaction failed with a retryable error", slog.Any("error", err))
+		}
+		return ok
 	}
 	return store.Retry(ctx, retryBase, retryable, func() error {
 		last = nil
