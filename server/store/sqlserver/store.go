@@ -35,7 +35,10 @@ type Config struct {
 
 // Defaults of [Config] and of the pool [Open] builds.
 const (
-	DefaultSchema       = "baton"
+	// DefaultSchema is the schema used when Config.Schema is empty.
+	DefaultSchema = "baton"
+	// DefaultMaxOpenConns is the pool size used when Config.MaxOpenConns
+	// is zero.
 	DefaultMaxOpenConns = 32
 	// connMaxLifetime makes pooled connections reconnect now and then, so
 	// they re-resolve an availability group listener after a failover.
