@@ -61,9 +61,12 @@ type Store interface {
 
 	// RunCreate creates a run and its initial task instances. With a
 	// RequestID already used for this job it returns that run and Created
-	// false. With Overlap forbid it returns ErrAlreadyActive while another
-	// run of the job is active; with queue it creates the run queued; with
-	// allow it always creates it running.
+	// false (and creates nothing). With Overlap forbid it returns
+	// ErrAlreadyActive while another run of the job is active; with queue it
+	// creates the run queued while another run of the job is active or
+	// queued (queued runs keep their turn), else running; with allow it
+	// always creates it running. It returns ErrNotFound when the job or its
+	// version does not exist or the job is deleted.
 	RunCreate(ctx context.Context, p *RunCreateParams) (*RunCreateResult, error)
 	// RunGet returns one run.
 	RunGet(ctx context.Context, p *RunGetParams) (*Run, error)
@@ -71,33 +74,45 @@ type Store interface {
 	RunList(ctx context.Context, p *RunListParams) ([]*Run, error)
 	// RunTransition moves a run from one of From to To. It sets StartedAt
 	// when the run first becomes running and FinishedAt when it becomes
-	// terminal. It returns ErrConflict when the run is not in From, and
+	// terminal. A transition from a terminal state to a non-terminal one is
+	// a restart: it increments RestartCount and clears FinishedAt and Error.
+	// A non-empty Error is stored in any case. It returns ErrNotFound for an
+	// unknown run, ErrConflict when the run is not in From, and
 	// ErrAlreadyActive when To is active, the run's overlap is forbid or
 	// queue, and another run of the job is active.
 	RunTransition(ctx context.Context, p *RunTransitionParams) (*Run, error)
 
-	// InstanceCreate adds task instances to a run (for-each expansion).
+	// InstanceCreate adds task instances to a run (for-each expansion). It
+	// adds all or none: it returns ErrConflict when an instance (task, item)
+	// exists and ErrNotFound for an unknown run.
 	InstanceCreate(ctx context.Context, p *InstanceCreateParams) ([]*Instance, error)
 	// InstanceList returns a run's task instances ordered by id.
 	InstanceList(ctx context.Context, p *InstanceListParams) ([]*Instance, error)
 	// InstanceTransition moves an instance from one of From to To. With a
 	// non-zero AttemptID it applies only while that attempt is the
 	// instance's latest (fencing). It sets FinishedAt when To is done and
-	// clears it otherwise. It returns ErrConflict when a guard fails.
+	// clears it otherwise, ReadyAt when To is ready and StartedAt when To is
+	// running. It returns ErrConflict when a guard fails and ErrNotFound for
+	// an unknown instance.
 	InstanceTransition(ctx context.Context, p *InstanceTransitionParams) error
 
 	// AttemptClaim atomically moves an instance from one of From (default:
 	// ready) to dispatched and records a new attempt for it with a lease of
-	// LeaseTTL. Of many concurrent claims of one instance exactly one
-	// succeeds; the others get ErrConflict.
+	// LeaseTTL. The attempt's No is the instance's Attempts plus one; the
+	// instance's Attempts and AttemptID then name it, and its Error and
+	// FinishedAt are cleared. Of many concurrent claims of one instance
+	// exactly one succeeds; the others get ErrConflict. An unknown instance
+	// is ErrNotFound.
 	AttemptClaim(ctx context.Context, p *AttemptClaimParams) (*Attempt, error)
 	// AttemptStarted moves a live attempt of Agent from dispatched to
-	// running and renews its lease. It returns ErrStaleAttempt when the
-	// attempt is not live, belongs to another agent or its lease expired.
+	// running and renews its lease; for an attempt already running (a
+	// re-sent report) it renews the lease. It returns ErrStaleAttempt when
+	// the attempt is not live, belongs to another agent or its lease
+	// expired, and ErrNotFound for an unknown attempt.
 	AttemptStarted(ctx context.Context, p *AttemptStartedParams) error
 	// AttemptHeartbeat renews the leases of the listed live attempts of
-	// Agent whose leases have not expired, and returns the ids it renewed.
-	// Ids it did not renew are stale.
+	// Agent whose leases have not expired, and returns the ids it renewed
+	// in ascending order. Ids it did not renew are stale.
 	AttemptHeartbeat(ctx context.Context, p *AttemptHeartbeatParams) ([]int64, error)
 	// AttemptExtendLeases gives every live attempt a lease of at least
 	// LeaseTTL from now, and returns how many it extended. A control plane
@@ -107,29 +122,39 @@ type Store interface {
 	// AttemptFinish records the outcome of a live attempt of Agent whose
 	// lease has not expired, and returns the attempt. Otherwise it records
 	// the outcome as late (LateState and the outcome fields, once; the
-	// attempt's State is unchanged) and returns ErrStaleAttempt. It returns
-	// ErrNotFound for an unknown attempt.
+	// attempt's State is unchanged) and returns ErrStaleAttempt. Such a
+	// late record is kept only for a lost attempt or one whose lease
+	// expired; an outcome for an attempt that already has one (a
+	// re-delivery) or from another agent changes nothing and returns
+	// ErrStaleAttempt. Inside InTx the late record is kept only if the
+	// transaction commits. It returns ErrNotFound for an unknown attempt.
 	AttemptFinish(ctx context.Context, p *AttemptFinishParams) (*Attempt, error)
 	// AttemptLose marks a live attempt lost, whatever its lease. It returns
-	// ErrStaleAttempt when the attempt is not live.
+	// ErrStaleAttempt when the attempt is not live and ErrNotFound for an
+	// unknown attempt.
 	AttemptLose(ctx context.Context, p *AttemptLoseParams) (*Attempt, error)
 	// AttemptReapExpired marks up to Limit live attempts whose lease has
-	// expired as lost and returns them. Concurrent reapers never return the
-	// same attempt twice.
+	// expired as lost and returns them ordered by id. Concurrent reapers
+	// never return the same attempt twice.
 	AttemptReapExpired(ctx context.Context, p *AttemptReapExpiredParams) ([]*Attempt, error)
 	// AttemptGet returns one attempt.
 	AttemptGet(ctx context.Context, p *AttemptGetParams) (*Attempt, error)
 	// AttemptList returns a run's attempts (or one instance's) ordered by id.
 	AttemptList(ctx context.Context, p *AttemptListParams) ([]*Attempt, error)
 
-	// EventAppend appends events to their runs' logs.
+	// EventAppend appends events to their runs' logs, all or none. It sets
+	// each event's Cursor, and At when it is zero. It returns ErrNotFound
+	// when an event's run does not exist.
 	EventAppend(ctx context.Context, p *EventAppendParams) error
 	// EventList returns up to Limit events of a run with a cursor greater
 	// than After, in cursor order. A reader that passes the last cursor it
 	// saw never misses an event, also while other transactions append.
 	EventList(ctx context.Context, p *EventListParams) ([]*Event, error)
 
-	// LogAppend stores chunks of attempts' output.
+	// LogAppend stores chunks of attempts' output. A chunk whose attempt,
+	// stream and offset are already stored is ignored, so an agent may
+	// re-send after a reconnect. It returns ErrNotFound when a chunk's
+	// attempt does not exist.
 	LogAppend(ctx context.Context, p *LogAppendParams) error
 	// LogList returns an attempt's stored chunks in the order they arrived.
 	LogList(ctx context.Context, p *LogListParams) ([]*LogChunk, error)
@@ -141,8 +166,9 @@ type Store interface {
 
 	// LeaderAcquire takes or renews the named lease for Holder for TTL. A
 	// renewal by the current holder keeps the token; a takeover (the lease
-	// was free or expired) increments it. It returns ErrNotLeader while
-	// another holder's lease is unexpired.
+	// was free or expired, also when the same holder takes its own expired
+	// lease again) increments it. It returns ErrNotLeader while another
+	// holder's lease is unexpired.
 	LeaderAcquire(ctx context.Context, p *LeaderAcquireParams) (*Lease, error)
 	// LeaderCheck returns ErrNotLeader unless Holder holds the named lease
 	// with Token and it has not expired. Called first in a transaction, it
@@ -150,7 +176,7 @@ type Store interface {
 	// between.
 	LeaderCheck(ctx context.Context, p *LeaderCheckParams) error
 	// LeaderRelease gives up the lease if Holder holds it with Token, so
-	// another replica may take over at once.
+	// another replica may take over at once; otherwise it does nothing.
 	LeaderRelease(ctx context.Context, p *LeaderReleaseParams) error
 }
 
