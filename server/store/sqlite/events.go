@@ -11,8 +11,7 @@ import (
 
 const insertEvent = `
 	INSERT INTO events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message)
-	VALUES (@run, @at, @task, @item, @attempt, @run_state, @instance_state, @agent, @exit, @message)
-	RETURNING id`
+	VALUES (@run, @at, @task, @item, @attempt, @run_state, @instance_state, @agent, @exit, @message)`
 
 // EventAppend appends events to their runs' logs; see
 // [store.Store.EventAppend]. It sets each event's Cursor, and At when it
@@ -34,15 +33,20 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 			return err
 		}
 		for i, e := range p.Events {
-			err := st.QueryRowContext(ctx, sql.Named("run", e.RunID), sql.Named("at", msOr(e.At, at)),
+			// Exec and LastInsertId, not RETURNING: RETURNING buffers its
+			// rows in a temporary table, and rows in a transaction cost a
+			// goroutine each in database/sql.
+			res, err := st.ExecContext(ctx, sql.Named("run", e.RunID), sql.Named("at", msOr(e.At, at)),
 				sql.Named("task", e.Task), sql.Named("item", e.Item), sql.Named("attempt", e.AttemptID),
 				sql.Named("run_state", string(e.RunState)), sql.Named("instance_state", string(e.InstanceState)),
-				sql.Named("agent", e.Agent), sql.Named("exit", intOrNil(e.ExitCode)), sql.Named("message", e.Message),
-			).Scan(&cursors[i])
+				sql.Named("agent", e.Agent), sql.Named("exit", intOrNil(e.ExitCode)), sql.Named("message", e.Message))
 			if isForeignKey(err) {
 				return fmt.Errorf("run %d: %w", e.RunID, store.ErrNotFound)
 			}
 			if err != nil {
+				return err
+			}
+			if cursors[i], err = res.LastInsertId(); err != nil {
 				return err
 			}
 		}

@@ -2,6 +2,11 @@
 -- UTC; NULL stands for the zero time. Ids that leave the database (run ids,
 -- attempt ids, event cursors) are AUTOINCREMENT so they are never reused,
 -- even after rows are purged.
+--
+-- State checks are written as OR chains, not IN lists: SQLite builds an
+-- IN list of more than two constants into a temporary index on every
+-- statement that writes the row, which roughly doubled the cost of an
+-- event insert.
 
 CREATE TABLE jobs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -27,8 +32,11 @@ CREATE TABLE runs (
     job_id        INTEGER NOT NULL,
     job_name      TEXT    NOT NULL,
     job_version   INTEGER NOT NULL,
-    state         TEXT    NOT NULL CHECK (state IN ('queued', 'running', 'cancelling', 'succeeded', 'failed', 'cancelled')),
-    overlap       TEXT    NOT NULL CHECK (overlap IN ('forbid', 'queue', 'allow')),
+    state         TEXT    NOT NULL CHECK (state = 'queued' OR state = 'running' OR
+                                          state = 'cancelling' OR state = 'succeeded' OR
+                                          state = 'failed' OR state = 'cancelled'),
+    overlap       TEXT    NOT NULL CHECK (overlap = 'forbid' OR overlap = 'queue' OR
+                                          overlap = 'allow'),
     params        TEXT    NOT NULL CHECK (json_valid(params)),
     restart_count INTEGER NOT NULL DEFAULT 0 CHECK (restart_count >= 0),
     request_id    TEXT    NOT NULL DEFAULT '',
@@ -56,8 +64,11 @@ CREATE TABLE task_instances (
     task        TEXT    NOT NULL CHECK (task <> ''),
     item        INTEGER NOT NULL CHECK (item >= -1),
     item_value  TEXT    NOT NULL DEFAULT '',
-    state       TEXT    NOT NULL CHECK (state IN ('pending', 'ready', 'dispatched', 'running', 'succeeded',
-                                                  'failed', 'skipped', 'blocked', 'cancelled', 'lost')),
+    state       TEXT    NOT NULL CHECK (state = 'pending' OR state = 'ready' OR
+                                        state = 'dispatched' OR state = 'running' OR
+                                        state = 'succeeded' OR state = 'failed' OR
+                                        state = 'skipped' OR state = 'blocked' OR
+                                        state = 'cancelled' OR state = 'lost'),
     attempts    INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     -- attempt_id is the latest attempt, the instance's fencing token.
     attempt_id  INTEGER REFERENCES attempts (id),
@@ -76,17 +87,24 @@ CREATE TABLE attempts (
     task             TEXT    NOT NULL,
     item             INTEGER NOT NULL,
     no               INTEGER NOT NULL CHECK (no > 0),
-    kind             TEXT    NOT NULL CHECK (kind IN ('first', 'retry', 'restart', 'replacement')),
+    kind             TEXT    NOT NULL CHECK (kind = 'first' OR kind = 'retry' OR
+                                             kind = 'restart' OR kind = 'replacement'),
     agent            TEXT    NOT NULL CHECK (agent <> ''),
-    state            TEXT    NOT NULL CHECK (state IN ('dispatched', 'running', 'succeeded', 'failed',
-                                                       'timed_out', 'cancelled', 'lost')),
+    state            TEXT    NOT NULL CHECK (state = 'dispatched' OR state = 'running' OR
+                                             state = 'succeeded' OR state = 'failed' OR
+                                             state = 'timed_out' OR state = 'cancelled' OR
+                                             state = 'lost'),
     lease_expires_at INTEGER NOT NULL,
     exit_code        INTEGER,
     error            TEXT    NOT NULL DEFAULT '',
     outputs          TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(outputs)),
     stdout_tail      TEXT    NOT NULL DEFAULT '',
     stderr_tail      TEXT    NOT NULL DEFAULT '',
-    late_state       TEXT    NOT NULL DEFAULT '' CHECK (late_state IN ('', 'succeeded', 'failed', 'timed_out', 'cancelled')),
+    late_state       TEXT    NOT NULL DEFAULT '' CHECK (late_state = '' OR
+                                                        late_state = 'succeeded' OR
+                                                        late_state = 'failed' OR
+                                                        late_state = 'timed_out' OR
+                                                        late_state = 'cancelled'),
     dispatched_at    INTEGER NOT NULL,
     started_at       INTEGER,
     finished_at      INTEGER,
@@ -107,11 +125,23 @@ CREATE TABLE events (
     task           TEXT    NOT NULL DEFAULT '',
     item           INTEGER NOT NULL DEFAULT -1,
     attempt_id     INTEGER NOT NULL DEFAULT 0,
-    run_state      TEXT    NOT NULL DEFAULT '' CHECK (run_state IN ('', 'queued', 'running', 'cancelling',
-                                                                    'succeeded', 'failed', 'cancelled')),
-    instance_state TEXT    NOT NULL DEFAULT '' CHECK (instance_state IN ('', 'pending', 'ready', 'dispatched',
-                                                                         'running', 'succeeded', 'failed', 'skipped',
-                                                                         'blocked', 'cancelled', 'lost')),
+    run_state      TEXT    NOT NULL DEFAULT '' CHECK (run_state = '' OR run_state = 'queued' OR
+                                                      run_state = 'running' OR
+                                                      run_state = 'cancelling' OR
+                                                      run_state = 'succeeded' OR
+                                                      run_state = 'failed' OR
+                                                      run_state = 'cancelled'),
+    instance_state TEXT    NOT NULL DEFAULT '' CHECK (instance_state = '' OR
+                                                      instance_state = 'pending' OR
+                                                      instance_state = 'ready' OR
+                                                      instance_state = 'dispatched' OR
+                                                      instance_state = 'running' OR
+                                                      instance_state = 'succeeded' OR
+                                                      instance_state = 'failed' OR
+                                                      instance_state = 'skipped' OR
+                                                      instance_state = 'blocked' OR
+                                                      instance_state = 'cancelled' OR
+                                                      instance_state = 'lost'),
     agent          TEXT    NOT NULL DEFAULT '',
     exit_code      INTEGER,
     message        TEXT    NOT NULL DEFAULT '',
@@ -137,7 +167,8 @@ CREATE TABLE agents (
     version      TEXT    NOT NULL DEFAULT '',
     hostname     TEXT    NOT NULL DEFAULT '',
     os           TEXT    NOT NULL DEFAULT '',
-    state        TEXT    NOT NULL CHECK (state IN ('connected', 'disconnected', 'lost')),
+    state        TEXT    NOT NULL CHECK (state = 'connected' OR state = 'disconnected' OR
+                                         state = 'lost'),
     connected_at INTEGER,
     last_seen_at INTEGER
 ) WITHOUT ROWID;
