@@ -179,9 +179,9 @@ func synchronousLevel(s string) (string, error) {
 
 // ConfigFromURL parses a store URL of the form
 // "sqlite:///abs/path.db?synchronous=full&busy_timeout=10s" (or
-// "sqlite:relative/path.db"). The query parameters synchronous and
-// busy_timeout set the Config fields of the same name; any other parameter
-// is an error naming it.
+// "sqlite:relative/path.db", or "sqlite:///C:/path.db" on Windows). The
+// query parameters synchronous and busy_timeout set the Config fields of
+// the same name; any other parameter is an error naming it.
 func ConfigFromURL(u *url.URL) (Config, error) {
 	var cfg Config
 	if u.Scheme != "sqlite" {
@@ -191,6 +191,9 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 		return cfg, fmt.Errorf("sqlite url: host %q: want sqlite:///absolute/path or sqlite:relative/path", u.Host)
 	}
 	cfg.Path = cmp.Or(u.Opaque, u.Path)
+	if len(cfg.Path) >= 3 && cfg.Path[0] == '/' && cfg.Path[2] == ':' && isLetter(cfg.Path[1]) {
+		cfg.Path = cfg.Path[1:] // sqlite:///C:/baton/baton.db names C:/baton/baton.db
+	}
 	if cfg.Path == "" {
 		return cfg, errors.New("sqlite url: path is empty")
 	}
@@ -225,6 +228,8 @@ func ConfigFromURL(u *url.URL) (Config, error) {
 	return cfg, nil
 }
 
+func isLetter(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' }
+
 // Close releases the store's connections. Close on the Store of a
 // transaction returns an error and closes nothing.
 func (s *Store) Close() error {
@@ -252,15 +257,22 @@ func (s *Store) write(ctx context.Context, fn func(tx *Store) error) error {
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
-		t := &txn{tx: tx}
-		err = fn(&Store{db: s.db, tx: t})
-		if err != nil {
-			_ = tx.Rollback() // the error from fn is what matters
-		} else if err = tx.Commit(); err != nil {
-			err = fmt.Errorf("commit: %w", err)
+		done := false
+		defer func() {
+			if !done {
+				// fn failed or panicked: release the write connection.
+				_ = tx.Rollback()
+			}
+			s.db.preparePending(ctx)
+		}()
+		if err := fn(&Store{db: s.db, tx: &txn{tx: tx}}); err != nil {
+			return err
 		}
-		s.db.preparePending(ctx)
-		return err
+		done = true // Commit ends the transaction also when it fails
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return nil
 	})
 }
 

@@ -60,6 +60,7 @@ func TestConfigFromURL(t *testing.T) {
 		{name: "Params", url: "sqlite:///b.db?synchronous=FULL&busy_timeout=10s",
 			want: sqlite.Config{Path: "/b.db", Synchronous: "full", BusyTimeout: 10 * time.Second}},
 		{name: "Normal", url: "sqlite:///b.db?synchronous=normal", want: sqlite.Config{Path: "/b.db", Synchronous: "normal"}},
+		{name: "WindowsDrive", url: "sqlite:///C:/baton/baton.db", want: sqlite.Config{Path: "C:/baton/baton.db"}},
 		{name: "Escaped", url: "sqlite:///tmp/a%20b%3F.db", want: sqlite.Config{Path: "/tmp/a b?.db"}},
 		{name: "UnknownParam", url: "sqlite:///b.db?journal=off", wantErr: `unknown parameter "journal"`},
 		{name: "BadSynchronous", url: "sqlite:///b.db?synchronous=extra", wantErr: "synchronous"},

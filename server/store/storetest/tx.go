@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -208,6 +209,33 @@ func testInTx(t *testing.T, h Harness) {
 		if err != nil || len(jobs) != 2 {
 			t.Fatalf("JobList() after commit = %d jobs, %v; want 2", len(jobs), err)
 		}
+	})
+
+	t.Run("Panic", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, h)
+		// A panicking function rolls back and leaves the store usable; its
+		// writes (and the locks they took) are gone.
+		func() {
+			defer func() {
+				if p := recover(); p != errBoom {
+					t.Fatalf("recover() = %v, want the panic value %v", p, errBoom)
+				}
+			}()
+			_ = b.s.InTx(b.ctx, func(tx store.Store) error {
+				if _, err := tx.JobApply(b.ctx, &store.JobApplyParams{Name: "p", Spec: spec("p", 1)}); err != nil {
+					return err
+				}
+				panic(errBoom)
+			})
+		}()
+		_, err := b.s.JobGet(b.ctx, &store.JobGetParams{Name: "p"})
+		wantErr(t, "JobGet() after a panic", err, store.ErrNotFound)
+		// A transaction left open would block this write; fail, not hang.
+		ctx, cancel := context.WithTimeout(b.ctx, waitTimeout)
+		defer cancel()
+		_, err = b.s.JobApply(ctx, &store.JobApplyParams{Name: "p", Spec: spec("p", 1)})
+		wantErr(t, "JobApply() after a panic", err, nil)
 	})
 
 	t.Run("ErrorIsNotRetried", func(t *testing.T) {
