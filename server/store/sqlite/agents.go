@@ -44,26 +44,22 @@ func (s *Store) AgentUpsert(ctx context.Context, p *store.AgentUpsertParams) err
 
 // AgentList returns every known agent ordered by name.
 func (s *Store) AgentList(ctx context.Context, _ *store.AgentListParams) ([]*store.Agent, error) {
-	rows, err := s.query(ctx, `
+	out, err := collect(scanAgent)(s.query(ctx, `
 		SELECT name, labels, slots, version, hostname, os, state, connected_at, last_seen_at
-		FROM agents ORDER BY name`)
+		FROM agents ORDER BY name`))
 	if err != nil {
 		return nil, fmt.Errorf("agent list: %w", err)
 	}
-	defer rows.Close()
-	var out []*store.Agent
-	for rows.Next() {
-		var a store.Agent
-		if err := rows.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.Version, &a.Hostname, &a.OS, &a.State,
-			nullTime{&a.ConnectedAt}, nullTime{&a.LastSeenAt}); err != nil {
-			return nil, fmt.Errorf("agent list: %w", err)
-		}
-		out = append(out, &a)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("agent list: %w", err)
-	}
 	return out, nil
+}
+
+func scanAgent(sc scanner) (*store.Agent, error) {
+	var a store.Agent
+	if err := sc.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.Version, &a.Hostname, &a.OS, &a.State,
+		nullTime{&a.ConnectedAt}, nullTime{&a.LastSeenAt}); err != nil {
+		return nil, err
+	}
+	return &a, nil
 }
 
 // acquireLeader takes the lease when it is free or expired (a takeover:

@@ -16,7 +16,7 @@ import (
 const attemptCols = `id, instance_id, run_id, task, item, no, kind, agent, state, exit_code, error, outputs,
 	stdout_tail, stderr_tail, dispatched_at, started_at, finished_at, lease_expires_at, late_state`
 
-func scanAttempt(sc interface{ Scan(...any) error }) (*store.Attempt, error) {
+func scanAttempt(sc scanner) (*store.Attempt, error) {
 	var a store.Attempt
 	var dispatched, lease int64
 	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Kind, &a.Agent, &a.State,
@@ -26,19 +26,6 @@ func scanAttempt(sc interface{ Scan(...any) error }) (*store.Attempt, error) {
 	}
 	a.DispatchedAt, a.LeaseExpiresAt = fromMS(dispatched), fromMS(lease)
 	return &a, nil
-}
-
-func scanAttempts(rows *sql.Rows) ([]*store.Attempt, error) {
-	defer rows.Close()
-	var out []*store.Attempt
-	for rows.Next() {
-		a, err := scanAttempt(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
 }
 
 func checkTTL(ttl time.Duration) error {
@@ -376,12 +363,8 @@ func (s *Store) AttemptReapExpired(ctx context.Context, p *store.AttemptReapExpi
 		limit = 100
 	}
 	var out []*store.Attempt
-	err := s.write(ctx, func(tx *Store) error {
-		rows, err := tx.query(ctx, reapExpired, sql.Named("at", now()), sql.Named("limit", limit))
-		if err != nil {
-			return err
-		}
-		out, err = scanAttempts(rows)
+	err := s.write(ctx, func(tx *Store) (err error) {
+		out, err = collect(scanAttempt)(tx.query(ctx, reapExpired, sql.Named("at", now()), sql.Named("limit", limit)))
 		return err
 	})
 	if err != nil {
@@ -410,21 +393,17 @@ func (s *Store) AttemptGet(ctx context.Context, p *store.AttemptGetParams) (*sto
 // AttemptList returns a run's attempts, or one instance's, ordered by id.
 func (s *Store) AttemptList(ctx context.Context, p *store.AttemptListParams) ([]*store.Attempt, error) {
 	var (
-		rows *sql.Rows
-		err  error
+		out []*store.Attempt
+		err error
 	)
 	if p.InstanceID != 0 {
-		rows, err = s.query(ctx, `SELECT `+attemptCols+` FROM attempts
+		out, err = collect(scanAttempt)(s.query(ctx, `SELECT `+attemptCols+` FROM attempts
 			WHERE instance_id = @instance AND (@run = 0 OR run_id = @run) ORDER BY id`,
-			sql.Named("instance", p.InstanceID), sql.Named("run", p.RunID))
+			sql.Named("instance", p.InstanceID), sql.Named("run", p.RunID)))
 	} else {
-		rows, err = s.query(ctx, `SELECT `+attemptCols+` FROM attempts WHERE run_id = @run ORDER BY id`,
-			sql.Named("run", p.RunID))
+		out, err = collect(scanAttempt)(s.query(ctx,
+			`SELECT `+attemptCols+` FROM attempts WHERE run_id = @run ORDER BY id`, sql.Named("run", p.RunID)))
 	}
-	if err != nil {
-		return nil, fmt.Errorf("attempt list of run %d: %w", p.RunID, err)
-	}
-	out, err := scanAttempts(rows)
 	if err != nil {
 		return nil, fmt.Errorf("attempt list of run %d: %w", p.RunID, err)
 	}

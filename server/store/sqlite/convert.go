@@ -10,6 +10,29 @@ import (
 	"github.com/batonhq/baton/server/store"
 )
 
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }
+
+// collect returns a function that scans every row of a query with scan and
+// closes the rows; it reads as collect(scanX)(s.query(...)).
+func collect[T any](scan func(scanner) (*T, error)) func(*sql.Rows, error) ([]*T, error) {
+	return func(rows *sql.Rows, err error) ([]*T, error) {
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var out []*T
+		for rows.Next() {
+			v, err := scan(rows)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, v)
+		}
+		return out, rows.Err()
+	}
+}
+
 // Conversions between domain values and columns: times are unix
 // milliseconds UTC with NULL for the zero time; maps are JSON objects.
 

@@ -90,31 +90,27 @@ func (s *Store) EventList(ctx context.Context, p *store.EventListParams) ([]*sto
 	if limit == 0 {
 		limit = 1000
 	}
-	rows, err := s.query(ctx, `
+	out, err := collect(scanEvent)(s.query(ctx, `
 		SELECT id, run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message
 		FROM events WHERE run_id = @run AND id > @after ORDER BY id LIMIT @limit`,
-		sql.Named("run", p.RunID), sql.Named("after", p.After), sql.Named("limit", limit))
+		sql.Named("run", p.RunID), sql.Named("after", p.After), sql.Named("limit", limit)))
 	if err != nil {
 		return nil, fmt.Errorf("event list of run %d: %w", p.RunID, err)
 	}
-	defer rows.Close()
-	var out []*store.Event
-	for rows.Next() {
-		var (
-			e  store.Event
-			at int64
-		)
-		if err := rows.Scan(&e.Cursor, &e.RunID, &at, &e.Task, &e.Item, &e.AttemptID, &e.RunState,
-			&e.InstanceState, &e.Agent, nullInt{&e.ExitCode}, &e.Message); err != nil {
-			return nil, fmt.Errorf("event list of run %d: %w", p.RunID, err)
-		}
-		e.At = fromMS(at)
-		out = append(out, &e)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("event list of run %d: %w", p.RunID, err)
-	}
 	return out, nil
+}
+
+func scanEvent(sc scanner) (*store.Event, error) {
+	var (
+		e  store.Event
+		at int64
+	)
+	if err := sc.Scan(&e.Cursor, &e.RunID, &at, &e.Task, &e.Item, &e.AttemptID, &e.RunState,
+		&e.InstanceState, &e.Agent, nullInt{&e.ExitCode}, &e.Message); err != nil {
+		return nil, err
+	}
+	e.At = fromMS(at)
+	return &e, nil
 }
 
 // LogAppend stores chunks of attempts' output; see [store.Store.LogAppend].
@@ -168,27 +164,23 @@ func (s *Store) LogAppend(ctx context.Context, p *store.LogAppendParams) error {
 
 // LogList returns an attempt's stored chunks in the order they arrived.
 func (s *Store) LogList(ctx context.Context, p *store.LogListParams) ([]*store.LogChunk, error) {
-	rows, err := s.query(ctx, `
+	out, err := collect(scanChunk)(s.query(ctx, `
 		SELECT attempt_id, stream, byte_offset, data, at FROM log_chunks WHERE attempt_id = @attempt ORDER BY id`,
-		sql.Named("attempt", p.AttemptID))
+		sql.Named("attempt", p.AttemptID)))
 	if err != nil {
 		return nil, fmt.Errorf("log list of attempt %d: %w", p.AttemptID, err)
 	}
-	defer rows.Close()
-	var out []*store.LogChunk
-	for rows.Next() {
-		var (
-			c  store.LogChunk
-			at int64
-		)
-		if err := rows.Scan(&c.AttemptID, &c.Stream, &c.Offset, &c.Data, &at); err != nil {
-			return nil, fmt.Errorf("log list of attempt %d: %w", p.AttemptID, err)
-		}
-		c.At = fromMS(at)
-		out = append(out, &c)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("log list of attempt %d: %w", p.AttemptID, err)
-	}
 	return out, nil
+}
+
+func scanChunk(sc scanner) (*store.LogChunk, error) {
+	var (
+		c  store.LogChunk
+		at int64
+	)
+	if err := sc.Scan(&c.AttemptID, &c.Stream, &c.Offset, &c.Data, &at); err != nil {
+		return nil, err
+	}
+	c.At = fromMS(at)
+	return &c, nil
 }

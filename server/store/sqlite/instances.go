@@ -12,7 +12,7 @@ import (
 const instanceCols = `id, run_id, task, item, item_value, state, attempts, attempt_id, outputs, error,
 	ready_at, started_at, finished_at`
 
-func scanInstance(sc interface{ Scan(...any) error }) (*store.Instance, error) {
+func scanInstance(sc scanner) (*store.Instance, error) {
 	var in store.Instance
 	if err := sc.Scan(&in.ID, &in.RunID, &in.Task, &in.Item, &in.ItemValue, &in.State, &in.Attempts,
 		zeroInt{&in.AttemptID}, jsonMap{&in.Outputs}, &in.Error,
@@ -89,21 +89,9 @@ func (s *Store) InstanceCreate(ctx context.Context, p *store.InstanceCreateParam
 
 // InstanceList returns a run's task instances ordered by id.
 func (s *Store) InstanceList(ctx context.Context, p *store.InstanceListParams) ([]*store.Instance, error) {
-	rows, err := s.query(ctx, `SELECT `+instanceCols+` FROM task_instances WHERE run_id = @run ORDER BY id`,
-		sql.Named("run", p.RunID))
+	out, err := collect(scanInstance)(s.query(ctx,
+		`SELECT `+instanceCols+` FROM task_instances WHERE run_id = @run ORDER BY id`, sql.Named("run", p.RunID)))
 	if err != nil {
-		return nil, fmt.Errorf("instance list of run %d: %w", p.RunID, err)
-	}
-	defer rows.Close()
-	var out []*store.Instance
-	for rows.Next() {
-		in, err := scanInstance(rows)
-		if err != nil {
-			return nil, fmt.Errorf("instance list of run %d: %w", p.RunID, err)
-		}
-		out = append(out, in)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("instance list of run %d: %w", p.RunID, err)
 	}
 	return out, nil

@@ -13,7 +13,7 @@ import (
 
 const jobCols = `j.id, j.name, v.version, v.description, v.spec, v.source, j.created_at, v.created_at`
 
-func scanJob(sc interface{ Scan(...any) error }) (*store.Job, error) {
+func scanJob(sc scanner) (*store.Job, error) {
 	var j store.Job
 	var created, updated int64
 	if err := sc.Scan(&j.ID, &j.Name, &j.Version, &j.Description, &j.Spec, &j.Source, &created, &updated); err != nil {
@@ -141,22 +141,10 @@ func (s *Store) JobGet(ctx context.Context, p *store.JobGetParams) (*store.Job, 
 // JobList returns the current version of every job not deleted, ordered by
 // name.
 func (s *Store) JobList(ctx context.Context, _ *store.JobListParams) ([]*store.Job, error) {
-	rows, err := s.query(ctx, `SELECT `+jobCols+`
+	jobs, err := collect(scanJob)(s.query(ctx, `SELECT `+jobCols+`
 		FROM jobs j JOIN job_versions v ON v.job_id = j.id AND v.version = j.current_version
-		WHERE j.deleted_at IS NULL ORDER BY j.name`)
+		WHERE j.deleted_at IS NULL ORDER BY j.name`))
 	if err != nil {
-		return nil, fmt.Errorf("job list: %w", err)
-	}
-	defer rows.Close()
-	var jobs []*store.Job
-	for rows.Next() {
-		j, err := scanJob(rows)
-		if err != nil {
-			return nil, fmt.Errorf("job list: %w", err)
-		}
-		jobs = append(jobs, j)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("job list: %w", err)
 	}
 	return jobs, nil

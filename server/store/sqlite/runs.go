@@ -13,7 +13,7 @@ import (
 const runCols = `id, job_id, job_name, job_version, state, overlap, params, restart_count,
 	request_id, error, created_at, started_at, finished_at`
 
-func scanRun(sc interface{ Scan(...any) error }) (*store.Run, error) {
+func scanRun(sc scanner) (*store.Run, error) {
 	var r store.Run
 	var created int64
 	if err := sc.Scan(&r.ID, &r.JobID, &r.JobName, &r.JobVersion, &r.State, &r.Overlap,
@@ -180,20 +180,8 @@ func (s *Store) RunList(ctx context.Context, p *store.RunListParams) ([]*store.R
 		q.WriteString(` LIMIT @limit`)
 		args = append(args, sql.Named("limit", p.Limit))
 	}
-	rows, err := s.query(ctx, q.String(), args...)
+	runs, err := collect(scanRun)(s.query(ctx, q.String(), args...))
 	if err != nil {
-		return nil, fmt.Errorf("run list: %w", err)
-	}
-	defer rows.Close()
-	var runs []*store.Run
-	for rows.Next() {
-		r, err := scanRun(rows)
-		if err != nil {
-			return nil, fmt.Errorf("run list: %w", err)
-		}
-		runs = append(runs, r)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("run list: %w", err)
 	}
 	return runs, nil
