@@ -106,7 +106,8 @@ type Store interface {
 	AttemptClaim(ctx context.Context, p *AttemptClaimParams) (*Attempt, error)
 	// AttemptStarted moves a live attempt of Agent from dispatched to
 	// running and renews its lease; for an attempt already running (a
-	// re-sent report) it renews the lease. It returns ErrStaleAttempt when
+	// re-sent report) it renews the lease and keeps the recorded start
+	// time unless StartedAt is set. It returns ErrStaleAttempt when
 	// the attempt is not live, belongs to another agent or its lease
 	// expired, and ErrNotFound for an unknown attempt.
 	AttemptStarted(ctx context.Context, p *AttemptStartedParams) error

@@ -35,8 +35,12 @@ func checkTTL(ttl time.Duration) error {
 	return nil
 }
 
-// claimAttempt records the attempt, guarded by the instance's state; the
-// claim then points the instance at it.
+// claimAttempt records the attempt only while the instance is in one of
+// @from (the claim's guard); claimInstance then moves the instance to
+// dispatched and makes the attempt its fence. Both run in one IMMEDIATE
+// transaction, and SQLite runs one writer at a time, so nothing can change
+// the instance in between: of concurrent claims, the first inserts and
+// every later one finds the instance dispatched.
 const claimAttempt = `
 	INSERT INTO attempts (instance_id, run_id, task, item, no, kind, agent, state, lease_expires_at, dispatched_at)
 	SELECT id, run_id, task, item, attempts + 1, @kind, @agent, 'dispatched', @lease, @at
@@ -133,7 +137,8 @@ func (s *Store) staleReason(ctx context.Context, id int64, agent string) error {
 
 // AttemptStarted marks a live attempt running and renews its lease; see
 // [store.Store.AttemptStarted]. Called again for a running attempt (a
-// re-sent report) it renews the lease and records StartedAt again.
+// re-sent report) it renews the lease and keeps the recorded start time
+// unless StartedAt is given.
 func (s *Store) AttemptStarted(ctx context.Context, p *store.AttemptStartedParams) error {
 	if p.Agent == "" {
 		return fmt.Errorf("attempt started %d: agent is empty", p.ID)
@@ -144,9 +149,10 @@ func (s *Store) AttemptStarted(ctx context.Context, p *store.AttemptStartedParam
 	err := s.write(ctx, func(tx *Store) error {
 		at := now()
 		res, err := tx.exec(ctx, `
-			UPDATE attempts SET state = 'running', started_at = @started, lease_expires_at = @lease
+			UPDATE attempts SET state = 'running', started_at = coalesce(@started, started_at, @at),
+			    lease_expires_at = @lease
 			WHERE id = @id AND agent = @agent AND state IN ('dispatched', 'running') AND lease_expires_at > @at`,
-			sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("started", msOr(p.StartedAt, at)),
+			sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("started", msOrNil(p.StartedAt)),
 			sql.Named("lease", at+p.LeaseTTL.Milliseconds()), sql.Named("at", at))
 		if err != nil {
 			return err
@@ -297,8 +303,8 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 		// The stale outcome is not a failure of this transaction: the late
 		// record must commit.
 		stale = tx.staleReason(ctx, p.ID, p.Agent)
-		if errors.Is(stale, store.ErrNotFound) || !errors.Is(stale, store.ErrStaleAttempt) {
-			return stale
+		if !errors.Is(stale, store.ErrStaleAttempt) {
+			return stale // not found, or a database error
 		}
 		return nil
 	})

@@ -197,6 +197,14 @@ func testAttemptOutcome(t *testing.T, h Harness) {
 		t.Fatalf("started attempt = %+v; want running, started %v, lease after %v", got, startedAt, a.LeaseExpiresAt)
 	}
 	checkTime(t, "StartedAt", got.StartedAt)
+	// A re-sent report renews the lease and keeps the start time.
+	err = b.s.AttemptStarted(b.ctx, &store.AttemptStartedParams{ID: a.ID, Agent: "etl-01", LeaseTTL: 3 * longTTL})
+	wantErr(t, "AttemptStarted(again)", err, nil)
+	if again := b.attempt(t, a.ID); again.State != store.AttemptRunning || !again.StartedAt.Equal(startedAt) ||
+		!again.LeaseExpiresAt.After(got.LeaseExpiresAt) {
+		t.Fatalf("attempt after a re-sent start = %+v; want running, started %v, lease after %v", again, startedAt, got.LeaseExpiresAt)
+	}
+	got = b.attempt(t, a.ID)
 
 	// Finish: the outcome is recorded.
 	finishedAt := ms(time.Now())
