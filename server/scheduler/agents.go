@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/engine"
+	"github.com/batonhq/baton/server/job"
 	"github.com/batonhq/baton/server/store"
 )
 
@@ -86,9 +88,7 @@ func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 			if env == nil {
 				env = map[string]string{}
 			}
-			for k, v := range r.run.Params {
-				env["BATON_PARAM_"+envName(k)] = v
-			}
+			maps.Copy(env, job.ParamEnv(r.run.Params))
 			start.Argv, start.Env, start.WorkingDir = argv, env, dir
 		}
 	}

@@ -188,9 +188,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	if env == nil {
 		env = map[string]string{}
 	}
-	for k, v := range r.run.Params {
-		env["BATON_PARAM_"+envName(k)] = v
-	}
+	maps.Copy(env, job.ParamEnv(r.run.Params))
 	task := r.g.Nodes[in.task].Task
 	att := &attemptRT{inst: in, agent: a, no: in.attempts + 1, state: store.AttemptDispatched}
 	att.start = &dispatch.Start{
@@ -241,16 +239,4 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 			a.sess.Send(att.start)
 		}
 	})
-}
-
-// envName turns a parameter name into the NAME of BATON_PARAM_NAME:
-// upper case, anything but letters, digits and _ replaced by _.
-func envName(p string) string {
-	b := []byte(strings.ToUpper(p))
-	for i, c := range b {
-		if !(c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
-			b[i] = '_'
-		}
-	}
-	return string(b)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/batonhq/baton/server/dispatch"
@@ -118,8 +119,11 @@ func (r *runRT) instance(task, item int) *instRT {
 func (r *runRT) itemVars(in *instRT) (*job.Vars, error) {
 	v := *r.eng.Vars()
 	if in.item != store.NoItem {
+		// UseNumber keeps large integer ids exact.
+		dec := json.NewDecoder(strings.NewReader(in.itemValue))
+		dec.UseNumber()
 		var val any
-		if err := json.Unmarshal([]byte(in.itemValue), &val); err != nil {
+		if err := dec.Decode(&val); err != nil {
 			return nil, fmt.Errorf("item %d: stored value is not JSON: %w", in.item, err)
 		}
 		v.Item = val
