@@ -37,9 +37,10 @@ import (
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
-// Defaults for Config.
 const (
-	DefaultKillGrace     = 10 * time.Second
+	// DefaultKillGrace is the default for Config.KillGrace.
+	DefaultKillGrace = 10 * time.Second
+	// DefaultReportTimeout is the default for Config.ReportTimeout.
 	DefaultReportTimeout = 10 * time.Second
 )
 

@@ -1,0 +1,42 @@
+package agent_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/batonhq/baton/agent"
+	"github.com/batonhq/baton/client"
+)
+
+// An agent that drains on the first SIGINT/SIGTERM and kills its children
+// on the second, as baton-agent does.
+func Example() {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	a, err := agent.New(agent.Config{
+		Server:   client.DialConfig{Addr: "batond.example.com:7700", TLS: true},
+		Name:     "etl-01",
+		Labels:   map[string]string{"role": "ssis", "dc": "east"},
+		Slots:    8,
+		StateDir: "/var/lib/baton-agent/etl-01",
+		Logger:   log,
+	})
+	if err != nil {
+		log.Error("cannot start the agent", slog.Any("error", err))
+		return
+	}
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	ctx, drain := context.WithCancel(context.Background())
+	go func() {
+		<-sig
+		drain() // no new work; running children finish and report
+		<-sig
+		a.Abort() // kill the children's process trees
+	}()
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", slog.Any("error", err))
+	}
+}
