@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -725,4 +726,48 @@ func TestAttemptRunningAtCrashIsNeverRestarted(t *testing.T) {
 	s.ack(t, 111)
 	s.startTask(t, b.task(111, "count", "BATON_TEST_MARKER", marker))
 	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "111", "state", "acked")
+}
+
+func TestUnackedBeyondHelloBudgetFollowAsMessages(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	j, err := openJournal(filepath.Join(b.stateDir, "journal"), false, b.logger, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 24 // about 64 KiB each: well over the Hello budget
+	for id := int64(1); id <= n; id++ {
+		if err := j.begin(id, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		tf := outcome(id, succeeded)
+		tf.Outputs = map[string]string{"big": strings.Repeat("x", 60<<10)}
+		if err := j.finish(tf); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b.start(t, b.config())
+	s := b.srv.session(t)
+	if size := proto.Size(s.hello); size > helloBudget+(100<<10) {
+		t.Errorf("Hello is %d bytes, want about %d at most", size, helloBudget)
+	}
+	got := map[int64]bool{}
+	for _, tf := range s.hello.GetUnacked() {
+		got[tf.GetAttemptId()] = true
+	}
+	inHello := len(got)
+	if inHello == 0 || inHello == n {
+		t.Fatalf("Hello lists %d of %d outcomes, want some but not all", inHello, n)
+	}
+	for len(got) < n {
+		tf := s.next(t).GetTaskFinished()
+		if tf == nil {
+			continue
+		}
+		if got[tf.GetAttemptId()] {
+			t.Errorf("attempt %d reported twice", tf.GetAttemptId())
+		}
+		got[tf.GetAttemptId()] = true
+	}
 }

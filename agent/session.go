@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
@@ -28,6 +29,8 @@ const (
 	minHeartbeat = 10 * time.Millisecond
 	// sessionQueue is how many messages wait for the sender.
 	sessionQueue = 64
+	// helloBudget bounds the unacknowledged outcomes listed in a Hello.
+	helloBudget = 1 << 20
 )
 
 // fatalCodes end Run: retrying cannot help.
@@ -130,13 +133,13 @@ func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (
 		return false, fmt.Errorf("open stream: %w", err)
 	}
 	s := &session{out: make(chan *batonv1.ConnectRequest, sessionQueue), done: sctx.Done()}
-	hello := a.register(s)
+	hello, backlog := a.register(s)
 	defer a.unregister(s)
 
 	welcomed := make(chan time.Duration, 1)
 	sendErr := make(chan error, 1)
 	go func() {
-		err := a.sendLoop(sctx, stream, s, hello, welcomed)
+		err := a.sendLoop(sctx, stream, s, hello, backlog, welcomed)
 		if err != nil && !errors.Is(err, io.EOF) {
 			// A broken stream or a missing Welcome: stop receiving too. On
 			// io.EOF the server ended the stream and Recv returns its status.
@@ -156,30 +159,40 @@ func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (
 // register makes s the current session and returns the Hello for it. Both
 // happen under the lock that also covers journaling an outcome, so every
 // outcome either is listed in this Hello or is sent on s afterwards.
-func (a *Agent) register(s *session) *batonv1.ConnectRequest {
+// Unacknowledged outcomes beyond helloBudget bytes are left out of the
+// Hello and returned as a backlog of TaskFinished messages to send right
+// after the Welcome, keeping the Hello well under gRPC's message limit.
+func (a *Agent) register(s *session) (hello *batonv1.ConnectRequest, backlog []*batonv1.ConnectRequest) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sess = s
-	hello := &batonv1.Hello{
+	h := &batonv1.Hello{
 		Name:     a.cfg.Name,
 		Labels:   a.cfg.Labels,
 		Slots:    int32(a.cfg.Slots),
 		Version:  a.cfg.Version,
 		Hostname: a.hostname,
 		Os:       runtime.GOOS,
-		Unacked:  a.journal.unacked(),
 		BootId:   a.bootID,
 	}
+	size := 0
+	for _, tf := range a.journal.unacked() {
+		if size += proto.Size(tf); size <= helloBudget {
+			h.Unacked = append(h.Unacked, tf)
+		} else {
+			backlog = append(backlog, finishedMsg(tf))
+		}
+	}
 	for _, att := range a.attempts {
-		hello.Running = append(hello.Running, &batonv1.RunningAttempt{
+		h.Running = append(h.Running, &batonv1.RunningAttempt{
 			AttemptId: att.id,
 			StartTime: timestamppb.New(att.startTime()),
 		})
 	}
-	slices.SortFunc(hello.Running, func(x, y *batonv1.RunningAttempt) int {
+	slices.SortFunc(h.Running, func(x, y *batonv1.RunningAttempt) int {
 		return cmp.Compare(x.GetAttemptId(), y.GetAttemptId())
 	})
-	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Hello{Hello: hello}}
+	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Hello{Hello: h}}, backlog
 }
 
 func (a *Agent) unregister(s *session) {
@@ -206,7 +219,7 @@ func (a *Agent) heartbeat() *batonv1.ConnectRequest {
 // Welcome, then sends queued messages and a Heartbeat every interval (and
 // at once when draining starts). It returns nil when ctx is done.
 func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient, s *session,
-	hello *batonv1.ConnectRequest, welcomed <-chan time.Duration) error {
+	hello *batonv1.ConnectRequest, backlog []*batonv1.ConnectRequest, welcomed <-chan time.Duration) error {
 	if err := stream.Send(hello); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
@@ -220,6 +233,11 @@ func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_Connec
 	case <-ctx.Done():
 		wt.Stop()
 		return nil
+	}
+	for _, msg := range backlog {
+		if err := stream.Send(msg); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
 	}
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
