@@ -295,17 +295,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.WarnContext(sessCtx, "killing running children")
 		a.killAll()
 	}
-	a.wg.Wait()
-
 	if !loopDone && !a.isAborted() {
 		fatal, loopDone = a.waitAcked(sessCtx, loopErr)
 	}
+	// Ending the sessions also releases attempt goroutines blocked on a
+	// stalled stream; their outcomes are journaled already or will be.
 	stopSessions()
 	if !loopDone {
 		if err := <-loopErr; err != nil && fatal == nil {
 			fatal = err
 		}
 	}
+	a.wg.Wait()
 	a.log.InfoContext(sessCtx, "agent stopped")
 	return fatal
 }

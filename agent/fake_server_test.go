@@ -39,7 +39,7 @@ type fakeSession struct {
 	done  chan struct{}                 // closed when the stream ended
 }
 
-func newFakeServer(t *testing.T) *fakeServer {
+func newFakeServer(t testing.TB) *fakeServer {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -145,7 +145,7 @@ func (f *fakeServer) Connect(stream batonv1.AgentService_ConnectServer) error {
 }
 
 // session waits for the next agent stream.
-func (f *fakeServer) session(t *testing.T) *fakeSession {
+func (f *fakeServer) session(t testing.TB) *fakeSession {
 	t.Helper()
 	select {
 	case s := <-f.sessions:
@@ -157,7 +157,7 @@ func (f *fakeServer) session(t *testing.T) *fakeSession {
 }
 
 // next returns the next message from the agent.
-func (s *fakeSession) next(t *testing.T) *batonv1.ConnectRequest {
+func (s *fakeSession) next(t testing.TB) *batonv1.ConnectRequest {
 	t.Helper()
 	select {
 	case m := <-s.recv:
@@ -170,7 +170,7 @@ func (s *fakeSession) next(t *testing.T) *batonv1.ConnectRequest {
 
 // until reads messages until match accepts one and returns every message
 // read, the matching one last.
-func (s *fakeSession) until(t *testing.T, what string, match func(*batonv1.ConnectRequest) bool) []*batonv1.ConnectRequest {
+func (s *fakeSession) until(t testing.TB, what string, match func(*batonv1.ConnectRequest) bool) []*batonv1.ConnectRequest {
 	t.Helper()
 	deadline := time.After(waitTimeout)
 	var msgs []*batonv1.ConnectRequest
@@ -189,7 +189,7 @@ func (s *fakeSession) until(t *testing.T, what string, match func(*batonv1.Conne
 }
 
 // started waits for the TaskStarted of attempt id.
-func (s *fakeSession) started(t *testing.T, id int64) *batonv1.TaskStarted {
+func (s *fakeSession) started(t testing.TB, id int64) *batonv1.TaskStarted {
 	t.Helper()
 	msgs := s.until(t, "TaskStarted", func(m *batonv1.ConnectRequest) bool {
 		return m.GetTaskStarted().GetAttemptId() == id
@@ -199,7 +199,7 @@ func (s *fakeSession) started(t *testing.T, id int64) *batonv1.TaskStarted {
 
 // finished waits for the TaskFinished of attempt id and returns it with the
 // messages that came before it.
-func (s *fakeSession) finished(t *testing.T, id int64) (*batonv1.TaskFinished, []*batonv1.ConnectRequest) {
+func (s *fakeSession) finished(t testing.TB, id int64) (*batonv1.TaskFinished, []*batonv1.ConnectRequest) {
 	t.Helper()
 	msgs := s.until(t, "TaskFinished", func(m *batonv1.ConnectRequest) bool {
 		return m.GetTaskFinished().GetAttemptId() == id
@@ -207,7 +207,7 @@ func (s *fakeSession) finished(t *testing.T, id int64) (*batonv1.TaskFinished, [
 	return msgs[len(msgs)-1].GetTaskFinished(), msgs[:len(msgs)-1]
 }
 
-func (s *fakeSession) push(t *testing.T, m *batonv1.ConnectResponse) {
+func (s *fakeSession) push(t testing.TB, m *batonv1.ConnectResponse) {
 	t.Helper()
 	select {
 	case s.send <- m:
@@ -218,29 +218,29 @@ func (s *fakeSession) push(t *testing.T, m *batonv1.ConnectResponse) {
 	}
 }
 
-func (s *fakeSession) startTask(t *testing.T, st *batonv1.StartTask) {
+func (s *fakeSession) startTask(t testing.TB, st *batonv1.StartTask) {
 	t.Helper()
 	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_StartTask{StartTask: st}})
 }
 
-func (s *fakeSession) cancelTask(t *testing.T, ct *batonv1.CancelTask) {
+func (s *fakeSession) cancelTask(t testing.TB, ct *batonv1.CancelTask) {
 	t.Helper()
 	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_CancelTask{CancelTask: ct}})
 }
 
-func (s *fakeSession) ack(t *testing.T, ids ...int64) {
+func (s *fakeSession) ack(t testing.TB, ids ...int64) {
 	t.Helper()
 	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Ack{Ack: &batonv1.Ack{AttemptIds: ids}}})
 }
 
-func (s *fakeSession) drain(t *testing.T, reason string) {
+func (s *fakeSession) drain(t testing.TB, reason string) {
 	t.Helper()
 	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Drain{Drain: &batonv1.Drain{Reason: reason}}})
 }
 
 // hangUp ends the stream with err, as a control plane that drops the
 // agent would, and waits until it ended.
-func (s *fakeSession) hangUp(t *testing.T, err error) {
+func (s *fakeSession) hangUp(t testing.TB, err error) {
 	t.Helper()
 	s.end <- err
 	select {

@@ -143,7 +143,7 @@ func flood() int {
 // testLog is a slog.Handler that writes to t.Log and lets a test wait for
 // a message.
 type testLog struct {
-	t     *testing.T
+	t     testing.TB
 	attrs []slog.Attr
 	store *logStore
 }
@@ -159,7 +159,7 @@ type logRecord struct {
 	attrs map[string]string
 }
 
-func newTestLog(t *testing.T) (*slog.Logger, *logStore) {
+func newTestLog(t testing.TB) (*slog.Logger, *logStore) {
 	store := &logStore{changed: make(chan struct{})}
 	return slog.New(&testLog{t: t, store: store}), store
 }
@@ -196,7 +196,7 @@ func (h *testLog) WithGroup(string) slog.Handler { return h }
 
 // wait waits for a record with message msg and the given attribute values
 // (key, value pairs).
-func (s *logStore) wait(t *testing.T, msg string, kv ...string) {
+func (s *logStore) wait(t testing.TB, msg string, kv ...string) {
 	t.Helper()
 	deadline := time.After(waitTimeout)
 	seen := 0
@@ -237,7 +237,7 @@ type testBundle struct {
 	exe      string // the test binary, run as the child
 }
 
-func setup(t *testing.T) *testBundle {
+func setup(t testing.TB) *testBundle {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -278,7 +278,7 @@ type runningAgent struct {
 }
 
 // start creates an agent from cfg and runs it until the test ends.
-func (b *testBundle) start(t *testing.T, cfg Config) *runningAgent {
+func (b *testBundle) start(t testing.TB, cfg Config) *runningAgent {
 	t.Helper()
 	a, err := New(cfg)
 	if err != nil {
@@ -301,7 +301,7 @@ func (b *testBundle) start(t *testing.T, cfg Config) *runningAgent {
 }
 
 // wait waits for Run to return and returns its error.
-func (r *runningAgent) wait(t *testing.T) error {
+func (r *runningAgent) wait(t testing.TB) error {
 	t.Helper()
 	select {
 	case err := <-r.done:

@@ -1,0 +1,40 @@
+package agent
+
+import (
+	"testing"
+
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+// BenchmarkAttemptRoundTrip measures one attempt from StartTask to
+// TaskFinished for a child that exits at once: journal writes, output
+// file, fork/exec of the test binary, reaping, outcome over real gRPC.
+func BenchmarkAttemptRoundTrip(b *testing.B) {
+	bundle := setup(b)
+	bundle.start(b, bundle.config())
+	s := bundle.srv.session(b)
+	id := int64(0)
+	for b.Loop() {
+		id++
+		s.startTask(b, bundle.task(id, "exit"))
+		if tf, _ := s.finished(b, id); tf.GetOutcome() != succeeded {
+			b.Fatalf("outcome = %v (%s)", tf.GetOutcome(), tf.GetError())
+		}
+		s.ack(b, id)
+	}
+}
+
+// BenchmarkLogStream measures streaming 1 MiB of child output into
+// LogChunks.
+func BenchmarkLogStream(b *testing.B) {
+	data := pattern(7001)
+	b.SetBytes(logStreamCap)
+	for b.Loop() {
+		l := &logStream{emit: func(*batonv1.LogChunk) {}}
+		l.setOpen()
+		for n := 0; n < logStreamCap; n += len(data) {
+			_, _ = l.Write(data)
+		}
+		l.flush()
+	}
+}
