@@ -68,7 +68,6 @@ check: check-generated ## gofmt, go vet, generated code fresh, Windows builds of
 	$(GO) vet ./...
 	GOOS=windows $(GO) build -o /dev/null ./agent/cmd/baton-agent
 	GOOS=windows $(GO) build -o /dev/null ./client/cmd/baton
-	$(GO) mod verify >/dev/null
 
 .PHONY: clean
 clean: ## Remove built binaries and the quickstart's data.
