@@ -52,7 +52,7 @@ SELECT agent, state FROM {{schema}}.attempts WHERE id = @id`)
 
 	qAttemptStarted = register("attempt_started", `
 UPDATE {{schema}}.attempts
-SET state = N'running', started_at = COALESCE(@started, CAST(SYSUTCDATETIME() AS DATETIME2(3))),
+SET state = N'running', started_at = COALESCE(@started, started_at, CAST(SYSUTCDATETIME() AS DATETIME2(3))),
     lease_expires_at = DATEADD(millisecond, @lease_ms, SYSUTCDATETIME())
 WHERE id = @id AND agent = @agent AND state IN (N'dispatched', N'running') AND lease_expires_at > SYSUTCDATETIME()`)
 
@@ -247,7 +247,8 @@ func (s *Store) staleReason(ctx context.Context, id int64, agent string) error {
 
 // AttemptStarted marks a live attempt running and renews its lease; see
 // [store.Store.AttemptStarted]. Called again for a running attempt (a
-// re-sent report) it renews the lease and records StartedAt again.
+// re-sent report) it renews the lease and keeps the recorded start time
+// unless StartedAt is given.
 func (s *Store) AttemptStarted(ctx context.Context, p *store.AttemptStartedParams) error {
 	if p.Agent == "" {
 		return fmt.Errorf("attempt started %d: agent is empty", p.ID)
