@@ -264,3 +264,27 @@ func TestInTxNestedRunsInPlace(t *testing.T) {
 		t.Fatal("Close() inside InTx = nil, want an error")
 	}
 }
+
+// A panicking function rolls its transaction back and the panic goes on
+// to the caller unchanged.
+func TestInTxPanicRollsBack(t *testing.T) {
+	t.Parallel()
+	b := setupTx(t)
+	boom := errors.New("boom")
+	func() {
+		defer func() {
+			if p := recover(); p != boom {
+				t.Fatalf("recover() = %v, want %v", p, boom)
+			}
+		}()
+		_ = b.s.InTx(t.Context(), func(tx store.Store) error {
+			if _, err := tx.(*Store).exec(t.Context(), qJobBump); err != nil {
+				return err
+			}
+			panic(boom)
+		})
+	}()
+	if begins, commits, rollbacks, _ := b.counts(); begins != 1 || commits != 0 || rollbacks != 1 {
+		t.Fatalf("InTx(panic): %d begins, %d commits, %d rollbacks; want 1, 0, 1", begins, commits, rollbacks)
+	}
+}
