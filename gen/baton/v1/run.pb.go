@@ -167,6 +167,191 @@ func (TaskState) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_run_proto_rawDescGZIP(), []int{1}
 }
 
+// RestartMode says which task instances a restart runs again.
+type RestartMode int32
+
+const (
+	// The default: failed, blocked, cancelled, lost and not-yet-run
+	// instances run again; succeeded ones are kept.
+	RestartMode_RESTART_MODE_UNSPECIFIED RestartMode = 0
+	// Same as UNSPECIFIED.
+	RestartMode_RESTART_MODE_FAILED RestartMode = 1
+	// from_task and everything downstream of it run again, succeeded or not,
+	// together with whatever RESTART_MODE_FAILED would run.
+	RestartMode_RESTART_MODE_FROM_TASK RestartMode = 2
+	// Every task instance runs again.
+	RestartMode_RESTART_MODE_ALL RestartMode = 3
+)
+
+// Enum value maps for RestartMode.
+var (
+	RestartMode_name = map[int32]string{
+		0: "RESTART_MODE_UNSPECIFIED",
+		1: "RESTART_MODE_FAILED",
+		2: "RESTART_MODE_FROM_TASK",
+		3: "RESTART_MODE_ALL",
+	}
+	RestartMode_value = map[string]int32{
+		"RESTART_MODE_UNSPECIFIED": 0,
+		"RESTART_MODE_FAILED":      1,
+		"RESTART_MODE_FROM_TASK":   2,
+		"RESTART_MODE_ALL":         3,
+	}
+)
+
+func (x RestartMode) Enum() *RestartMode {
+	p := new(RestartMode)
+	*p = x
+	return p
+}
+
+func (x RestartMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RestartMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_run_proto_enumTypes[2].Descriptor()
+}
+
+func (RestartMode) Type() protoreflect.EnumType {
+	return &file_baton_v1_run_proto_enumTypes[2]
+}
+
+func (x RestartMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RestartMode.Descriptor instead.
+func (RestartMode) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{2}
+}
+
+// AttemptKind says why an attempt was made.
+type AttemptKind int32
+
+const (
+	AttemptKind_ATTEMPT_KIND_UNSPECIFIED AttemptKind = 0
+	// The instance's first attempt.
+	AttemptKind_ATTEMPT_KIND_FIRST AttemptKind = 1
+	// After a failed attempt, per the task's retries.
+	AttemptKind_ATTEMPT_KIND_RETRY AttemptKind = 2
+	// After RestartRun.
+	AttemptKind_ATTEMPT_KIND_RESTART AttemptKind = 3
+	// In place of an attempt lost with its agent.
+	AttemptKind_ATTEMPT_KIND_REPLACEMENT AttemptKind = 4
+)
+
+// Enum value maps for AttemptKind.
+var (
+	AttemptKind_name = map[int32]string{
+		0: "ATTEMPT_KIND_UNSPECIFIED",
+		1: "ATTEMPT_KIND_FIRST",
+		2: "ATTEMPT_KIND_RETRY",
+		3: "ATTEMPT_KIND_RESTART",
+		4: "ATTEMPT_KIND_REPLACEMENT",
+	}
+	AttemptKind_value = map[string]int32{
+		"ATTEMPT_KIND_UNSPECIFIED": 0,
+		"ATTEMPT_KIND_FIRST":       1,
+		"ATTEMPT_KIND_RETRY":       2,
+		"ATTEMPT_KIND_RESTART":     3,
+		"ATTEMPT_KIND_REPLACEMENT": 4,
+	}
+)
+
+func (x AttemptKind) Enum() *AttemptKind {
+	p := new(AttemptKind)
+	*p = x
+	return p
+}
+
+func (x AttemptKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttemptKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_run_proto_enumTypes[3].Descriptor()
+}
+
+func (AttemptKind) Type() protoreflect.EnumType {
+	return &file_baton_v1_run_proto_enumTypes[3]
+}
+
+func (x AttemptKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttemptKind.Descriptor instead.
+func (AttemptKind) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{3}
+}
+
+// AttemptState is the state of one attempt.
+type AttemptState int32
+
+const (
+	AttemptState_ATTEMPT_STATE_UNSPECIFIED AttemptState = 0
+	AttemptState_ATTEMPT_STATE_DISPATCHED  AttemptState = 1
+	AttemptState_ATTEMPT_STATE_RUNNING     AttemptState = 2
+	AttemptState_ATTEMPT_STATE_SUCCEEDED   AttemptState = 3
+	AttemptState_ATTEMPT_STATE_FAILED      AttemptState = 4
+	AttemptState_ATTEMPT_STATE_TIMED_OUT   AttemptState = 5
+	AttemptState_ATTEMPT_STATE_CANCELLED   AttemptState = 6
+	// Its agent was not heard from within the agent timeout.
+	AttemptState_ATTEMPT_STATE_LOST AttemptState = 7
+)
+
+// Enum value maps for AttemptState.
+var (
+	AttemptState_name = map[int32]string{
+		0: "ATTEMPT_STATE_UNSPECIFIED",
+		1: "ATTEMPT_STATE_DISPATCHED",
+		2: "ATTEMPT_STATE_RUNNING",
+		3: "ATTEMPT_STATE_SUCCEEDED",
+		4: "ATTEMPT_STATE_FAILED",
+		5: "ATTEMPT_STATE_TIMED_OUT",
+		6: "ATTEMPT_STATE_CANCELLED",
+		7: "ATTEMPT_STATE_LOST",
+	}
+	AttemptState_value = map[string]int32{
+		"ATTEMPT_STATE_UNSPECIFIED": 0,
+		"ATTEMPT_STATE_DISPATCHED":  1,
+		"ATTEMPT_STATE_RUNNING":     2,
+		"ATTEMPT_STATE_SUCCEEDED":   3,
+		"ATTEMPT_STATE_FAILED":      4,
+		"ATTEMPT_STATE_TIMED_OUT":   5,
+		"ATTEMPT_STATE_CANCELLED":   6,
+		"ATTEMPT_STATE_LOST":        7,
+	}
+)
+
+func (x AttemptState) Enum() *AttemptState {
+	p := new(AttemptState)
+	*p = x
+	return p
+}
+
+func (x AttemptState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttemptState) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_run_proto_enumTypes[4].Descriptor()
+}
+
+func (AttemptState) Type() protoreflect.EnumType {
+	return &file_baton_v1_run_proto_enumTypes[4]
+}
+
+func (x AttemptState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttemptState.Descriptor instead.
+func (AttemptState) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{4}
+}
+
 // Run is one execution of a job version.
 type Run struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1097,6 +1282,370 @@ func (x *CancelRunResponse) GetRun() *Run {
 	return nil
 }
 
+type RestartRunRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	RunId int64                  `protobuf:"varint,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Mode  RestartMode            `protobuf:"varint,2,opt,name=mode,proto3,enum=baton.v1.RestartMode" json:"mode,omitempty"`
+	// from_task names the task for RESTART_MODE_FROM_TASK.
+	FromTask      string `protobuf:"bytes,3,opt,name=from_task,json=fromTask,proto3" json:"from_task,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartRunRequest) Reset() {
+	*x = RestartRunRequest{}
+	mi := &file_baton_v1_run_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartRunRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartRunRequest) ProtoMessage() {}
+
+func (x *RestartRunRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_run_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartRunRequest.ProtoReflect.Descriptor instead.
+func (*RestartRunRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RestartRunRequest) GetRunId() int64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *RestartRunRequest) GetMode() RestartMode {
+	if x != nil {
+		return x.Mode
+	}
+	return RestartMode_RESTART_MODE_UNSPECIFIED
+}
+
+func (x *RestartRunRequest) GetFromTask() string {
+	if x != nil {
+		return x.FromTask
+	}
+	return ""
+}
+
+func (x *RestartRunRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RestartRunResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Run           *Run                   `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartRunResponse) Reset() {
+	*x = RestartRunResponse{}
+	mi := &file_baton_v1_run_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartRunResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartRunResponse) ProtoMessage() {}
+
+func (x *RestartRunResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_run_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartRunResponse.ProtoReflect.Descriptor instead.
+func (*RestartRunResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RestartRunResponse) GetRun() *Run {
+	if x != nil {
+		return x.Run
+	}
+	return nil
+}
+
+// Attempt is one try of a task instance on one agent.
+type Attempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the attempt id (also its fencing token).
+	Id        int64  `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Task      string `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	ItemIndex *int32 `protobuf:"varint,3,opt,name=item_index,json=itemIndex,proto3,oneof" json:"item_index,omitempty"`
+	// number counts the attempts of its task instance from 1.
+	Number       int32                  `protobuf:"varint,4,opt,name=number,proto3" json:"number,omitempty"`
+	Kind         AttemptKind            `protobuf:"varint,5,opt,name=kind,proto3,enum=baton.v1.AttemptKind" json:"kind,omitempty"`
+	Agent        string                 `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
+	State        AttemptState           `protobuf:"varint,7,opt,name=state,proto3,enum=baton.v1.AttemptState" json:"state,omitempty"`
+	ExitCode     *int32                 `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Error        string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	DispatchTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=dispatch_time,json=dispatchTime,proto3" json:"dispatch_time,omitempty"`
+	StartTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime      *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// late_state is set when the agent reported an outcome after the attempt
+	// was lost or replaced: history only, it decided nothing.
+	LateState AttemptState `protobuf:"varint,13,opt,name=late_state,json=lateState,proto3,enum=baton.v1.AttemptState" json:"late_state,omitempty"`
+	// restart is the run's restart_count when the attempt was made.
+	Restart       int32 `protobuf:"varint,14,opt,name=restart,proto3" json:"restart,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_baton_v1_run_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_run_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Attempt) GetId() int64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Attempt) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+func (x *Attempt) GetItemIndex() int32 {
+	if x != nil && x.ItemIndex != nil {
+		return *x.ItemIndex
+	}
+	return 0
+}
+
+func (x *Attempt) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Attempt) GetKind() AttemptKind {
+	if x != nil {
+		return x.Kind
+	}
+	return AttemptKind_ATTEMPT_KIND_UNSPECIFIED
+}
+
+func (x *Attempt) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *Attempt) GetState() AttemptState {
+	if x != nil {
+		return x.State
+	}
+	return AttemptState_ATTEMPT_STATE_UNSPECIFIED
+}
+
+func (x *Attempt) GetExitCode() int32 {
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
+	}
+	return 0
+}
+
+func (x *Attempt) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Attempt) GetDispatchTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DispatchTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetLateState() AttemptState {
+	if x != nil {
+		return x.LateState
+	}
+	return AttemptState_ATTEMPT_STATE_UNSPECIFIED
+}
+
+func (x *Attempt) GetRestart() int32 {
+	if x != nil {
+		return x.Restart
+	}
+	return 0
+}
+
+type ListAttemptsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	RunId int64                  `protobuf:"varint,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// task limits the history to one task.
+	Task          string `protobuf:"bytes,2,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAttemptsRequest) Reset() {
+	*x = ListAttemptsRequest{}
+	mi := &file_baton_v1_run_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAttemptsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAttemptsRequest) ProtoMessage() {}
+
+func (x *ListAttemptsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_run_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAttemptsRequest.ProtoReflect.Descriptor instead.
+func (*ListAttemptsRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListAttemptsRequest) GetRunId() int64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *ListAttemptsRequest) GetTask() string {
+	if x != nil {
+		return x.Task
+	}
+	return ""
+}
+
+type ListAttemptsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempts      []*Attempt             `protobuf:"bytes,1,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAttemptsResponse) Reset() {
+	*x = ListAttemptsResponse{}
+	mi := &file_baton_v1_run_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAttemptsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAttemptsResponse) ProtoMessage() {}
+
+func (x *ListAttemptsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_run_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAttemptsResponse.ProtoReflect.Descriptor instead.
+func (*ListAttemptsResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListAttemptsResponse) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
 type GetTaskLogsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId int64                  `protobuf:"varint,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
@@ -1111,7 +1660,7 @@ type GetTaskLogsRequest struct {
 
 func (x *GetTaskLogsRequest) Reset() {
 	*x = GetTaskLogsRequest{}
-	mi := &file_baton_v1_run_proto_msgTypes[13]
+	mi := &file_baton_v1_run_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1672,7 @@ func (x *GetTaskLogsRequest) String() string {
 func (*GetTaskLogsRequest) ProtoMessage() {}
 
 func (x *GetTaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_run_proto_msgTypes[13]
+	mi := &file_baton_v1_run_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1685,7 @@ func (x *GetTaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_run_proto_rawDescGZIP(), []int{13}
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetTaskLogsRequest) GetRunId() int64 {
@@ -1179,7 +1728,7 @@ type TaskLogChunk struct {
 
 func (x *TaskLogChunk) Reset() {
 	*x = TaskLogChunk{}
-	mi := &file_baton_v1_run_proto_msgTypes[14]
+	mi := &file_baton_v1_run_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1740,7 @@ func (x *TaskLogChunk) String() string {
 func (*TaskLogChunk) ProtoMessage() {}
 
 func (x *TaskLogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_run_proto_msgTypes[14]
+	mi := &file_baton_v1_run_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1753,7 @@ func (x *TaskLogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogChunk.ProtoReflect.Descriptor instead.
 func (*TaskLogChunk) Descriptor() ([]byte, []int) {
-	return file_baton_v1_run_proto_rawDescGZIP(), []int{14}
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaskLogChunk) GetStream() LogStream {
@@ -1243,7 +1792,7 @@ type GetTaskLogsResponse struct {
 
 func (x *GetTaskLogsResponse) Reset() {
 	*x = GetTaskLogsResponse{}
-	mi := &file_baton_v1_run_proto_msgTypes[15]
+	mi := &file_baton_v1_run_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1804,7 @@ func (x *GetTaskLogsResponse) String() string {
 func (*GetTaskLogsResponse) ProtoMessage() {}
 
 func (x *GetTaskLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_run_proto_msgTypes[15]
+	mi := &file_baton_v1_run_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1817,7 @@ func (x *GetTaskLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskLogsResponse.ProtoReflect.Descriptor instead.
 func (*GetTaskLogsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_run_proto_rawDescGZIP(), []int{15}
+	return file_baton_v1_run_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetTaskLogsResponse) GetAttemptId() int64 {
@@ -1410,7 +1959,41 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\x06run_id\x18\x01 \x01(\x03R\x05runId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"4\n" +
 	"\x11CancelRunResponse\x12\x1f\n" +
-	"\x03run\x18\x01 \x01(\v2\r.baton.v1.RunR\x03run\"\x91\x01\n" +
+	"\x03run\x18\x01 \x01(\v2\r.baton.v1.RunR\x03run\"\x8a\x01\n" +
+	"\x11RestartRunRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\x03R\x05runId\x12)\n" +
+	"\x04mode\x18\x02 \x01(\x0e2\x15.baton.v1.RestartModeR\x04mode\x12\x1b\n" +
+	"\tfrom_task\x18\x03 \x01(\tR\bfromTask\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"5\n" +
+	"\x12RestartRunResponse\x12\x1f\n" +
+	"\x03run\x18\x01 \x01(\v2\r.baton.v1.RunR\x03run\"\xb1\x04\n" +
+	"\aAttempt\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\x12\"\n" +
+	"\n" +
+	"item_index\x18\x03 \x01(\x05H\x00R\titemIndex\x88\x01\x01\x12\x16\n" +
+	"\x06number\x18\x04 \x01(\x05R\x06number\x12)\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x15.baton.v1.AttemptKindR\x04kind\x12\x14\n" +
+	"\x05agent\x18\x06 \x01(\tR\x05agent\x12,\n" +
+	"\x05state\x18\a \x01(\x0e2\x16.baton.v1.AttemptStateR\x05state\x12 \n" +
+	"\texit_code\x18\b \x01(\x05H\x01R\bexitCode\x88\x01\x01\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\x12?\n" +
+	"\rdispatch_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\fdispatchTime\x129\n" +
+	"\n" +
+	"start_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x125\n" +
+	"\n" +
+	"late_state\x18\r \x01(\x0e2\x16.baton.v1.AttemptStateR\tlateState\x12\x18\n" +
+	"\arestart\x18\x0e \x01(\x05R\arestartB\r\n" +
+	"\v_item_indexB\f\n" +
+	"\n" +
+	"_exit_code\"@\n" +
+	"\x13ListAttemptsRequest\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\x03R\x05runId\x12\x12\n" +
+	"\x04task\x18\x02 \x01(\tR\x04task\"E\n" +
+	"\x14ListAttemptsResponse\x12-\n" +
+	"\battempts\x18\x01 \x03(\v2\x11.baton.v1.AttemptR\battempts\"\x91\x01\n" +
 	"\x12GetTaskLogsRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\x03R\x05runId\x12\x12\n" +
 	"\x04task\x18\x02 \x01(\tR\x04task\x12\"\n" +
@@ -1452,7 +2035,27 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\x12TASK_STATE_BLOCKED\x10\b\x12\x18\n" +
 	"\x14TASK_STATE_CANCELLED\x10\t\x12\x13\n" +
 	"\x0fTASK_STATE_LOST\x10\n" +
-	"2\xa6\x03\n" +
+	"*v\n" +
+	"\vRestartMode\x12\x1c\n" +
+	"\x18RESTART_MODE_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13RESTART_MODE_FAILED\x10\x01\x12\x1a\n" +
+	"\x16RESTART_MODE_FROM_TASK\x10\x02\x12\x14\n" +
+	"\x10RESTART_MODE_ALL\x10\x03*\x93\x01\n" +
+	"\vAttemptKind\x12\x1c\n" +
+	"\x18ATTEMPT_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12ATTEMPT_KIND_FIRST\x10\x01\x12\x16\n" +
+	"\x12ATTEMPT_KIND_RETRY\x10\x02\x12\x18\n" +
+	"\x14ATTEMPT_KIND_RESTART\x10\x03\x12\x1c\n" +
+	"\x18ATTEMPT_KIND_REPLACEMENT\x10\x04*\xef\x01\n" +
+	"\fAttemptState\x12\x1d\n" +
+	"\x19ATTEMPT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18ATTEMPT_STATE_DISPATCHED\x10\x01\x12\x19\n" +
+	"\x15ATTEMPT_STATE_RUNNING\x10\x02\x12\x1b\n" +
+	"\x17ATTEMPT_STATE_SUCCEEDED\x10\x03\x12\x18\n" +
+	"\x14ATTEMPT_STATE_FAILED\x10\x04\x12\x1b\n" +
+	"\x17ATTEMPT_STATE_TIMED_OUT\x10\x05\x12\x1b\n" +
+	"\x17ATTEMPT_STATE_CANCELLED\x10\x06\x12\x16\n" +
+	"\x12ATTEMPT_STATE_LOST\x10\a2\xbe\x04\n" +
 	"\n" +
 	"RunService\x12A\n" +
 	"\bStartRun\x12\x19.baton.v1.StartRunRequest\x1a\x1a.baton.v1.StartRunResponse\x12;\n" +
@@ -1460,7 +2063,10 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\bListRuns\x12\x19.baton.v1.ListRunsRequest\x1a\x1a.baton.v1.ListRunsResponse\x12C\n" +
 	"\bWatchRun\x12\x19.baton.v1.WatchRunRequest\x1a\x1a.baton.v1.WatchRunResponse0\x01\x12D\n" +
 	"\tCancelRun\x12\x1a.baton.v1.CancelRunRequest\x1a\x1b.baton.v1.CancelRunResponse\x12J\n" +
-	"\vGetTaskLogs\x12\x1c.baton.v1.GetTaskLogsRequest\x1a\x1d.baton.v1.GetTaskLogsResponseB\x88\x01\n" +
+	"\vGetTaskLogs\x12\x1c.baton.v1.GetTaskLogsRequest\x1a\x1d.baton.v1.GetTaskLogsResponse\x12G\n" +
+	"\n" +
+	"RestartRun\x12\x1b.baton.v1.RestartRunRequest\x1a\x1c.baton.v1.RestartRunResponse\x12M\n" +
+	"\fListAttempts\x12\x1d.baton.v1.ListAttemptsRequest\x1a\x1e.baton.v1.ListAttemptsResponseB\x88\x01\n" +
 	"\fcom.baton.v1B\bRunProtoP\x01Z-github.com/batonhq/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -1475,73 +2081,94 @@ func file_baton_v1_run_proto_rawDescGZIP() []byte {
 	return file_baton_v1_run_proto_rawDescData
 }
 
-var file_baton_v1_run_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_baton_v1_run_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_baton_v1_run_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_baton_v1_run_proto_goTypes = []any{
 	(RunState)(0),                 // 0: baton.v1.RunState
 	(TaskState)(0),                // 1: baton.v1.TaskState
-	(*Run)(nil),                   // 2: baton.v1.Run
-	(*TaskRun)(nil),               // 3: baton.v1.TaskRun
-	(*RunEvent)(nil),              // 4: baton.v1.RunEvent
-	(*StartRunRequest)(nil),       // 5: baton.v1.StartRunRequest
-	(*StartRunResponse)(nil),      // 6: baton.v1.StartRunResponse
-	(*GetRunRequest)(nil),         // 7: baton.v1.GetRunRequest
-	(*GetRunResponse)(nil),        // 8: baton.v1.GetRunResponse
-	(*ListRunsRequest)(nil),       // 9: baton.v1.ListRunsRequest
-	(*ListRunsResponse)(nil),      // 10: baton.v1.ListRunsResponse
-	(*WatchRunRequest)(nil),       // 11: baton.v1.WatchRunRequest
-	(*WatchRunResponse)(nil),      // 12: baton.v1.WatchRunResponse
-	(*CancelRunRequest)(nil),      // 13: baton.v1.CancelRunRequest
-	(*CancelRunResponse)(nil),     // 14: baton.v1.CancelRunResponse
-	(*GetTaskLogsRequest)(nil),    // 15: baton.v1.GetTaskLogsRequest
-	(*TaskLogChunk)(nil),          // 16: baton.v1.TaskLogChunk
-	(*GetTaskLogsResponse)(nil),   // 17: baton.v1.GetTaskLogsResponse
-	nil,                           // 18: baton.v1.Run.ParamsEntry
-	nil,                           // 19: baton.v1.TaskRun.OutputsEntry
-	nil,                           // 20: baton.v1.StartRunRequest.ParamsEntry
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
-	(LogStream)(0),                // 22: baton.v1.LogStream
+	(RestartMode)(0),              // 2: baton.v1.RestartMode
+	(AttemptKind)(0),              // 3: baton.v1.AttemptKind
+	(AttemptState)(0),             // 4: baton.v1.AttemptState
+	(*Run)(nil),                   // 5: baton.v1.Run
+	(*TaskRun)(nil),               // 6: baton.v1.TaskRun
+	(*RunEvent)(nil),              // 7: baton.v1.RunEvent
+	(*StartRunRequest)(nil),       // 8: baton.v1.StartRunRequest
+	(*StartRunResponse)(nil),      // 9: baton.v1.StartRunResponse
+	(*GetRunRequest)(nil),         // 10: baton.v1.GetRunRequest
+	(*GetRunResponse)(nil),        // 11: baton.v1.GetRunResponse
+	(*ListRunsRequest)(nil),       // 12: baton.v1.ListRunsRequest
+	(*ListRunsResponse)(nil),      // 13: baton.v1.ListRunsResponse
+	(*WatchRunRequest)(nil),       // 14: baton.v1.WatchRunRequest
+	(*WatchRunResponse)(nil),      // 15: baton.v1.WatchRunResponse
+	(*CancelRunRequest)(nil),      // 16: baton.v1.CancelRunRequest
+	(*CancelRunResponse)(nil),     // 17: baton.v1.CancelRunResponse
+	(*RestartRunRequest)(nil),     // 18: baton.v1.RestartRunRequest
+	(*RestartRunResponse)(nil),    // 19: baton.v1.RestartRunResponse
+	(*Attempt)(nil),               // 20: baton.v1.Attempt
+	(*ListAttemptsRequest)(nil),   // 21: baton.v1.ListAttemptsRequest
+	(*ListAttemptsResponse)(nil),  // 22: baton.v1.ListAttemptsResponse
+	(*GetTaskLogsRequest)(nil),    // 23: baton.v1.GetTaskLogsRequest
+	(*TaskLogChunk)(nil),          // 24: baton.v1.TaskLogChunk
+	(*GetTaskLogsResponse)(nil),   // 25: baton.v1.GetTaskLogsResponse
+	nil,                           // 26: baton.v1.Run.ParamsEntry
+	nil,                           // 27: baton.v1.TaskRun.OutputsEntry
+	nil,                           // 28: baton.v1.StartRunRequest.ParamsEntry
+	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(LogStream)(0),                // 30: baton.v1.LogStream
 }
 var file_baton_v1_run_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Run.state:type_name -> baton.v1.RunState
-	18, // 1: baton.v1.Run.params:type_name -> baton.v1.Run.ParamsEntry
-	21, // 2: baton.v1.Run.create_time:type_name -> google.protobuf.Timestamp
-	21, // 3: baton.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	21, // 4: baton.v1.Run.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 5: baton.v1.Run.tasks:type_name -> baton.v1.TaskRun
+	26, // 1: baton.v1.Run.params:type_name -> baton.v1.Run.ParamsEntry
+	29, // 2: baton.v1.Run.create_time:type_name -> google.protobuf.Timestamp
+	29, // 3: baton.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	29, // 4: baton.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	6,  // 5: baton.v1.Run.tasks:type_name -> baton.v1.TaskRun
 	1,  // 6: baton.v1.TaskRun.state:type_name -> baton.v1.TaskState
-	19, // 7: baton.v1.TaskRun.outputs:type_name -> baton.v1.TaskRun.OutputsEntry
-	21, // 8: baton.v1.TaskRun.start_time:type_name -> google.protobuf.Timestamp
-	21, // 9: baton.v1.TaskRun.end_time:type_name -> google.protobuf.Timestamp
-	21, // 10: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
+	27, // 7: baton.v1.TaskRun.outputs:type_name -> baton.v1.TaskRun.OutputsEntry
+	29, // 8: baton.v1.TaskRun.start_time:type_name -> google.protobuf.Timestamp
+	29, // 9: baton.v1.TaskRun.end_time:type_name -> google.protobuf.Timestamp
+	29, // 10: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 11: baton.v1.RunEvent.run_state:type_name -> baton.v1.RunState
 	1,  // 12: baton.v1.RunEvent.task_state:type_name -> baton.v1.TaskState
-	20, // 13: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
-	2,  // 14: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
-	2,  // 15: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
-	2,  // 16: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
-	4,  // 17: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
-	2,  // 18: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
-	22, // 19: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
-	21, // 20: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
-	16, // 21: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
-	5,  // 22: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
-	7,  // 23: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
-	9,  // 24: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
-	11, // 25: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
-	13, // 26: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
-	15, // 27: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
-	6,  // 28: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
-	8,  // 29: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
-	10, // 30: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
-	12, // 31: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
-	14, // 32: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
-	17, // 33: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	28, // 13: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
+	5,  // 14: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
+	5,  // 15: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
+	5,  // 16: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
+	7,  // 17: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
+	5,  // 18: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
+	2,  // 19: baton.v1.RestartRunRequest.mode:type_name -> baton.v1.RestartMode
+	5,  // 20: baton.v1.RestartRunResponse.run:type_name -> baton.v1.Run
+	3,  // 21: baton.v1.Attempt.kind:type_name -> baton.v1.AttemptKind
+	4,  // 22: baton.v1.Attempt.state:type_name -> baton.v1.AttemptState
+	29, // 23: baton.v1.Attempt.dispatch_time:type_name -> google.protobuf.Timestamp
+	29, // 24: baton.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	29, // 25: baton.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 26: baton.v1.Attempt.late_state:type_name -> baton.v1.AttemptState
+	20, // 27: baton.v1.ListAttemptsResponse.attempts:type_name -> baton.v1.Attempt
+	30, // 28: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
+	29, // 29: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
+	24, // 30: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
+	8,  // 31: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
+	10, // 32: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
+	12, // 33: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
+	14, // 34: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
+	16, // 35: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
+	23, // 36: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
+	18, // 37: baton.v1.RunService.RestartRun:input_type -> baton.v1.RestartRunRequest
+	21, // 38: baton.v1.RunService.ListAttempts:input_type -> baton.v1.ListAttemptsRequest
+	9,  // 39: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
+	11, // 40: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
+	13, // 41: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
+	15, // 42: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
+	17, // 43: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
+	25, // 44: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
+	19, // 45: baton.v1.RunService.RestartRun:output_type -> baton.v1.RestartRunResponse
+	22, // 46: baton.v1.RunService.ListAttempts:output_type -> baton.v1.ListAttemptsResponse
+	39, // [39:47] is the sub-list for method output_type
+	31, // [31:39] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_run_proto_init() }
@@ -1552,14 +2179,15 @@ func file_baton_v1_run_proto_init() {
 	file_baton_v1_agent_proto_init()
 	file_baton_v1_run_proto_msgTypes[1].OneofWrappers = []any{}
 	file_baton_v1_run_proto_msgTypes[2].OneofWrappers = []any{}
-	file_baton_v1_run_proto_msgTypes[13].OneofWrappers = []any{}
+	file_baton_v1_run_proto_msgTypes[15].OneofWrappers = []any{}
+	file_baton_v1_run_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_run_proto_rawDesc), len(file_baton_v1_run_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   19,
+			NumEnums:      5,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

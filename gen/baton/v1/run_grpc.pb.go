@@ -19,12 +19,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RunService_StartRun_FullMethodName    = "/baton.v1.RunService/StartRun"
-	RunService_GetRun_FullMethodName      = "/baton.v1.RunService/GetRun"
-	RunService_ListRuns_FullMethodName    = "/baton.v1.RunService/ListRuns"
-	RunService_WatchRun_FullMethodName    = "/baton.v1.RunService/WatchRun"
-	RunService_CancelRun_FullMethodName   = "/baton.v1.RunService/CancelRun"
-	RunService_GetTaskLogs_FullMethodName = "/baton.v1.RunService/GetTaskLogs"
+	RunService_StartRun_FullMethodName     = "/baton.v1.RunService/StartRun"
+	RunService_GetRun_FullMethodName       = "/baton.v1.RunService/GetRun"
+	RunService_ListRuns_FullMethodName     = "/baton.v1.RunService/ListRuns"
+	RunService_WatchRun_FullMethodName     = "/baton.v1.RunService/WatchRun"
+	RunService_CancelRun_FullMethodName    = "/baton.v1.RunService/CancelRun"
+	RunService_GetTaskLogs_FullMethodName  = "/baton.v1.RunService/GetTaskLogs"
+	RunService_RestartRun_FullMethodName   = "/baton.v1.RunService/RestartRun"
+	RunService_ListAttempts_FullMethodName = "/baton.v1.RunService/ListAttempts"
 )
 
 // RunServiceClient is the client API for RunService service.
@@ -50,6 +52,14 @@ type RunServiceClient interface {
 	CancelRun(ctx context.Context, in *CancelRunRequest, opts ...grpc.CallOption) (*CancelRunResponse, error)
 	// GetTaskLogs returns the stored stdout and stderr of one attempt of a task.
 	GetTaskLogs(ctx context.Context, in *GetTaskLogsRequest, opts ...grpc.CallOption) (*GetTaskLogsResponse, error)
+	// RestartRun continues a failed, cancelled or timed-out run under the same
+	// run id: succeeded task instances (and their outputs) are kept, the rest
+	// run again, restart_count grows by one and new attempts are appended to
+	// the history. A run still active is refused with FAILED_PRECONDITION.
+	RestartRun(ctx context.Context, in *RestartRunRequest, opts ...grpc.CallOption) (*RestartRunResponse, error)
+	// ListAttempts returns a run's attempt history: every start, retry,
+	// restart, loss and outcome, oldest first.
+	ListAttempts(ctx context.Context, in *ListAttemptsRequest, opts ...grpc.CallOption) (*ListAttemptsResponse, error)
 }
 
 type runServiceClient struct {
@@ -129,6 +139,26 @@ func (c *runServiceClient) GetTaskLogs(ctx context.Context, in *GetTaskLogsReque
 	return out, nil
 }
 
+func (c *runServiceClient) RestartRun(ctx context.Context, in *RestartRunRequest, opts ...grpc.CallOption) (*RestartRunResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestartRunResponse)
+	err := c.cc.Invoke(ctx, RunService_RestartRun_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *runServiceClient) ListAttempts(ctx context.Context, in *ListAttemptsRequest, opts ...grpc.CallOption) (*ListAttemptsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAttemptsResponse)
+	err := c.cc.Invoke(ctx, RunService_ListAttempts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RunServiceServer is the server API for RunService service.
 // All implementations must embed UnimplementedRunServiceServer
 // for forward compatibility.
@@ -152,6 +182,14 @@ type RunServiceServer interface {
 	CancelRun(context.Context, *CancelRunRequest) (*CancelRunResponse, error)
 	// GetTaskLogs returns the stored stdout and stderr of one attempt of a task.
 	GetTaskLogs(context.Context, *GetTaskLogsRequest) (*GetTaskLogsResponse, error)
+	// RestartRun continues a failed, cancelled or timed-out run under the same
+	// run id: succeeded task instances (and their outputs) are kept, the rest
+	// run again, restart_count grows by one and new attempts are appended to
+	// the history. A run still active is refused with FAILED_PRECONDITION.
+	RestartRun(context.Context, *RestartRunRequest) (*RestartRunResponse, error)
+	// ListAttempts returns a run's attempt history: every start, retry,
+	// restart, loss and outcome, oldest first.
+	ListAttempts(context.Context, *ListAttemptsRequest) (*ListAttemptsResponse, error)
 	mustEmbedUnimplementedRunServiceServer()
 }
 
@@ -179,6 +217,12 @@ func (UnimplementedRunServiceServer) CancelRun(context.Context, *CancelRunReques
 }
 func (UnimplementedRunServiceServer) GetTaskLogs(context.Context, *GetTaskLogsRequest) (*GetTaskLogsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTaskLogs not implemented")
+}
+func (UnimplementedRunServiceServer) RestartRun(context.Context, *RestartRunRequest) (*RestartRunResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestartRun not implemented")
+}
+func (UnimplementedRunServiceServer) ListAttempts(context.Context, *ListAttemptsRequest) (*ListAttemptsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAttempts not implemented")
 }
 func (UnimplementedRunServiceServer) mustEmbedUnimplementedRunServiceServer() {}
 func (UnimplementedRunServiceServer) testEmbeddedByValue()                    {}
@@ -302,6 +346,42 @@ func _RunService_GetTaskLogs_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RunService_RestartRun_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestartRunRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).RestartRun(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_RestartRun_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).RestartRun(ctx, req.(*RestartRunRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RunService_ListAttempts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAttemptsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RunServiceServer).ListAttempts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RunService_ListAttempts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RunServiceServer).ListAttempts(ctx, req.(*ListAttemptsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RunService_ServiceDesc is the grpc.ServiceDesc for RunService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +408,14 @@ var RunService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTaskLogs",
 			Handler:    _RunService_GetTaskLogs_Handler,
+		},
+		{
+			MethodName: "RestartRun",
+			Handler:    _RunService_RestartRun_Handler,
+		},
+		{
+			MethodName: "ListAttempts",
+			Handler:    _RunService_ListAttempts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
