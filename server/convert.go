@@ -162,3 +162,59 @@ func unquoteJSON(s string) (string, error) {
 	err := json.Unmarshal([]byte(s), &out)
 	return out, err
 }
+
+func attemptStateToProto(s store.AttemptState) batonv1.AttemptState {
+	switch s {
+	case store.AttemptDispatched:
+		return batonv1.AttemptState_ATTEMPT_STATE_DISPATCHED
+	case store.AttemptRunning:
+		return batonv1.AttemptState_ATTEMPT_STATE_RUNNING
+	case store.AttemptSucceeded:
+		return batonv1.AttemptState_ATTEMPT_STATE_SUCCEEDED
+	case store.AttemptFailed:
+		return batonv1.AttemptState_ATTEMPT_STATE_FAILED
+	case store.AttemptTimedOut:
+		return batonv1.AttemptState_ATTEMPT_STATE_TIMED_OUT
+	case store.AttemptCancelled:
+		return batonv1.AttemptState_ATTEMPT_STATE_CANCELLED
+	case store.AttemptLost:
+		return batonv1.AttemptState_ATTEMPT_STATE_LOST
+	}
+	return batonv1.AttemptState_ATTEMPT_STATE_UNSPECIFIED
+}
+
+func attemptKindToProto(k store.AttemptKind) batonv1.AttemptKind {
+	switch k {
+	case store.AttemptFirst:
+		return batonv1.AttemptKind_ATTEMPT_KIND_FIRST
+	case store.AttemptRetry:
+		return batonv1.AttemptKind_ATTEMPT_KIND_RETRY
+	case store.AttemptRestart:
+		return batonv1.AttemptKind_ATTEMPT_KIND_RESTART
+	case store.AttemptReplacement:
+		return batonv1.AttemptKind_ATTEMPT_KIND_REPLACEMENT
+	}
+	return batonv1.AttemptKind_ATTEMPT_KIND_UNSPECIFIED
+}
+
+func attemptToProto(a *store.Attempt) *batonv1.Attempt {
+	out := &batonv1.Attempt{
+		Id:           a.ID,
+		Task:         a.Task,
+		ItemIndex:    itemIndex(a.Item),
+		Number:       int32(a.No),
+		Kind:         attemptKindToProto(a.Kind),
+		Agent:        a.Agent,
+		State:        attemptStateToProto(a.State),
+		Error:        a.Error,
+		DispatchTime: ts(a.DispatchedAt),
+		StartTime:    ts(a.StartedAt),
+		EndTime:      ts(a.FinishedAt),
+		LateState:    attemptStateToProto(a.LateState),
+	}
+	if a.ExitCode != nil {
+		v := int32(*a.ExitCode)
+		out.ExitCode = &v
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+	"github.com/batonhq/baton/server/engine"
 	"github.com/batonhq/baton/server/job"
 	"github.com/batonhq/baton/server/scheduler"
 	"github.com/batonhq/baton/server/store"
@@ -47,6 +49,9 @@ type runService struct {
 func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest) (*batonv1.StartRunResponse, error) {
 	if req.GetJob() == "" {
 		return nil, invalidArg("job", "required")
+	}
+	if !s.sched.Leader() {
+		return nil, status.Error(codes.Unavailable, "this batond is standing by while another holds the leader lease; send runs to the leader")
 	}
 	if len(req.GetRequestId()) > maxRequestID || !utf8.ValidString(req.GetRequestId()) {
 		return nil, invalidArg("request_id", fmt.Sprintf("must be at most %d characters", maxRequestID))
@@ -206,22 +211,26 @@ func (s *runService) WatchRun(req *batonv1.WatchRunRequest, stream batonv1.RunSe
 				return err
 			}
 			cursor = ev.Cursor
-			if ev.RunState.Terminal() {
-				return nil
-			}
 		}
 		if len(evs) == watchPage {
 			continue
 		}
-		if len(evs) == 0 {
-			// Resumed after the terminal event: nothing more will come.
-			run, err := s.st.RunGet(ctx, &store.RunGetParams{ID: id})
+		// The stream ends once the run is over and every event up to that
+		// point was sent. (A restarted run's earlier terminal event is
+		// followed by more events, and so does not end it.)
+		run, err := s.st.RunGet(ctx, &store.RunGetParams{ID: id})
+		if err != nil {
+			return toStatus(ctx, s.log, err)
+		}
+		if run.State.Terminal() {
+			more, err := s.st.EventList(ctx, &store.EventListParams{RunID: id, After: cursor, Limit: 1})
 			if err != nil {
 				return toStatus(ctx, s.log, err)
 			}
-			if run.State.Terminal() {
+			if len(more) == 0 {
 				return nil
 			}
+			continue
 		}
 		poll.Reset(watchPoll)
 		select {
@@ -308,5 +317,65 @@ func (s *runService) GetTaskLogs(ctx context.Context, req *batonv1.GetTaskLogsRe
 	out.Truncated = total >= s.logCap
 	out.StdoutTail = att.StdoutTail
 	out.StderrTail = att.StderrTail
+	return out, nil
+}
+
+func (s *runService) RestartRun(ctx context.Context, req *batonv1.RestartRunRequest) (*batonv1.RestartRunResponse, error) {
+	id := req.GetRunId()
+	var mode engine.RestartMode
+	switch req.GetMode() {
+	case batonv1.RestartMode_RESTART_MODE_UNSPECIFIED, batonv1.RestartMode_RESTART_MODE_FAILED:
+		mode = engine.RestartFailed
+		if req.GetFromTask() != "" {
+			return nil, invalidArg("from_task", "only with mode RESTART_MODE_FROM_TASK")
+		}
+	case batonv1.RestartMode_RESTART_MODE_FROM_TASK:
+		mode = engine.RestartFrom
+		if req.GetFromTask() == "" {
+			return nil, invalidArg("from_task", "required with mode RESTART_MODE_FROM_TASK")
+		}
+	case batonv1.RestartMode_RESTART_MODE_ALL:
+		mode = engine.RestartAll
+		if req.GetFromTask() != "" {
+			return nil, invalidArg("from_task", "only with mode RESTART_MODE_FROM_TASK")
+		}
+	default:
+		return nil, invalidArg("mode", fmt.Sprintf("unknown restart mode %v", req.GetMode()))
+	}
+	err := s.sched.Restart(ctx, id, mode, req.GetFromTask(), req.GetReason())
+	var bad *scheduler.BadRestartError
+	switch {
+	case errors.Is(err, scheduler.ErrActive):
+		return nil, status.Errorf(codes.FailedPrecondition, "run %d is still active; cancel it or wait for it to end before restarting", id)
+	case errors.As(err, &bad):
+		return nil, invalidArg("from_task", bad.Msg)
+	case err != nil:
+		err = notFound(err, "run %d", id)
+		return nil, toStatus(ctx, s.log, err)
+	}
+	run, err := s.st.RunGet(ctx, &store.RunGetParams{ID: id})
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	s.log.InfoContext(ctx, "run restart requested", slog.Int64("run_id", id), slog.String("mode", req.GetMode().String()))
+	return &batonv1.RestartRunResponse{Run: runToProto(run)}, nil
+}
+
+func (s *runService) ListAttempts(ctx context.Context, req *batonv1.ListAttemptsRequest) (*batonv1.ListAttemptsResponse, error) {
+	id := req.GetRunId()
+	if _, err := s.st.RunGet(ctx, &store.RunGetParams{ID: id}); err != nil {
+		return nil, toStatus(ctx, s.log, notFound(err, "run %d", id))
+	}
+	atts, err := s.st.AttemptList(ctx, &store.AttemptListParams{RunID: id})
+	if err != nil {
+		return nil, toStatus(ctx, s.log, err)
+	}
+	out := &batonv1.ListAttemptsResponse{}
+	for _, a := range atts {
+		if req.GetTask() != "" && a.Task != req.GetTask() {
+			continue
+		}
+		out.Attempts = append(out.Attempts, attemptToProto(a))
+	}
 	return out, nil
 }

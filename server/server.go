@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	baton "github.com/batonhq/baton"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
@@ -67,6 +68,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Version is batond's build version.
 	Version string
+	// NodeID names this process in the leader lease; replicas sharing a
+	// store need distinct ids. Defaults to host:pid.
+	NodeID string
 }
 
 // Addrs are the addresses batond listens on.
@@ -123,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	sched, err := scheduler.New(scheduler.Config{
 		Store: cfg.Store, Logger: cfg.Logger, AgentTimeout: cfg.AgentTimeout,
-		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version,
+		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version, Holder: cfg.NodeID,
 	})
 	if err != nil {
 		return nil, err
@@ -187,6 +191,12 @@ func (s *Server) Run(ctx context.Context) error {
 	errc := make(chan error, 4)
 	wg.Add(3)
 	go func() { defer wg.Done(); errc <- s.sched.Run(schedCtx) }()
+	// Serve once leadership is settled, so the first calls are not refused
+	// as if this process were a standby.
+	select {
+	case <-s.sched.Settled():
+	case <-ctx.Done():
+	}
 	go func() { defer wg.Done(); errc <- serveGRPC(grpcSrv, s.grpcLis) }()
 	go func() { defer wg.Done(); errc <- serveGRPC(inner, pipe) }()
 
@@ -199,7 +209,14 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		defer conn.Close()
-		gw := runtime.NewServeMux()
+		// Lean JSON (no zero-valued fields), and request bodies with unknown
+		// fields refused rather than silently ignored.
+		gw := runtime.NewServeMux(runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.HTTPBodyMarshaler{
+			Marshaler: &runtime.JSONPb{
+				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+			},
+		}))
 		for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 			batonv1.RegisterJobServiceHandler, batonv1.RegisterRunServiceHandler, batonv1.RegisterAgentAdminServiceHandler,
 		} {

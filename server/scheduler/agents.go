@@ -71,6 +71,7 @@ func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 	ag := s.agentFor(a.Agent)
 	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State}
 	in.live = att
+	in.agent = a.Agent
 	r.inflight++
 	if in.item != store.NoItem {
 		r.tasks[in.task].inflight++
@@ -324,9 +325,10 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	})
 	task := r.g.Nodes[in.task].Task
 	errMsg := f.Error
+	exit := params.ExitCode
 	switch f.Outcome {
 	case dispatch.OutcomeSucceeded:
-		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id)
+		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id).ExitCode = exit
 		s.done(in, store.InstanceSucceeded, f.Outputs, "")
 	case dispatch.OutcomeRejected:
 		// Nothing ran; place it again without counting a retry.
@@ -334,7 +336,7 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		s.requeueAfter(in, att.id, "rejected by agent "+a.name+": "+errMsg, 0)
 	case dispatch.OutcomeCancelled:
 		if r.eng.Stopping() {
-			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id)
+			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id).ExitCode = exit
 			s.done(in, store.InstanceCancelled, nil, errMsg)
 			break
 		}
@@ -344,20 +346,21 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		retry, delay := engine.RetryAfterFailure(task, in.failures)
 		if retry && !r.eng.Stopping() {
 			in.kind = store.AttemptRetry
-			s.requeueAfter(in, att.id, errMsg, delay)
+			s.requeueAfter(in, att.id, errMsg, delay).ExitCode = exit
 			break
 		}
-		s.transition(in, store.InstanceFailed, errMsg, f.Outputs, att.id)
+		s.transition(in, store.InstanceFailed, errMsg, f.Outputs, att.id).ExitCode = exit
 		s.done(in, store.InstanceFailed, f.Outputs, errMsg)
 	}
 	s.after(ack)
 }
 
 // requeueAfter puts an instance whose attempt ended back to ready.
-func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time.Duration) {
-	s.transition(in, store.InstanceReady, msg, nil, fence)
+func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time.Duration) *store.Event {
+	ev := s.transition(in, store.InstanceReady, msg, nil, fence)
 	in.run.eng.Transition(in.task, in.item, store.InstanceReady)
 	s.readyAfter(in, delay)
+	return ev
 }
 
 // release detaches a live attempt from its agent and frees its slot.

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/store"
 )
@@ -14,6 +17,9 @@ import (
 // loop has recorded it, or refuses it (ALREADY_EXISTS while another live
 // agent holds the name).
 func (s *Scheduler) Hello(ctx context.Context, sess *dispatch.Session, h *dispatch.Hello) error {
+	if !s.Leader() {
+		return status.Error(codes.Unavailable, "this batond is standing by: another one holds the leader lease")
+	}
 	reply := make(chan error, 1)
 	if err := s.enqueue(ctx, helloInput{sess: sess, h: h, reply: reply}); err != nil {
 		return err

@@ -59,7 +59,12 @@ func (s *Scheduler) commit(ctx context.Context) error {
 		return nil
 	}
 	if len(b.ops) > 0 || len(b.events) > 0 || len(b.logs) > 0 {
+		fence := &store.LeaderCheckParams{Name: leaseName, Holder: s.cfg.Holder, Token: s.lease.Token}
 		err := s.st.InTx(ctx, func(tx store.Store) error {
+			// Fenced: a deposed leader's writes fail here.
+			if err := tx.LeaderCheck(ctx, fence); err != nil {
+				return err
+			}
 			for _, o := range b.ops {
 				if err := o(ctx, tx); err != nil {
 					return err

@@ -130,22 +130,22 @@ func (s *Scheduler) place() {
 	})
 }
 
-// pickAgent chooses a connected agent with a free slot for sel.
+// pickAgent chooses a connected agent with a free slot for sel, by the
+// placement rule of dispatch.Pick.
 func (s *Scheduler) pickAgent(sel job.Selector) *agentRT {
-	var best *agentRT
+	s.cands = s.cands[:0]
+	s.candAgents = s.candAgents[:0]
 	for _, a := range s.agents {
-		if !a.usable() || !dispatch.Matches(sel, a.name, a.labels) {
+		if !a.usable() {
 			continue
 		}
-		free := a.free()
-		if free <= 0 {
-			continue
-		}
-		if best == nil || free > best.free() || (free == best.free() && a.lastUsed < best.lastUsed) {
-			best = a
-		}
+		s.cands = append(s.cands, dispatch.Candidate{Name: a.name, Labels: a.labels, Free: a.free(), LastUsed: a.lastUsed})
+		s.candAgents = append(s.candAgents, a)
 	}
-	return best
+	if i := dispatch.Pick(s.cands, sel); i >= 0 {
+		return s.candAgents[i]
+	}
+	return nil
 }
 
 // unpark moves held-back work of a run and a task back to the ready
@@ -208,6 +208,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	kind := in.kind
 	in.attempts++
 	in.live = att
+	in.agent = a.name
 	in.state = store.InstanceDispatched
 	r.inflight++
 	if in.item != store.NoItem {

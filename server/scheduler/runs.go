@@ -156,8 +156,9 @@ func (s *Scheduler) apply(r *runRT, changes []engine.Change) {
 }
 
 // transition writes an instance's move to state to (guarded by its current
-// state and, when fence is non-zero, by its latest attempt) and logs it.
-func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string, outputs map[string]string, fence int64) {
+// state and, when fence is non-zero, by its latest attempt) and logs it; it
+// returns the event so callers can add to it.
+func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string, outputs map[string]string, fence int64) *store.Event {
 	from := in.state
 	in.state = to
 	r := in.run
@@ -170,8 +171,12 @@ func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string
 	if in.live != nil {
 		ev.AttemptID = in.live.id
 		ev.Agent = in.live.agent.name
+	} else if fence != 0 {
+		ev.AttemptID = fence
+		ev.Agent = in.agent
 	}
 	s.event(ev)
+	return ev
 }
 
 // settle moves an instance to a done state the engine decided (skipped,

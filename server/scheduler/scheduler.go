@@ -13,8 +13,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/store"
 )
 
@@ -45,7 +49,18 @@ type Config struct {
 	MaxBatch int
 	// Version is reported to agents in Welcome.
 	Version string
+	// Holder names this process in the leader lease. Replicas sharing a
+	// store must use distinct holders; a restarted process that reuses its
+	// holder takes its own lease over at once instead of waiting for it to
+	// expire. Defaults to host:pid.
+	Holder string
+	// LeaseTTL is how long leadership lasts without renewal; it is renewed
+	// every third of it. Defaults to 15s.
+	LeaseTTL time.Duration
 }
+
+// leaseName is the leader lease the scheduler holds.
+const leaseName = "scheduler"
 
 func (c *Config) setDefaults() error {
 	if c.Store == nil {
@@ -66,6 +81,13 @@ func (c *Config) setDefaults() error {
 	if c.MaxBatch <= 0 {
 		c.MaxBatch = 1024
 	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 15 * time.Second
+	}
+	if c.Holder == "" {
+		host, _ := os.Hostname()
+		c.Holder = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
 	return nil
 }
 
@@ -85,21 +107,28 @@ type Scheduler struct {
 	in      chan input
 	stopped chan struct{}
 	notify  *notifier
+	leader  atomic.Bool
+	// settled is closed after the first attempt to take the lease.
+	settled     chan struct{}
+	settledOnce sync.Once
 
 	// Owned by the loop.
-	b       *batch
-	local   []input // inputs produced by effects, applied next iteration
-	runs    map[int64]*runRT
-	queued  map[int64][]*store.Run // job id -> queued runs, oldest first
-	agents  map[string]*agentRT
-	live    map[int64]*attemptRT // live attempts by id
-	groups  map[string]*group    // ready queues by selector
-	glist   []*group
-	timers  timerHeap
-	graphs  graphCache
-	seq     uint64
-	ctx     context.Context
-	healthy bool
+	b      *batch
+	local  []input // inputs produced by effects, applied next iteration
+	runs   map[int64]*runRT
+	queued map[int64][]*store.Run // job id -> queued runs, oldest first
+	agents map[string]*agentRT
+	live   map[int64]*attemptRT // live attempts by id
+	groups map[string]*group    // ready queues by selector
+	glist  []*group
+	timers timerHeap
+	graphs graphCache
+	seq    uint64
+	// cands and candAgents are pickAgent's reusable buffers.
+	cands      []dispatch.Candidate
+	candAgents []*agentRT
+	ctx        context.Context
+	lease      *store.Lease
 }
 
 // New returns a Scheduler. Call Run to start it.
@@ -113,6 +142,7 @@ func New(cfg Config) (*Scheduler, error) {
 		log:     cfg.Logger.With(slog.String("component", "scheduler")),
 		in:      make(chan input, 4096),
 		stopped: make(chan struct{}),
+		settled: make(chan struct{}),
 		notify:  newNotifier(),
 	}, nil
 }
@@ -121,23 +151,33 @@ func New(cfg Config) (*Scheduler, error) {
 // third of the agent timeout, so two lost heartbeats are tolerated.
 func (s *Scheduler) HeartbeatInterval() time.Duration { return s.cfg.AgentTimeout / 3 }
 
-// Run loads every non-terminal run from the store and schedules until ctx
-// is done. Running children are not touched when it returns: agents keep
-// them running and report to the next control plane.
+// Run takes the leader lease (standing by while another process holds
+// it), loads every non-terminal run from the store and schedules until ctx
+// is done or leadership is lost. Running children are not touched when it
+// returns: agents keep them running and report to the next control plane.
 func (s *Scheduler) Run(ctx context.Context) error {
 	defer close(s.stopped)
 	s.ctx = ctx
 	backoff := 100 * time.Millisecond
 	for {
+		if err := s.acquire(ctx); err != nil {
+			return nil // ctx done
+		}
 		err := s.recover(ctx)
 		if err == nil {
 			err = s.loop(ctx)
 		}
+		s.leader.Store(false)
 		if ctx.Err() != nil {
 			s.shutdown()
+			s.releaseLease()
 			return nil
 		}
-		s.log.ErrorContext(ctx, "scheduler reset: state reloaded from the store", slog.Any("error", err))
+		if errors.Is(err, store.ErrNotLeader) {
+			s.log.WarnContext(ctx, "leadership lost; standing by", slog.Any("error", err))
+		} else {
+			s.log.ErrorContext(ctx, "scheduler reset: state reloaded from the store", slog.Any("error", err))
+		}
 		s.shutdown()
 		select {
 		case <-time.After(backoff):
@@ -148,10 +188,93 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 }
 
-// loop applies inputs in batches until ctx is done or a commit fails.
+// Settled is closed once the scheduler has first tried to take the leader
+// lease: after it, Leader tells whether this process schedules.
+func (s *Scheduler) Settled() <-chan struct{} { return s.settled }
+
+func (s *Scheduler) markSettled() { s.settledOnce.Do(func() { close(s.settled) }) }
+
+// Leader reports whether this process holds the leader lease and schedules.
+func (s *Scheduler) Leader() bool { return s.leader.Load() }
+
+// acquire takes the leader lease, waiting while another holder has it.
+func (s *Scheduler) acquire(ctx context.Context) error {
+	waiting := false
+	defer s.markSettled()
+	for {
+		lease, err := s.st.LeaderAcquire(ctx, &store.LeaderAcquireParams{Name: leaseName, Holder: s.cfg.Holder, TTL: s.cfg.LeaseTTL})
+		if err == nil {
+			s.lease = lease
+			s.leader.Store(true)
+			s.markSettled()
+			s.log.InfoContext(ctx, "leader lease acquired", slog.String("holder", s.cfg.Holder), slog.Int64("token", lease.Token))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.markSettled()
+		if !waiting {
+			waiting = true
+			if errors.Is(err, store.ErrNotLeader) {
+				s.log.InfoContext(ctx, "another batond holds the leader lease; standing by", slog.String("holder", s.cfg.Holder))
+			} else {
+				s.log.ErrorContext(ctx, "cannot take the leader lease; retrying", slog.Any("error", err))
+			}
+		}
+		select {
+		case <-time.After(s.cfg.LeaseTTL / 3):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// renew extends the leader lease; it runs on the loop every third of the
+// TTL. A lease that cannot be renewed before it would expire ends the
+// loop, so this process stops scheduling before anyone else may start.
+func (s *Scheduler) renew() error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.LeaseTTL/3)
+	defer cancel()
+	lease, err := s.st.LeaderAcquire(ctx, &store.LeaderAcquireParams{Name: leaseName, Holder: s.cfg.Holder, TTL: s.cfg.LeaseTTL})
+	switch {
+	case err == nil && lease.Token == s.lease.Token:
+		s.lease = lease
+		return nil
+	case err == nil:
+		// The lease had expired and was taken anew: someone may have led
+		// in between, so start over from the store.
+		s.lease = lease
+		return fmt.Errorf("leader lease expired and was re-taken with token %d: %w", lease.Token, store.ErrNotLeader)
+	case errors.Is(err, store.ErrNotLeader):
+		return err
+	}
+	if time.Until(s.lease.ExpiresAt) < s.cfg.LeaseTTL/3 {
+		return fmt.Errorf("cannot renew the leader lease before it expires: %w", errors.Join(err, store.ErrNotLeader))
+	}
+	s.log.Warn("leader lease renewal failed; retrying", slog.Any("error", err))
+	return nil
+}
+
+// releaseLease gives the lease up so a standby can take over at once.
+func (s *Scheduler) releaseLease() {
+	if s.lease == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.st.LeaderRelease(ctx, &store.LeaderReleaseParams{Name: leaseName, Holder: s.cfg.Holder, Token: s.lease.Token}); err != nil {
+		s.log.Warn("cannot release the leader lease", slog.Any("error", err))
+	}
+}
+
+// loop applies inputs in batches until ctx is done, a commit fails or the
+// leader lease is lost.
 func (s *Scheduler) loop(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	renew := time.NewTicker(s.cfg.LeaseTTL / 3)
+	defer renew.Stop()
 	for {
 		s.resetTimer(timer)
 		if len(s.local) == 0 {
@@ -160,6 +283,10 @@ func (s *Scheduler) loop(ctx context.Context) error {
 				in.apply(s)
 			case <-timer.C:
 				s.fireTimers()
+			case <-renew.C:
+				if err := s.renew(); err != nil {
+					return err
+				}
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -192,8 +319,12 @@ func (s *Scheduler) applyLocal() {
 	}
 }
 
-// enqueue hands an input to the loop, waiting while the inbox is full.
+// enqueue hands an input to the loop, waiting while the inbox is full. A
+// standby refuses with store.ErrNotLeader.
 func (s *Scheduler) enqueue(ctx context.Context, in input) error {
+	if !s.Leader() {
+		return fmt.Errorf("this batond is standing by while another holds the leader lease: %w", store.ErrNotLeader)
+	}
 	select {
 	case s.in <- in:
 		return nil
@@ -267,7 +398,6 @@ func (s *Scheduler) recover(ctx context.Context) error {
 		s.promote(jobID)
 	}
 	s.at(time.Now().Add(s.sweepInterval()), s.sweep)
-	s.healthy = true
 	s.log.InfoContext(ctx, "scheduler started", slog.Int("runs", len(s.runs)), slog.Int("live_attempts", len(s.live)))
 	return s.commit(ctx)
 }

@@ -58,6 +58,8 @@ type instRT struct {
 	kind store.AttemptKind
 	// live is the instance's attempt on an agent, if any.
 	live *attemptRT
+	// agent ran the latest attempt.
+	agent string
 	// queued is true while the instance sits in a ready queue.
 	queued bool
 	seq    uint64

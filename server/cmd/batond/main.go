@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
@@ -47,6 +48,7 @@ type options struct {
 	killGrace    time.Duration
 	noMigrate    bool
 	addrFile     string
+	nodeID       string
 	logLevel     string
 	logFormat    string
 }
@@ -65,6 +67,7 @@ var envs = map[string]string{
 	"kill-grace":    "BATON_KILL_GRACE",
 	"no-migrate":    "BATON_NO_MIGRATE",
 	"addr-file":     "BATON_ADDR_FILE",
+	"node-id":       "BATON_NODE_ID",
 	"log-level":     "BATON_LOG_LEVEL",
 	"log-format":    "BATON_LOG_FORMAT",
 }
@@ -115,6 +118,7 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a child")
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
 	sf.StringVar(&o.addrFile, "addr-file", "", "write the listening addresses as JSON to this file once serving")
+	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port)")
 
 	migrate := &cobra.Command{
 		Use:   "migrate",
@@ -172,15 +176,30 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 	defer st.Close()
+	if path := sqlitePath(o); path != "" {
+		// One batond per SQLite file: a second one would schedule the same
+		// runs. The lock goes with the process, also on SIGKILL.
+		unlock, err := lockFile(path + ".lock")
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	if !o.noMigrate {
 		if err := st.Migrate(ctx); err != nil {
 			return fmt.Errorf("migrate: %w", err)
 		}
 	}
+	node := o.nodeID
+	if node == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(o.grpcAddr)
+		node = host + ":" + port
+	}
 	srv, err := server.New(server.Config{
 		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
 		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
-		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version,
+		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version, NodeID: node,
 	})
 	if err != nil {
 		return err
@@ -193,6 +212,26 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		}
 	}
 	return srv.Run(ctx)
+}
+
+// sqlitePath returns the SQLite file batond uses, or "" for SQL Server.
+func sqlitePath(o *options) string {
+	if o.db == "" {
+		abs, err := filepath.Abs(filepath.Join(o.dataDir, "baton.db"))
+		if err != nil {
+			return ""
+		}
+		return abs
+	}
+	u, err := url.Parse(o.db)
+	if err != nil || u.Scheme != "sqlite" {
+		return ""
+	}
+	cfg, err := sqlite.ConfigFromURL(u)
+	if err != nil {
+		return ""
+	}
+	return cfg.Path
 }
 
 // openStore opens the backend --db names.

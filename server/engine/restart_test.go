@@ -1,0 +1,203 @@
+package engine
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/batonhq/baton/server/store"
+)
+
+func plain(task string, s store.InstanceState) Instance {
+	return Instance{Task: task, Item: store.NoItem, State: s}
+}
+
+func itemOf(task string, i int, s store.InstanceState) Instance {
+	return Instance{Task: task, Item: i, State: s}
+}
+
+const forEachJob = `
+name: fe
+tasks:
+  - {name: list, run: [x]}
+  - {name: fe, needs: [list], for_each: {items: [a, b, c]}, run: [x]}
+  - {name: after, needs: [fe], run: [x]}
+`
+
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		src   string
+		insts []Instance
+		mode  RestartMode
+		from  string
+		want  []Reset
+		// then: the decisions of the restarted run
+		wantStates map[string]store.InstanceState
+	}{
+		{
+			name:  "from failure keeps succeeded tasks and reruns the failed and blocked ones",
+			src:   chain,
+			insts: []Instance{plain("a", S), plain("b", F), plain("c", B)},
+			mode:  RestartFailed,
+			want: []Reset{
+				{Task: "b", Item: store.NoItem, From: F, To: P},
+				{Task: "c", Item: store.NoItem, From: B, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"a": S, "b": R, "c": P},
+		},
+		{
+			name:  "cancelled, lost and skipped instances run again",
+			src:   diamond,
+			insts: []Instance{plain("a", L), plain("b", C), plain("ok", B), plain("onfail", Sk), plain("always", S)},
+			mode:  RestartFailed,
+			want: []Reset{
+				{Task: "a", Item: store.NoItem, From: L, To: P},
+				{Task: "b", Item: store.NoItem, From: C, To: P},
+				{Task: "ok", Item: store.NoItem, From: B, To: P},
+				{Task: "onfail", Item: store.NoItem, From: Sk, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"a": R, "b": R, "always": S},
+		},
+		{
+			name:  "from a task reruns it and its downstream even when they succeeded",
+			src:   chain,
+			insts: []Instance{plain("a", S), plain("b", S), plain("c", S)},
+			mode:  RestartFrom,
+			from:  "b",
+			want: []Reset{
+				{Task: "b", Item: store.NoItem, From: S, To: P},
+				{Task: "c", Item: store.NoItem, From: S, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"a": S, "b": R, "c": P},
+		},
+		{
+			name:  "from a stage-1 task reruns the later stages",
+			src:   staged,
+			insts: []Instance{plain("s1a", S), plain("s1b", S), plain("s2", S), plain("s3", S), plain("free", S)},
+			mode:  RestartFrom,
+			from:  "s1a",
+			want: []Reset{
+				{Task: "s1a", Item: store.NoItem, From: S, To: P},
+				{Task: "s2", Item: store.NoItem, From: S, To: P},
+				{Task: "s3", Item: store.NoItem, From: S, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"s1a": R, "s1b": S, "s2": P, "free": S},
+		},
+		{
+			name:  "all reruns everything",
+			src:   chain,
+			insts: []Instance{plain("a", S), plain("b", S), plain("c", F)},
+			mode:  RestartAll,
+			want: []Reset{
+				{Task: "a", Item: store.NoItem, From: S, To: P},
+				{Task: "b", Item: store.NoItem, From: S, To: P},
+				{Task: "c", Item: store.NoItem, From: F, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"a": R, "b": P, "c": P},
+		},
+		{
+			name: "a for-each task resumes only its unfinished items",
+			src:  forEachJob,
+			insts: []Instance{
+				plain("list", S), plain("fe", F), itemOf("fe", 0, S), itemOf("fe", 1, F), itemOf("fe", 2, C), plain("after", B),
+			},
+			mode: RestartFailed,
+			want: []Reset{
+				{Task: "fe", Item: store.NoItem, From: F, To: Ru},
+				{Task: "fe", Item: 1, From: F, To: R},
+				{Task: "fe", Item: 2, From: C, To: R},
+				{Task: "after", Item: store.NoItem, From: B, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"list": S, "fe": Ru, "after": P},
+		},
+		{
+			name: "from a for-each task reruns every item",
+			src:  forEachJob,
+			insts: []Instance{
+				plain("list", S), plain("fe", S), itemOf("fe", 0, S), itemOf("fe", 1, S), itemOf("fe", 2, S), plain("after", S),
+			},
+			mode: RestartFrom,
+			from: "fe",
+			want: []Reset{
+				{Task: "fe", Item: store.NoItem, From: S, To: Ru},
+				{Task: "fe", Item: 0, From: S, To: R},
+				{Task: "fe", Item: 1, From: S, To: R},
+				{Task: "fe", Item: 2, From: S, To: R},
+				{Task: "after", Item: store.NoItem, From: S, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"list": S, "fe": Ru, "after": P},
+		},
+		{
+			name:       "a for-each task that never expanded goes back to pending",
+			src:        forEachJob,
+			insts:      []Instance{plain("list", F), plain("fe", B), plain("after", B)},
+			mode:       RestartFailed,
+			want:       []Reset{{Task: "list", Item: store.NoItem, From: F, To: P}, {Task: "fe", Item: store.NoItem, From: B, To: P}, {Task: "after", Item: store.NoItem, From: B, To: P}},
+			wantStates: map[string]store.InstanceState{"list": R, "fe": P, "after": P},
+		},
+		{
+			name:       "a succeeded run restarted from failure reruns nothing",
+			src:        chain,
+			insts:      []Instance{plain("a", S), plain("b", S), plain("c", S)},
+			mode:       RestartFailed,
+			want:       nil,
+			wantStates: map[string]store.InstanceState{"a": S, "b": S, "c": S},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := compileYAML(t, tc.src)
+			got, err := Restart(g, tc.insts, tc.mode, tc.from)
+			if err != nil {
+				t.Fatalf("Restart: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Restart resets (-want +got):\n%s", diff)
+			}
+			// Apply the resets and check the restarted run's first decisions.
+			after := append([]Instance(nil), tc.insts...)
+			for _, r := range got {
+				for k := range after {
+					if after[k].Task == r.Task && after[k].Item == r.Item {
+						after[k].State = r.To
+					}
+				}
+			}
+			h := newHarness(t, tc.src, after...)
+			h.want(tc.wantStates)
+		})
+	}
+}
+
+func TestRestartUnknownTask(t *testing.T) {
+	t.Parallel()
+	g := compileYAML(t, chain)
+	_, err := Restart(g, []Instance{plain("a", F)}, RestartFrom, "nope")
+	if err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Errorf("Restart(from nope) = %v, want an error naming the task", err)
+	}
+}
+
+func TestRestartedForEachFinishes(t *testing.T) {
+	t.Parallel()
+	g := compileYAML(t, forEachJob)
+	insts := []Instance{plain("list", S), plain("fe", F), itemOf("fe", 0, S), itemOf("fe", 1, F), itemOf("fe", 2, S), plain("after", B)}
+	resets, err := Restart(g, insts, RestartFailed, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resets {
+		for k := range insts {
+			if insts[k].Task == r.Task && insts[k].Item == r.Item {
+				insts[k].State = r.To
+			}
+		}
+	}
+	h := newHarness(t, forEachJob, insts...)
+	h.finishItem("fe", 1, S)
+	h.want(map[string]store.InstanceState{"fe": S, "after": R})
+}
