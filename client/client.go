@@ -187,6 +187,83 @@ func (c *Client) CancelRun(ctx context.Context, runID int64, reason string) (*ba
 	return resp.GetRun(), nil
 }
 
+// RestartRunParams says which run RestartRun restarts and what runs again.
+// From and All choose the mode; with neither, the run restarts from its
+// failures.
+type RestartRunParams struct {
+	// RunID is the run to restart. Required.
+	RunID int64
+	// From, when set, also runs this task and everything downstream of it
+	// again, succeeded or not (RESTART_MODE_FROM_TASK).
+	From string
+	// All runs every task instance again (RESTART_MODE_ALL). It may not be
+	// combined with From.
+	All bool
+	// Reason says why; the control plane records it with the restart.
+	Reason string
+}
+
+// request returns the RestartRunRequest p asks for, or an error naming the
+// field that is wrong.
+func (p *RestartRunParams) request() (*batonv1.RestartRunRequest, error) {
+	switch {
+	case p == nil || p.RunID <= 0:
+		return nil, errors.New("restart run: run id must be positive")
+	case p.From != "" && p.All:
+		return nil, fmt.Errorf("restart run %d: From and All cannot be combined", p.RunID)
+	}
+	req := &batonv1.RestartRunRequest{RunId: p.RunID, Reason: p.Reason, Mode: batonv1.RestartMode_RESTART_MODE_FAILED}
+	switch {
+	case p.From != "":
+		req.Mode, req.FromTask = batonv1.RestartMode_RESTART_MODE_FROM_TASK, p.From
+	case p.All:
+		req.Mode = batonv1.RestartMode_RESTART_MODE_ALL
+	}
+	return req, nil
+}
+
+// RestartRun continues a run that has ended, under the same run id:
+// succeeded task instances are kept with their outputs and the rest run
+// again (see [RestartRunParams] for the modes). It returns the run as the
+// server left it, usually running, with RestartCount grown by one; pass
+// that count as [WaitOptions].FromRestart to follow the restart without the
+// events of earlier ones.
+//
+// A run still active fails with codes.FailedPrecondition, an unknown run
+// with codes.NotFound, and a From task the run's job does not have with
+// codes.InvalidArgument.
+func (c *Client) RestartRun(ctx context.Context, p *RestartRunParams) (*batonv1.Run, error) {
+	req, err := p.request()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.runs.RestartRun(ctx, req)
+	if err != nil {
+		return nil, wrap(fmt.Sprintf("restart run %d", p.RunID), err)
+	}
+	if resp.GetRun() == nil {
+		return nil, fmt.Errorf("restart run %d: response has no run", p.RunID)
+	}
+	return resp.GetRun(), nil
+}
+
+// ListAttempts returns the attempt history of a run, oldest first: every
+// attempt of every task instance, with why it was made (first, retry,
+// restart, replacement), its outcome, any outcome reported after it was
+// lost (LateState), and the run's restart count when it was made. When
+// task is not empty, only that task's attempts are returned.
+func (c *Client) ListAttempts(ctx context.Context, runID int64, task string) ([]*batonv1.Attempt, error) {
+	resp, err := c.runs.ListAttempts(ctx, &batonv1.ListAttemptsRequest{RunId: runID, Task: task})
+	if err != nil {
+		op := fmt.Sprintf("list attempts of run %d", runID)
+		if task != "" {
+			op += fmt.Sprintf(" task %q", task)
+		}
+		return nil, wrap(op, err)
+	}
+	return resp.GetAttempts(), nil
+}
+
 // TaskLogsParams selects the attempt whose logs GetTaskLogs returns.
 type TaskLogsParams struct {
 	// RunID is the run. Required.

@@ -79,3 +79,57 @@ func ExampleClient_WatchRun() {
 	// 14 cleanup TASK_STATE_BLOCKED RUN_STATE_UNSPECIFIED
 	// 15  TASK_STATE_UNSPECIFIED RUN_STATE_FAILED
 }
+
+// Restart a failed run and follow the restart to its end, without the
+// events of the run's first try; then list its attempt history.
+func ExampleClient_RestartRun() {
+	srv, err := fakeserver.New()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	runID := srv.AddRun(fakeserver.NightlyRun(batonv1.RunState_RUN_STATE_FAILED).Finished())
+	srv.QueueRestart(runID, fakeserver.NightlyRestart(batonv1.RunState_RUN_STATE_SUCCEEDED))
+	srv.SetAttempts(runID, fakeserver.NightlyAttempts())
+
+	conn, err := client.Dial(client.DialConfig{Addr: srv.Addr()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	c := client.New(conn)
+	ctx := context.Background()
+
+	run, err := c.RestartRun(ctx, &client.RestartRunParams{RunID: runID, Reason: "PK_Client duplicates removed"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	run, err = c.WaitRun(ctx, runID, &client.WaitOptions{
+		FromRestart: run.GetRestartCount(),
+		OnEvent: func(ev *batonv1.RunEvent) error {
+			if ev.GetTask() == "" {
+				fmt.Printf("run %s %q\n", ev.GetRunState(), ev.GetMessage())
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("restart", run.GetRestartCount(), "ended", run.GetState())
+
+	attempts, err := c.ListAttempts(ctx, runID, "per-client")
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, a := range attempts {
+		fmt.Println(a.GetId(), a.GetTask(), a.GetItemIndex(), a.GetKind(), a.GetState(), "restart", a.GetRestart())
+	}
+	// Output:
+	// run RUN_STATE_RUNNING "restart 1: PK_Client duplicates removed"
+	// run RUN_STATE_SUCCEEDED ""
+	// restart 1 ended RUN_STATE_SUCCEEDED
+	// 3 per-client 0 ATTEMPT_KIND_FIRST ATTEMPT_STATE_SUCCEEDED restart 0
+	// 4 per-client 1 ATTEMPT_KIND_FIRST ATTEMPT_STATE_FAILED restart 0
+	// 5 per-client 1 ATTEMPT_KIND_RESTART ATTEMPT_STATE_SUCCEEDED restart 1
+}

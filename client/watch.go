@@ -71,6 +71,14 @@ type WaitOptions struct {
 	// reports only later events. Defaults to 0: every event.
 	AfterCursor int64
 
+	// FromRestart, when positive, skips the events of the run's earlier
+	// generations: WaitRun reads past them without reporting them and
+	// reports events from the run-state event of restart number
+	// FromRestart on (a run's RestartCount numbers its latest restart).
+	// Generations are counted from the start of the event log, so
+	// AfterCursor must be 0 when FromRestart is set.
+	FromRestart int32
+
 	// OnEvent, when set, is called with each event of the run in cursor
 	// order, exactly once even across reconnects. An error from it stops
 	// WaitRun, which returns that error.
@@ -101,10 +109,23 @@ type WaitOptions struct {
 // saw, so no event is reported twice or skipped. Any other error, or
 // opts.MaxReconnects fruitless reconnects in a row, ends the wait with an
 // error. opts may be nil.
+//
+// A restarted run has one generation of events per restart, each ending in
+// a terminal run-state event. WaitRun follows a run into its later
+// generations: watched from cursor 0 it reports every generation and
+// returns when the latest one ends; a run restarted while WaitRun follows
+// it is followed into the restart. Set opts.FromRestart to report only the
+// latest generation.
 func (c *Client) WaitRun(ctx context.Context, runID int64, opts *WaitOptions) (*batonv1.Run, error) {
 	var o WaitOptions
 	if opts != nil {
 		o = *opts
+	}
+	switch {
+	case o.FromRestart < 0:
+		return nil, fmt.Errorf("wait for run %d: FromRestart %d is negative", runID, o.FromRestart)
+	case o.FromRestart > 0 && o.AfterCursor != 0:
+		return nil, fmt.Errorf("wait for run %d: FromRestart needs AfterCursor 0, got %d", runID, o.AfterCursor)
 	}
 	if o.MaxReconnects <= 0 {
 		o.MaxReconnects = 20
@@ -117,24 +138,37 @@ func (c *Client) WaitRun(ctx context.Context, runID int64, opts *WaitOptions) (*
 	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
 
-	cursor := o.AfterCursor
+	w := &watcher{
+		cursor:      o.AfterCursor,
+		fromStart:   o.AfterCursor == 0,
+		fromRestart: o.FromRestart,
+		onEvent:     o.OnEvent,
+	}
 	failures := 0
 	for {
-		progressed, err := c.watchOnce(ctx, runID, &cursor, o.OnEvent)
+		progressed, err := c.watchOnce(ctx, runID, w)
 		var ee *eventError
 		switch {
 		case errors.As(err, &ee):
 			return nil, ee.err
 		case err == nil:
-			// The stream ended as the contract says it does after the
+			// The stream ended as the contract says it does after a
 			// terminal event, or the server closed it early (a graceful
 			// shutdown). GetRun tells which.
 			run, gerr := c.GetRun(ctx, runID)
 			if gerr != nil && status.Code(gerr) != codes.Unavailable {
 				return nil, gerr
 			}
-			if gerr == nil && Terminal(run.GetState()) {
-				return run, nil
+			if gerr == nil {
+				switch w.next(run, progressed) {
+				case waitDone:
+					return run, nil
+				case waitFollow:
+					// Not a failure: the stream brought events and more
+					// are known to follow.
+					failures = 0
+					continue
+				}
 			}
 			err = gerr
 			if err == nil {
@@ -159,6 +193,78 @@ func (c *Client) WaitRun(ctx context.Context, runID int64, opts *WaitOptions) (*
 	}
 }
 
+// watcher is WaitRun's view of a run's event log: how far it has read and
+// which generation it is in.
+type watcher struct {
+	cursor int64
+	// fromStart says the log was read from its first event, so restarts
+	// counts every restart of the run.
+	fromStart bool
+	// restarts is how many restarts the events read so far show: run-state
+	// events back to an active state after a terminal one.
+	restarts int32
+	// ended says the latest run-state event read was terminal.
+	ended bool
+	// fromRestart is the first generation whose events are reported.
+	fromRestart int32
+	onEvent     func(*batonv1.RunEvent) error
+}
+
+// read takes in one new event and reports it unless it belongs to a
+// generation before w.fromRestart.
+func (w *watcher) read(ev *batonv1.RunEvent) error {
+	w.cursor = ev.GetCursor()
+	if ev.GetTask() == "" && ev.GetRunState() != batonv1.RunState_RUN_STATE_UNSPECIFIED {
+		terminal := Terminal(ev.GetRunState())
+		if w.ended && !terminal {
+			w.restarts++
+		}
+		w.ended = terminal
+	}
+	if w.restarts < w.fromRestart || w.onEvent == nil {
+		return nil
+	}
+	if err := w.onEvent(ev); err != nil {
+		return &eventError{err: err}
+	}
+	return nil
+}
+
+// Decisions of watcher.next.
+const (
+	waitDone   = iota // the run is over and every event was read
+	waitFollow        // more events are known to follow: watch again now
+	waitRetry         // the stream ended too early: reconnect with backoff
+)
+
+// next decides what to do after a stream ended without an error, given the
+// run as GetRun reports it and whether the stream brought new events.
+func (w *watcher) next(run *batonv1.Run, progressed bool) int {
+	if !Terminal(run.GetState()) {
+		if progressed && w.ended {
+			// The stream ended after a terminal event and the run is
+			// active again: it was restarted since.
+			return waitFollow
+		}
+		return waitRetry
+	}
+	switch {
+	case !progressed:
+		// Nothing more came: the terminal event already read is the
+		// run's last.
+		return waitDone
+	case !w.ended:
+		// The server closed the stream before the terminal event.
+		return waitFollow
+	case run.GetRestartCount() == 0, w.fromStart && w.restarts >= run.GetRestartCount():
+		return waitDone
+	}
+	// The terminal event read may end an earlier generation: a server
+	// that ends each stream at a terminal event has more to send, and one
+	// that has not ends the next stream at once.
+	return waitFollow
+}
+
 // eventError carries an error from WaitOptions.OnEvent out of watchOnce, so
 // WaitRun never mistakes it for a stream error.
 type eventError struct{ err error }
@@ -166,24 +272,21 @@ type eventError struct{ err error }
 func (e *eventError) Error() string { return e.err.Error() }
 func (e *eventError) Unwrap() error { return e.err }
 
-// watchOnce streams events after *cursor until the stream ends, advancing
-// *cursor. It reports whether any new event arrived.
-func (c *Client) watchOnce(ctx context.Context, runID int64, cursor *int64, onEvent func(*batonv1.RunEvent) error) (progressed bool, err error) {
-	for ev, err := range c.WatchRun(ctx, runID, *cursor) {
+// watchOnce streams events after w.cursor until the stream ends, reading
+// each into w. It reports whether any new event arrived.
+func (c *Client) watchOnce(ctx context.Context, runID int64, w *watcher) (progressed bool, err error) {
+	for ev, err := range c.WatchRun(ctx, runID, w.cursor) {
 		if err != nil {
 			return progressed, err
 		}
 		// A server replaying events we already have (it should not) must
 		// not make the caller see them twice.
-		if ev.GetCursor() <= *cursor {
+		if ev.GetCursor() <= w.cursor {
 			continue
 		}
-		*cursor = ev.GetCursor()
 		progressed = true
-		if onEvent != nil {
-			if err := onEvent(ev); err != nil {
-				return progressed, &eventError{err: err}
-			}
+		if err := w.read(ev); err != nil {
+			return progressed, err
 		}
 	}
 	return progressed, nil

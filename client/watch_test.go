@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -352,5 +353,205 @@ func TestTerminal(t *testing.T) {
 		if got := client.Terminal(st); got != want {
 			t.Errorf("Terminal(%v) = %t, want %t", st, got, want)
 		}
+	}
+}
+
+// cursorRange returns the cursors from..to.
+func cursorRange(from, to int64) []int64 {
+	var cs []int64
+	for c := from; c <= to; c++ {
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// A failed nightly run has 15 events; NightlyRestart(SUCCEEDED) adds the
+// restart event (16) and 8 more; NightlyRestart(FAILED) adds the restart
+// event and 6 more.
+const (
+	firstEnd        = 15
+	restartEnd      = 24
+	restartFailEnd  = 22
+	secondRestarted = restartFailEnd + 1
+)
+
+func TestWaitRunRestarted(t *testing.T) {
+	t.Parallel()
+
+	type restartBundle struct {
+		*testBundle
+		id int64
+	}
+	// setupRestarted adds a failed run restarted restarts times, every
+	// restart already over: the first ones fail again, the last succeeds.
+	setupRestarted := func(t *testing.T, restarts int, through bool) *restartBundle {
+		t.Helper()
+		ctx := testContext(t)
+		b := setup(t)
+		b.srv.SetStreamThroughRestarts(through)
+		id := b.srv.AddRun(fakeserver.NightlyRun(batonv1.RunState_RUN_STATE_FAILED).Finished())
+		for i := range restarts {
+			end := batonv1.RunState_RUN_STATE_FAILED
+			if i == restarts-1 {
+				end = batonv1.RunState_RUN_STATE_SUCCEEDED
+			}
+			b.srv.QueueRestart(id, fakeserver.NightlyRestart(end).Finished())
+			if _, err := b.client.RestartRun(ctx, &client.RestartRunParams{RunID: id}); err != nil {
+				t.Fatalf("RestartRun: %v", err)
+			}
+		}
+		return &restartBundle{testBundle: b, id: id}
+	}
+
+	tests := []struct {
+		name     string
+		restarts int
+		opts     client.WaitOptions
+		want     []int64
+		// wantAfter is the after_cursor of each WatchRun request: a server
+		// that ends a stream at every terminal event, then one that streams
+		// on through restarts.
+		wantAfter, wantAfterThrough []int64
+	}{
+		{
+			name:             "every generation",
+			restarts:         1,
+			want:             cursorRange(1, restartEnd),
+			wantAfter:        []int64{0, firstEnd},
+			wantAfterThrough: []int64{0},
+		},
+		{
+			name:             "latest generation",
+			restarts:         1,
+			opts:             client.WaitOptions{FromRestart: 1},
+			want:             cursorRange(firstEnd+1, restartEnd),
+			wantAfter:        []int64{0, firstEnd},
+			wantAfterThrough: []int64{0},
+		},
+		{
+			name:             "latest of three",
+			restarts:         2,
+			opts:             client.WaitOptions{FromRestart: 2},
+			want:             cursorRange(secondRestarted, secondRestarted+restartEnd-firstEnd-1),
+			wantAfter:        []int64{0, firstEnd, restartFailEnd},
+			wantAfterThrough: []int64{0},
+		},
+		{
+			// From a cursor WaitRun cannot count restarts; it watches once
+			// more to learn that nothing follows.
+			name:             "resumed in an earlier generation",
+			restarts:         1,
+			opts:             client.WaitOptions{AfterCursor: 5},
+			want:             cursorRange(6, restartEnd),
+			wantAfter:        []int64{5, firstEnd, restartEnd},
+			wantAfterThrough: []int64{5, restartEnd},
+		},
+		{
+			name:             "resumed in the latest generation",
+			restarts:         1,
+			opts:             client.WaitOptions{AfterCursor: 20},
+			want:             cursorRange(21, restartEnd),
+			wantAfter:        []int64{20, restartEnd},
+			wantAfterThrough: []int64{20, restartEnd},
+		},
+	}
+	for _, tc := range tests {
+		for _, through := range []bool{false, true} {
+			name := tc.name
+			if through {
+				name += ", streamed through restarts"
+			}
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				ctx := testContext(t)
+				b := setupRestarted(t, tc.restarts, through)
+				var got []int64
+				opts := tc.opts
+				opts.OnEvent = func(ev *batonv1.RunEvent) error {
+					got = append(got, ev.GetCursor())
+					return nil
+				}
+				opts.OnReconnect = func(err error) { t.Errorf("OnReconnect(%v), want no reconnect", err) }
+				run, err := b.client.WaitRun(ctx, b.id, &opts)
+				if err != nil {
+					t.Fatalf("WaitRun: %v", err)
+				}
+				if run.GetState() != batonv1.RunState_RUN_STATE_SUCCEEDED || run.GetRestartCount() != int32(tc.restarts) {
+					t.Errorf("WaitRun = %v restart %d, want SUCCEEDED restart %d", run.GetState(), run.GetRestartCount(), tc.restarts)
+				}
+				if diff := cmp.Diff(tc.want, got); diff != "" {
+					t.Errorf("events seen (-want +got):\n%s", diff)
+				}
+				var after []int64
+				for _, r := range b.srv.WatchRequests() {
+					after = append(after, r.GetAfterCursor())
+				}
+				want := tc.wantAfter
+				if through {
+					want = tc.wantAfterThrough
+				}
+				if diff := cmp.Diff(want, after); diff != "" {
+					t.Errorf("WatchRun after_cursor per request (-want +got):\n%s", diff)
+				}
+			})
+		}
+	}
+}
+
+func TestWaitRunFollowsRestart(t *testing.T) {
+	t.Parallel()
+	for _, through := range []bool{false, true} {
+		t.Run(fmt.Sprintf("through=%t", through), func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			b := setup(t)
+			b.srv.SetStreamThroughRestarts(through)
+			id := b.srv.AddRun(fakeserver.NightlyRun(batonv1.RunState_RUN_STATE_FAILED))
+			b.srv.QueueRestart(id, fakeserver.NightlyRestart(batonv1.RunState_RUN_STATE_SUCCEEDED))
+
+			// The run is restarted the moment its first generation ends,
+			// before WaitRun can look at it.
+			var got []int64
+			run, err := b.client.WaitRun(ctx, id, &client.WaitOptions{
+				OnEvent: func(ev *batonv1.RunEvent) error {
+					got = append(got, ev.GetCursor())
+					if ev.GetCursor() == firstEnd {
+						_, err := b.client.RestartRun(ctx, &client.RestartRunParams{RunID: id, Reason: "fixed"})
+						return err
+					}
+					return nil
+				},
+				OnReconnect: func(err error) { t.Errorf("OnReconnect(%v), want no reconnect", err) },
+			})
+			if err != nil {
+				t.Fatalf("WaitRun: %v", err)
+			}
+			if run.GetState() != batonv1.RunState_RUN_STATE_SUCCEEDED || run.GetRestartCount() != 1 {
+				t.Errorf("WaitRun = %v restart %d, want SUCCEEDED restart 1", run.GetState(), run.GetRestartCount())
+			}
+			if diff := cmp.Diff(cursorRange(1, restartEnd), got); diff != "" {
+				t.Errorf("events seen (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestWaitRunOptionErrors(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setup(t)
+	for _, tc := range []struct {
+		opts client.WaitOptions
+		want string
+	}{
+		{client.WaitOptions{FromRestart: -1}, "wait for run 1: FromRestart -1 is negative"},
+		{client.WaitOptions{FromRestart: 1, AfterCursor: 3}, "wait for run 1: FromRestart needs AfterCursor 0, got 3"},
+	} {
+		if _, err := b.client.WaitRun(ctx, 1, &tc.opts); err == nil || err.Error() != tc.want {
+			t.Errorf("WaitRun(%+v) = %v, want %q", tc.opts, err, tc.want)
+		}
+	}
+	if n := len(b.srv.WatchRequests()); n != 0 {
+		t.Errorf("WatchRun requests = %d, want none", n)
 	}
 }

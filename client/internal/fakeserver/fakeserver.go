@@ -6,7 +6,9 @@
 // reconnects.
 //
 // It is a fake at the network seam: it keeps no engine and decides nothing
-// about runs; runs change only when the test says so.
+// about runs; runs change only when the test says so. RestartRun applies a
+// restart the test queued with QueueRestart (or a bare one), and
+// ListAttempts returns the history the test set with SetAttempts.
 package fakeserver
 
 import (
@@ -65,6 +67,23 @@ type Break struct {
 	Drop bool
 }
 
+// Restart is what RestartRun does to a run. The fake appends a run-state
+// event back to running, "restart N: <reason>" at At, then Events; the
+// run becomes Run, then each of Updates as its events are watched.
+type Restart struct {
+	// At is the time of the restart event. Zero means now.
+	At time.Time
+	// Run is the run right after the restart; its ID, Job, RequestId and
+	// RestartCount are filled in. Nil means the run as it was, running
+	// again with no error and no end time.
+	Run *batonv1.Run
+	// Events follow the restart event; cursors are assigned.
+	Events []*batonv1.RunEvent
+	// Updates are later states of the run. Their AtCursor counts the
+	// events of Events from 1.
+	Updates []RunUpdate
+}
+
 // Server is a running fake control plane. Its methods are safe for
 // concurrent use.
 type Server struct {
@@ -87,14 +106,19 @@ type Server struct {
 	nextRunID int64
 	breaks    map[int64][]Break
 	replayAll bool
+	through   bool // streams run on past terminal events followed by more
+	restarts  map[int64][]Restart
+	attempts  map[int64][]*batonv1.Attempt
 	logs      map[logKey]*batonv1.GetTaskLogsResponse
 	agents    map[string]*batonv1.Agent
 	agentSeen chan struct{} // closed and replaced when an agent session changes
 
-	watches  []*batonv1.WatchRunRequest
-	starts   []*batonv1.StartRunRequest
-	cancels  []*batonv1.CancelRunRequest
-	logCalls []*batonv1.GetTaskLogsRequest
+	watches      []*batonv1.WatchRunRequest
+	starts       []*batonv1.StartRunRequest
+	cancels      []*batonv1.CancelRunRequest
+	logCalls     []*batonv1.GetTaskLogsRequest
+	restartCalls []*batonv1.RestartRunRequest
+	attemptCalls []*batonv1.ListAttemptsRequest
 }
 
 type logKey struct {
@@ -125,6 +149,8 @@ func New() (*Server, error) {
 		byRequest: make(map[string]int64),
 		nextRunID: 1,
 		breaks:    make(map[int64][]Break),
+		restarts:  make(map[int64][]Restart),
+		attempts:  make(map[int64][]*batonv1.Attempt),
 		logs:      make(map[logKey]*batonv1.GetTaskLogsResponse),
 		agents:    make(map[string]*batonv1.Agent),
 		agentSeen: make(chan struct{}),
@@ -277,6 +303,36 @@ func (s *Server) SetReplayAll(on bool) {
 	s.replayAll = on
 }
 
+// SetStreamThroughRestarts makes WatchRun end a stream only after a
+// terminal event that is the last of the log, so a stream started before
+// a restart carries on into the restart's events. Off (the default), a
+// stream ends after every terminal run-state event. Either way, a stream
+// resumed after the last event of a terminal run ends at once.
+func (s *Server) SetStreamThroughRestarts(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.through = on
+}
+
+// QueueRestart queues what the next RestartRun of run id does. Restarts
+// apply one per call, in the order queued; without one, RestartRun makes a
+// bare restart (see [Restart]).
+func (s *Server) QueueRestart(id int64, r Restart) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restarts[id] = append(s.restarts[id], r)
+}
+
+// SetAttempts stores the attempt history ListAttempts returns for run id.
+func (s *Server) SetAttempts(id int64, atts []*batonv1.Attempt) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attempts[id] = nil
+	for _, a := range atts {
+		s.attempts[id] = append(s.attempts[id], proto.Clone(a).(*batonv1.Attempt))
+	}
+}
+
 // SetLogs stores the logs GetTaskLogs returns for a task instance; item is
 // nil for a plain task.
 func (s *Server) SetLogs(run int64, task string, item *int32, logs *batonv1.GetTaskLogsResponse) {
@@ -324,6 +380,20 @@ func (s *Server) CancelRequests() []*batonv1.CancelRunRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.cancels)
+}
+
+// RestartRequests returns the RestartRun requests received so far.
+func (s *Server) RestartRequests() []*batonv1.RestartRunRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.restartCalls)
+}
+
+// AttemptRequests returns the ListAttempts requests received so far.
+func (s *Server) AttemptRequests() []*batonv1.ListAttemptsRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.attemptCalls)
 }
 
 // LogRequests returns the GetTaskLogs requests received so far.
@@ -579,18 +649,31 @@ func (rs *runService) WatchRun(req *batonv1.WatchRunRequest, stream grpc.ServerS
 			// the event with GetRun already sees the run's next state.
 			s.mu.Lock()
 			s.sent[req.GetRunId()] = max(s.sent[req.GetRunId()], ev.GetCursor())
+			log := s.events[req.GetRunId()]
+			last := ev.GetCursor() == log[len(log)-1].GetCursor()
+			through := s.through
 			s.mu.Unlock()
 			if err := stream.Send(&batonv1.WatchRunResponse{Event: ev}); err != nil {
 				return err
 			}
 			sent++
 			cursor = ev.GetCursor()
-			if ev.GetTask() == "" && terminal(ev.GetRunState()) {
+			if ev.GetTask() == "" && terminal(ev.GetRunState()) && (last || !through) {
 				return nil
 			}
 		}
 		if brk != nil && sent == brk.After {
 			return s.breakStream(ctx, brk)
+		}
+		if len(pending) == 0 {
+			// Resumed after the last event of a run that is over: nothing
+			// more will come.
+			s.mu.Lock()
+			r, _ := s.runLocked(req.GetRunId())
+			s.mu.Unlock()
+			if terminal(r.GetState()) {
+				return nil
+			}
 		}
 		select {
 		case <-changed:
@@ -639,6 +722,88 @@ func (rs *runService) GetTaskLogs(_ context.Context, req *batonv1.GetTaskLogsReq
 		return nil, status.Errorf(codes.NotFound, "no logs for run %d task %q", req.GetRunId(), req.GetTask())
 	}
 	return l, nil
+}
+
+func (rs *runService) RestartRun(_ context.Context, req *batonv1.RestartRunRequest) (*batonv1.RestartRunResponse, error) {
+	s := rs.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.restartCalls = append(s.restartCalls, proto.Clone(req).(*batonv1.RestartRunRequest))
+	id := req.GetRunId()
+	cur, ok := s.runLocked(id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "run %d not found", id)
+	}
+	switch req.GetMode() {
+	case batonv1.RestartMode_RESTART_MODE_UNSPECIFIED, batonv1.RestartMode_RESTART_MODE_FAILED, batonv1.RestartMode_RESTART_MODE_ALL:
+		if req.GetFromTask() != "" {
+			return nil, status.Error(codes.InvalidArgument, "from_task: only with mode RESTART_MODE_FROM_TASK")
+		}
+	case batonv1.RestartMode_RESTART_MODE_FROM_TASK:
+		if req.GetFromTask() == "" {
+			return nil, status.Error(codes.InvalidArgument, "from_task: required with mode RESTART_MODE_FROM_TASK")
+		}
+	default:
+		return nil, status.Errorf(codes.InvalidArgument, "mode: unknown restart mode %v", req.GetMode())
+	}
+	if !terminal(cur.GetState()) {
+		return nil, status.Errorf(codes.FailedPrecondition, "run %d is still active (%s)", id, cur.GetState())
+	}
+	if from := req.GetFromTask(); from != "" &&
+		!slices.ContainsFunc(cur.GetTasks(), func(t *batonv1.TaskRun) bool { return t.GetTask() == from }) {
+		return nil, status.Errorf(codes.InvalidArgument, "from_task: job %q version %d has no task %q",
+			cur.GetJob(), cur.GetJobVersion(), from)
+	}
+
+	var r Restart
+	if q := s.restarts[id]; len(q) > 0 {
+		r, s.restarts[id] = q[0], q[1:]
+	}
+	next := proto.Clone(cur).(*batonv1.Run)
+	next.State, next.Error, next.EndTime = batonv1.RunState_RUN_STATE_RUNNING, "", nil
+	if r.Run != nil {
+		next = proto.Clone(r.Run).(*batonv1.Run)
+	}
+	count := cur.GetRestartCount() + 1
+	next.Id, next.Job, next.RequestId, next.RestartCount = id, cur.GetJob(), cur.GetRequestId(), count
+	s.runs[id] = next
+	delete(s.updates, id)
+
+	at := r.At
+	if at.IsZero() {
+		at = time.Now()
+	}
+	s.appendLocked(id, []*batonv1.RunEvent{{
+		Time:     timestamppb.New(at),
+		RunState: batonv1.RunState_RUN_STATE_RUNNING,
+		Message:  fmt.Sprintf("restart %d: %s", count, cmp.Or(req.GetReason(), "restarted by request")),
+	}})
+	log := s.events[id]
+	base := log[len(log)-1].GetCursor()
+	s.appendLocked(id, r.Events)
+	for _, u := range r.Updates {
+		ur := proto.Clone(u.Run).(*batonv1.Run)
+		ur.Id, ur.Job, ur.RequestId, ur.RestartCount = id, cur.GetJob(), cur.GetRequestId(), count
+		s.updates[id] = append(s.updates[id], RunUpdate{AtCursor: base + u.AtCursor, Run: ur})
+	}
+	return &batonv1.RestartRunResponse{Run: next}, nil
+}
+
+func (rs *runService) ListAttempts(_ context.Context, req *batonv1.ListAttemptsRequest) (*batonv1.ListAttemptsResponse, error) {
+	s := rs.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.attemptCalls = append(s.attemptCalls, proto.Clone(req).(*batonv1.ListAttemptsRequest))
+	if _, ok := s.runs[req.GetRunId()]; !ok {
+		return nil, status.Errorf(codes.NotFound, "run %d not found", req.GetRunId())
+	}
+	resp := &batonv1.ListAttemptsResponse{}
+	for _, a := range s.attempts[req.GetRunId()] {
+		if req.GetTask() == "" || a.GetTask() == req.GetTask() {
+			resp.Attempts = append(resp.Attempts, a)
+		}
+	}
+	return resp, nil
 }
 
 type adminService struct {
