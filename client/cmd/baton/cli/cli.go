@@ -158,8 +158,9 @@ func (a *app) rootCommand() *cobra.Command {
 		Short: "Drive a Baton control plane: jobs, runs, agents and logs",
 		Long: `baton talks to batond, the Baton control plane, over gRPC.
 
-Apply job files, start runs and watch them to the end, inspect task
-instances and their logs, and list the connected agents.
+Apply job files, start runs and watch them to the end, restart the ones
+that failed, inspect task instances, their attempts and logs, and list the
+connected agents.
 
 Exit codes: 0 success (for a watched run: it succeeded), 1 the watched run
 failed or was cancelled, 2 any other error.`,

@@ -160,8 +160,8 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	walk(nil, cli.RootCommandForDocs())
-	if commands != 14 {
-		t.Errorf("walked %d commands, want 14", commands)
+	if commands != 16 {
+		t.Errorf("walked %d commands, want 16", commands)
 	}
 }
 

@@ -20,16 +20,18 @@ const stderrLines = 10
 func (a *app) runCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run",
-		Short: "Start, inspect, watch and cancel runs",
+		Short: "Start, inspect, watch, cancel and restart runs",
 		Example: `  baton run start nightly-dw-load --wait
   baton run list --job nightly-dw-load
   baton run get 42
   baton run watch 42
-  baton run cancel 42 --reason "wrong load date"`,
+  baton run cancel 42 --reason "wrong load date"
+  baton run restart 42 --wait
+  baton run history 42`,
 	}
 	cmd.RunE = groupRun
 	cmd.AddCommand(a.runStartCommand(), a.runGetCommand(), a.runListCommand(),
-		a.runWatchCommand(), a.runCancelCommand())
+		a.runWatchCommand(), a.runCancelCommand(), a.runRestartCommand(), a.runHistoryCommand())
 	return cmd
 }
 
@@ -89,7 +91,13 @@ response on one line and then each of the run's events as one JSON line.`,
 			if !wait {
 				return nil
 			}
-			return a.watch(cmd.Context(), run.GetId())
+			// A run started before may have been restarted since: follow
+			// its latest restart.
+			restart := int32(0)
+			if !created {
+				restart = latestRestart
+			}
+			return a.watch(cmd.Context(), run.GetId(), restart)
 		},
 	}
 	f := cmd.Flags()
@@ -125,10 +133,11 @@ func (a *app) runGetCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "get RUN",
 		Short: "Show a run and every task instance",
-		Long: `Show a run: its job, state, times, parameters and error, then a table of its
-task instances (task, item, state, agent, attempts, exit code, duration). For
-each failed or lost task instance, its error and the last lines of its stderr
-follow.`,
+		Long: `Show a run: its job, state, times, parameters, how often it was restarted and
+its error, then a table of its task instances (task, item, state, agent,
+attempts, exit code, duration; the latest attempt's). For each failed or lost
+task instance, its error and the last lines of its stderr follow. run history
+lists every attempt.`,
 		Example: "  baton run get 42\n  baton run get 42 -o json | jq '.run.tasks[] | select(.state == \"TASK_STATE_FAILED\")'",
 		Args:    wantArgs("RUN"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -278,6 +287,10 @@ func (a *app) runWatchCommand() *cobra.Command {
 (time, [done/total], task and item, state, agent, duration), then a summary.
 If the connection breaks, baton reconnects and resumes where it left off.
 
+A run that was restarted is followed from its latest restart on; the events
+of earlier ones are not shown (see run history for every attempt). If the
+run is restarted while baton watches it, baton follows the restart too.
+
 Exits 0 when the run succeeds and 1 when it fails or is cancelled. With
 -o json, prints each event as one JSON object per line.`,
 		Example: "  baton run watch 42\n  baton run watch 42 -o json | jq -c 'select(.taskState == \"TASK_STATE_FAILED\")'",
@@ -287,7 +300,7 @@ Exits 0 when the run succeeds and 1 when it fails or is cancelled. With
 			if err != nil {
 				return err
 			}
-			return a.watch(cmd.Context(), id)
+			return a.watch(cmd.Context(), id, latestRestart)
 		},
 	}
 }

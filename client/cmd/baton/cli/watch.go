@@ -7,13 +7,24 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
+// latestRestart asks watch to follow the restart a run is at when the
+// watch starts.
+const latestRestart = -1
+
 // watch follows run id to its end, printing its progress (or its events as
 // JSON lines), and returns a *runEndedError unless the run succeeded.
-func (a *app) watch(ctx context.Context, id int64) error {
+//
+// It follows the run from restart number restart on (0 for its first
+// generation, latestRestart for the one the run is at now): the events of
+// earlier generations are read past, not shown. A restart made while it
+// watches is followed too.
+func (a *app) watch(ctx context.Context, id int64, restart int32) error {
 	c, err := a.client()
 	if err != nil {
 		return err
@@ -22,23 +33,30 @@ func (a *app) watch(ctx context.Context, id int64) error {
 	reconnecting := func(err error) {
 		fmt.Fprintf(a.env.Stderr, "baton: watch interrupted, reconnecting: %v\n", err)
 	}
+	var run *batonv1.Run
+	if !a.json() || restart == latestRestart {
+		uctx, cancel := a.unary(ctx)
+		run, err = c.GetRun(uctx, id)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if restart == latestRestart {
+			restart = run.GetRestartCount()
+		}
+	}
 	if a.json() {
-		run, err := c.WaitRun(ctx, id, &client.WaitOptions{
+		final, err := c.WaitRun(ctx, id, &client.WaitOptions{
+			FromRestart: restart,
 			OnEvent:     func(ev *batonv1.RunEvent) error { return writeJSONLine(a.env.Stdout, ev) },
 			OnReconnect: reconnecting,
 		})
 		if err != nil {
 			return err
 		}
-		return outcome(run)
+		return outcome(final)
 	}
 
-	uctx, cancel := a.unary(ctx)
-	run, err := c.GetRun(uctx, id)
-	cancel()
-	if err != nil {
-		return err
-	}
 	p := &progress{
 		a:     a,
 		c:     c,
@@ -49,23 +67,40 @@ func (a *app) watch(ctx context.Context, id int64) error {
 		width: len("run"),
 	}
 	p.learn(run)
-	if _, err := fmt.Fprintf(a.env.Stdout, "watching run %d: %s version %d, %s\n",
-		id, run.GetJob(), run.GetJobVersion(), plural(len(p.known), "task")); err != nil {
+	generation := ""
+	if restart > 0 {
+		// The instances a restart keeps send no events in it; the first
+		// event shown, the restart's, tells which those are.
+		p.kept = run
+		generation = fmt.Sprintf(", restart %d", restart)
+	}
+	if _, err := fmt.Fprintf(a.env.Stdout, "watching run %d: %s version %d%s, %s\n",
+		id, run.GetJob(), run.GetJobVersion(), generation, plural(len(p.known), "task")); err != nil {
 		return err
 	}
 	final, err := c.WaitRun(ctx, id, &client.WaitOptions{
+		FromRestart: restart,
 		OnEvent:     func(ev *batonv1.RunEvent) error { return p.event(ctx, ev) },
 		OnReconnect: reconnecting,
 	})
 	if err != nil {
 		return err
 	}
-	took := ""
-	if wall := a.clock.elapsed(cmp.Or(final.GetStartTime(), final.GetCreateTime()), final.GetEndTime()); wall != "" {
+	// A restarted run's own times span every generation; the time shown
+	// is that of the one watched, from its restart event on.
+	start := cmp.Or(final.GetStartTime(), final.GetCreateTime())
+	if final.GetRestartCount() > 0 && p.genStart != nil {
+		start = p.genStart
+	}
+	took, after := "", ""
+	if wall := a.clock.elapsed(start, final.GetEndTime()); wall != "" {
 		took = " in " + wall
 	}
-	if _, err := fmt.Fprintf(a.env.Stdout, "run %d %s%s: %s\n", id, runState(final.GetState()),
-		took, stateCounts(final.GetTasks())); err != nil {
+	if n := final.GetRestartCount(); n > 0 {
+		after = fmt.Sprintf(" after restart %d", n)
+	}
+	if _, err := fmt.Fprintf(a.env.Stdout, "run %d %s%s%s: %s\n", id, runState(final.GetState()),
+		took, after, stateCounts(final.GetTasks())); err != nil {
 		return err
 	}
 	return outcome(final)
@@ -96,8 +131,28 @@ type progress struct {
 	// started, for the duration shown when it ends.
 	start map[instance]time.Time
 
+	// genStart is the time of the first run-state event of the generation
+	// being shown; ended says the latest run-state event was terminal.
+	genStart *timestamppb.Timestamp
+	ended    bool
+	// kept, when set, is the run as it was when the watch of a restart
+	// began; the first event seeds the states of its instances from it.
+	kept *batonv1.Run
+
 	width      int // of the task column
 	agentWidth int // of the agent column
+}
+
+// seed takes the state of the task instances of run that were done by
+// time at (the restart being watched) as their state, until an event says
+// otherwise. An instance whose latest attempt ended later ran again in the
+// restart: its events tell its state.
+func (p *progress) seed(run *batonv1.Run, at time.Time) {
+	for _, t := range run.GetTasks() {
+		if taskDone(t.GetState()) && (t.GetEndTime() == nil || !t.GetEndTime().AsTime().After(at)) {
+			p.state[newInstance(t.GetTask(), t.ItemIndex)] = t.GetState()
+		}
+	}
 }
 
 // learn adds the task instances of run to the known set.
@@ -125,7 +180,17 @@ func (p *progress) event(ctx context.Context, ev *batonv1.RunEvent) error {
 	if ev.GetTime() != nil {
 		at = ev.GetTime().AsTime()
 	}
+	if p.kept != nil {
+		p.seed(p.kept, at)
+		p.kept = nil
+	}
 	label, state, dur := "run", runState(ev.GetRunState()), ""
+	if ev.GetTask() == "" && ev.GetRunState() != batonv1.RunState_RUN_STATE_UNSPECIFIED {
+		if p.genStart == nil || p.ended {
+			p.genStart = timestamppb.New(at)
+		}
+		p.ended = client.Terminal(ev.GetRunState())
+	}
 	if ev.GetTask() != "" {
 		in := newInstance(ev.GetTask(), ev.ItemIndex)
 		if !p.known[in] {
