@@ -44,7 +44,8 @@ type RunServiceClient interface {
 	// ListRuns returns runs newest first, without their tasks.
 	ListRuns(ctx context.Context, in *ListRunsRequest, opts ...grpc.CallOption) (*ListRunsResponse, error)
 	// WatchRun streams a run's events from after_cursor on. The stream ends
-	// after the event that makes the run terminal.
+	// once the run is over and every event up to then was sent; the terminal
+	// event of an earlier generation of a restarted run does not end it.
 	WatchRun(ctx context.Context, in *WatchRunRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRunResponse], error)
 	// CancelRun stops every running child of a run (SIGTERM, then SIGKILL
 	// after a grace) and marks the run cancelled. Cancelling a finished run is
@@ -174,7 +175,8 @@ type RunServiceServer interface {
 	// ListRuns returns runs newest first, without their tasks.
 	ListRuns(context.Context, *ListRunsRequest) (*ListRunsResponse, error)
 	// WatchRun streams a run's events from after_cursor on. The stream ends
-	// after the event that makes the run terminal.
+	// once the run is over and every event up to then was sent; the terminal
+	// event of an earlier generation of a restarted run does not end it.
 	WatchRun(*WatchRunRequest, grpc.ServerStreamingServer[WatchRunResponse]) error
 	// CancelRun stops every running child of a run (SIGTERM, then SIGKILL
 	// after a grace) and marks the run cancelled. Cancelling a finished run is
