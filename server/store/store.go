@@ -100,9 +100,10 @@ type Store interface {
 	// ready) to dispatched and records a new attempt for it with a lease of
 	// LeaseTTL. The attempt's No is the instance's Attempts plus one; the
 	// instance's Attempts and AttemptID then name it, and its Error and
-	// FinishedAt are cleared. Of many concurrent claims of one instance
-	// exactly one succeeds; the others get ErrConflict. An unknown instance
-	// is ErrNotFound.
+	// FinishedAt are cleared. The attempt records Restart, the run's
+	// restart count the caller passes. Of many concurrent claims of one
+	// instance exactly one succeeds; the others get ErrConflict. An unknown
+	// instance is ErrNotFound.
 	AttemptClaim(ctx context.Context, p *AttemptClaimParams) (*Attempt, error)
 	// AttemptStarted moves a live attempt of Agent from dispatched to
 	// running and renews its lease; for an attempt already running (a
@@ -296,7 +297,14 @@ type AttemptClaimParams struct {
 	Agent    string
 	Kind     AttemptKind
 	LeaseTTL time.Duration
+	// Restart is the run's current RestartCount, recorded as the
+	// attempt's Restart. It must be between 0 and [MaxRestart].
+	Restart int
 }
+
+// MaxRestart is the largest restart count an attempt can record: both
+// backends store it as a 32-bit integer.
+const MaxRestart = 1<<31 - 1
 
 // AttemptStartedParams are the arguments of [Store.AttemptStarted].
 type AttemptStartedParams struct {

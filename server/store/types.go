@@ -175,10 +175,14 @@ type Attempt struct {
 	Task       string
 	Item       int
 	// No numbers the attempts of an instance from 1.
-	No    int
-	Kind  AttemptKind
-	Agent string
-	State AttemptState
+	No int
+	// Restart is the run's RestartCount when the attempt was claimed: 0
+	// for attempts of the run's first execution. Attempts recorded before
+	// the store kept it (schema version 1) read as 0.
+	Restart int
+	Kind    AttemptKind
+	Agent   string
+	State   AttemptState
 	// ExitCode is nil until the child exited.
 	ExitCode   *int
 	Error      string

@@ -13,13 +13,14 @@ import (
 	"github.com/batonhq/baton/server/store"
 )
 
-const attemptCols = `id, instance_id, run_id, task, item, no, kind, agent, state, exit_code, error, outputs,
-	stdout_tail, stderr_tail, dispatched_at, started_at, finished_at, lease_expires_at, late_state`
+const attemptCols = `id, instance_id, run_id, task, item, no, run_restart, kind, agent, state, exit_code,
+	error, outputs, stdout_tail, stderr_tail, dispatched_at, started_at, finished_at, lease_expires_at, late_state`
 
 func scanAttempt(sc scanner) (*store.Attempt, error) {
 	var a store.Attempt
 	var dispatched, lease int64
-	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Kind, &a.Agent, &a.State,
+	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Restart, &a.Kind,
+		&a.Agent, &a.State,
 		nullInt{&a.ExitCode}, &a.Error, jsonMap{&a.Outputs}, &a.StdoutTail, &a.StderrTail,
 		&dispatched, nullTime{&a.StartedAt}, nullTime{&a.FinishedAt}, &lease, &a.LateState); err != nil {
 		return nil, err
@@ -42,8 +43,9 @@ func checkTTL(ttl time.Duration) error {
 // the instance in between: of concurrent claims, the first inserts and
 // every later one finds the instance dispatched.
 const claimAttempt = `
-	INSERT INTO attempts (instance_id, run_id, task, item, no, kind, agent, state, lease_expires_at, dispatched_at)
-	SELECT id, run_id, task, item, attempts + 1, @kind, @agent, 'dispatched', @lease, @at
+	INSERT INTO attempts (instance_id, run_id, task, item, no, run_restart, kind, agent, state,
+	                      lease_expires_at, dispatched_at)
+	SELECT id, run_id, task, item, attempts + 1, @restart, @kind, @agent, 'dispatched', @lease, @at
 	FROM task_instances WHERE id = @id AND instr(@from, '|' || state || '|') > 0
 	RETURNING ` + attemptCols
 
@@ -76,7 +78,7 @@ func (s *Store) AttemptClaim(ctx context.Context, p *store.AttemptClaimParams) (
 		}
 		at := now()
 		a, err = scanAttempt(st.QueryRowContext(ctx, sql.Named("id", p.InstanceID), sql.Named("from", from),
-			sql.Named("kind", string(p.Kind)), sql.Named("agent", p.Agent),
+			sql.Named("kind", string(p.Kind)), sql.Named("agent", p.Agent), sql.Named("restart", p.Restart),
 			sql.Named("lease", at+p.LeaseTTL.Milliseconds()), sql.Named("at", at)))
 		if errors.Is(err, sql.ErrNoRows) {
 			var state store.InstanceState
@@ -109,6 +111,9 @@ func checkClaim(p *store.AttemptClaimParams) error {
 	}
 	if !validKind(p.Kind) {
 		return fmt.Errorf("kind %q: want first, retry, restart or replacement", p.Kind)
+	}
+	if p.Restart < 0 || p.Restart > store.MaxRestart {
+		return fmt.Errorf("restart %d: want 0 to %d", p.Restart, store.MaxRestart)
 	}
 	return checkTTL(p.LeaseTTL)
 }

@@ -16,12 +16,12 @@ import (
 // attemptCols are the columns scanAttempt reads; outAttemptCols the same
 // from OUTPUT.
 const (
-	attemptCols = `id, instance_id, run_id, task, item, attempt_no, kind, agent, state, exit_code, error, outputs,
-    stdout_tail, stderr_tail, dispatched_at, started_at, finished_at, lease_expires_at, late_state`
+	attemptCols = `id, instance_id, run_id, task, item, attempt_no, run_restart, kind, agent, state, exit_code,
+    error, outputs, stdout_tail, stderr_tail, dispatched_at, started_at, finished_at, lease_expires_at, late_state`
 	outAttemptCols = `inserted.id, inserted.instance_id, inserted.run_id, inserted.task, inserted.item,
-    inserted.attempt_no, inserted.kind, inserted.agent, inserted.state, inserted.exit_code, inserted.error,
-    inserted.outputs, inserted.stdout_tail, inserted.stderr_tail, inserted.dispatched_at, inserted.started_at,
-    inserted.finished_at, inserted.lease_expires_at, inserted.late_state`
+    inserted.attempt_no, inserted.run_restart, inserted.kind, inserted.agent, inserted.state, inserted.exit_code,
+    inserted.error, inserted.outputs, inserted.stdout_tail, inserted.stderr_tail, inserted.dispatched_at,
+    inserted.started_at, inserted.finished_at, inserted.lease_expires_at, inserted.late_state`
 )
 
 var (
@@ -32,9 +32,10 @@ var (
 	// a locking one, of the latest committed row.
 	qAttemptClaim = register("attempt_claim", `
 DECLARE @a TABLE (id BIGINT NOT NULL, instance_id BIGINT NOT NULL, attempt_no INT NOT NULL);
-INSERT INTO {{schema}}.attempts (instance_id, run_id, task, item, attempt_no, kind, agent, state, lease_expires_at, dispatched_at)
+INSERT INTO {{schema}}.attempts (instance_id, run_id, task, item, attempt_no, run_restart, kind, agent, state,
+    lease_expires_at, dispatched_at)
 OUTPUT inserted.id, inserted.instance_id, inserted.attempt_no INTO @a
-SELECT i.id, i.run_id, i.task, i.item, i.attempts + 1, @kind, @agent, N'dispatched',
+SELECT i.id, i.run_id, i.task, i.item, i.attempts + 1, @restart, @kind, @agent, N'dispatched',
        DATEADD(millisecond, @lease_ms, t.now), t.now
 FROM {{schema}}.task_instances i WITH (UPDLOCK, ROWLOCK)
 CROSS APPLY (SELECT CAST(SYSUTCDATETIME() AS DATETIME2(3)) AS now) t
@@ -126,7 +127,8 @@ ORDER BY id`)
 
 func scanAttempt(sc interface{ Scan(...any) error }) (*store.Attempt, error) {
 	var a store.Attempt
-	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Kind, &a.Agent, &a.State,
+	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Restart, &a.Kind,
+		&a.Agent, &a.State,
 		nullInt{&a.ExitCode}, &a.Error, jsonMap{&a.Outputs}, &a.StdoutTail, &a.StderrTail,
 		utcTime{&a.DispatchedAt}, nullTime{&a.StartedAt}, nullTime{&a.FinishedAt}, utcTime{&a.LeaseExpiresAt},
 		&a.LateState); err != nil {
@@ -193,7 +195,8 @@ func (s *Store) AttemptClaim(ctx context.Context, p *store.AttemptClaimParams) (
 	err := s.write(ctx, func(tx *Store) error {
 		var err error
 		a, err = tx.attempt(ctx, qAttemptClaim, sql.Named("id", p.InstanceID), sql.Named("from", from),
-			sql.Named("kind", string(p.Kind)), sql.Named("agent", p.Agent), sql.Named("lease_ms", ms(p.LeaseTTL)))
+			sql.Named("kind", string(p.Kind)), sql.Named("agent", p.Agent), sql.Named("restart", int32(p.Restart)),
+			sql.Named("lease_ms", ms(p.LeaseTTL)))
 		if !errors.Is(err, sql.ErrNoRows) {
 			return interpretError(err, store.ErrConflict)
 		}
@@ -219,6 +222,9 @@ func checkClaim(p *store.AttemptClaimParams) error {
 	}
 	if !validKind(p.Kind) {
 		return fmt.Errorf("kind %q: want first, retry, restart or replacement", p.Kind)
+	}
+	if p.Restart < 0 || p.Restart > store.MaxRestart {
+		return fmt.Errorf("restart %d: want 0 to %d", p.Restart, store.MaxRestart)
 	}
 	return checkTTL(p.LeaseTTL)
 }

@@ -16,7 +16,7 @@ import (
 
 func testAttemptClaim(t *testing.T, h Harness) {
 	b := setup(t, h)
-	r, ins := b.readyInstances(t, "j", 2)
+	r, ins := b.readyInstances(t, "j", 3)
 	in := ins[1]
 
 	a, err := b.s.AttemptClaim(b.ctx, &store.AttemptClaimParams{
@@ -56,6 +56,13 @@ func testAttemptClaim(t *testing.T, h Harness) {
 	wantBadInput(t, "AttemptClaim(no agent)", err)
 	_, err = b.s.AttemptClaim(b.ctx, &store.AttemptClaimParams{InstanceID: ins[0].ID, Agent: "x", Kind: store.AttemptFirst})
 	wantBadInput(t, "AttemptClaim(no lease ttl)", err)
+	over := int64(store.MaxRestart) + 1 // an int64 so the suite builds where int has 32 bits
+	for _, restart := range []int{-1, int(over)} {
+		_, err = b.s.AttemptClaim(b.ctx, &store.AttemptClaimParams{
+			InstanceID: ins[0].ID, Agent: "x", Kind: store.AttemptRestart, LeaseTTL: longTTL, Restart: restart,
+		})
+		wantBadInput(t, fmt.Sprintf("AttemptClaim(restart %d)", restart), err)
+	}
 
 	// Claiming from another state (a retry of a failed instance) numbers
 	// the attempt on and moves the fence.
@@ -82,8 +89,21 @@ func testAttemptClaim(t *testing.T, h Harness) {
 		t.Fatalf("retried instance = %+v, want dispatched, 2 attempts, fence %d, not finished", got, a2.ID)
 	}
 
+	// An attempt records the run's restart count passed to the claim.
+	a3, err := b.s.AttemptClaim(b.ctx, &store.AttemptClaimParams{
+		InstanceID: ins[0].ID, Agent: "etl-01", Kind: store.AttemptRestart, LeaseTTL: longTTL, Restart: 2,
+	})
+	if err != nil {
+		t.Fatalf("AttemptClaim(restart 2) = %v", err)
+	}
+	if a3.Restart != 2 || a3.Kind != store.AttemptRestart {
+		t.Fatalf("AttemptClaim(restart 2) = %+v, want Restart 2, kind restart", a3)
+	}
+	if got := b.attempt(t, a3.ID); got.Restart != 2 {
+		t.Fatalf("AttemptGet(%d).Restart = %d, want 2", a3.ID, got.Restart)
+	}
+
 	// AttemptList: by run and by instance, ordered by id.
-	a3 := b.claim(t, ins[0], "etl-01", longTTL)
 	all, err := b.s.AttemptList(b.ctx, &store.AttemptListParams{RunID: r.ID})
 	if err != nil {
 		t.Fatalf("AttemptList() = %v", err)
@@ -98,6 +118,13 @@ func testAttemptClaim(t *testing.T, h Harness) {
 	if diff := cmp.Diff([]int64{a.ID, a2.ID, a3.ID}, ids(all)); diff != "" {
 		t.Fatalf("AttemptList(run) ids mismatch (-want +got):\n%s", diff)
 	}
+	var restarts []int
+	for _, x := range all {
+		restarts = append(restarts, x.Restart)
+	}
+	if diff := cmp.Diff([]int{0, 0, 2}, restarts); diff != "" {
+		t.Fatalf("AttemptList(run) restarts mismatch (-want +got):\n%s", diff)
+	}
 	one, err := b.s.AttemptList(b.ctx, &store.AttemptListParams{RunID: r.ID, InstanceID: in.ID})
 	if err != nil {
 		t.Fatalf("AttemptList(instance) = %v", err)
@@ -110,6 +137,17 @@ func testAttemptClaim(t *testing.T, h Harness) {
 	}
 	_, err = b.s.AttemptGet(b.ctx, &store.AttemptGetParams{ID: a3.ID + 1000})
 	wantErr(t, "AttemptGet(unknown)", err, store.ErrNotFound)
+
+	// The largest restart count round-trips.
+	top, err := b.s.AttemptClaim(b.ctx, &store.AttemptClaimParams{
+		InstanceID: ins[2].ID, Agent: "etl-01", Kind: store.AttemptRestart, LeaseTTL: longTTL, Restart: store.MaxRestart,
+	})
+	if err != nil {
+		t.Fatalf("AttemptClaim(restart %d) = %v", store.MaxRestart, err)
+	}
+	if got := b.attempt(t, top.ID); got.Restart != store.MaxRestart || top.Restart != store.MaxRestart {
+		t.Fatalf("AttemptClaim(restart %d) = %d, stored %d", store.MaxRestart, top.Restart, got.Restart)
+	}
 }
 
 // testAttemptClaimConcurrent: many goroutines claim the same ready
