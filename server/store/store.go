@@ -143,6 +143,20 @@ type Store interface {
 	AttemptGet(ctx context.Context, p *AttemptGetParams) (*Attempt, error)
 	// AttemptList returns a run's attempts (or one instance's) ordered by id.
 	AttemptList(ctx context.Context, p *AttemptListParams) ([]*Attempt, error)
+	// TaskDurations returns, for each task of the named job that has at
+	// least one succeeded attempt, the mean duration (finished_at -
+	// started_at) of its last Last succeeded attempts (newest by finish
+	// time, any job version, any run; for-each items count as attempts of
+	// their task). Last 0 means 3.
+	//
+	// Only attempts of the job's [TaskDurationsRuns] newest runs (by run
+	// id) are considered, so the cost does not grow with the job's history:
+	// a task that succeeded only in older runs is absent. Succeeded
+	// attempts without a recorded start time have no duration and are
+	// skipped; a negative duration (the agent's and the store's clocks
+	// disagree) counts as zero. An unknown job, or one without succeeded
+	// attempts, yields an empty map.
+	TaskDurations(ctx context.Context, p *TaskDurationsParams) (map[string]time.Duration, error)
 
 	// EventAppend appends events to their runs' logs, all or none. It sets
 	// each event's Cursor, and At when it is zero. It returns ErrNotFound
@@ -366,6 +380,26 @@ type AttemptListParams struct {
 	RunID int64
 	// InstanceID, when non-zero, limits the list to one instance.
 	InstanceID int64
+}
+
+// TaskDurationsRuns is how many of a job's newest runs (by run id)
+// [Store.TaskDurations] looks at. It bounds the cost of the call however
+// long the job's history: the backends read, for each of these runs, each
+// task's newest attempts only, so a for-each task of 10,000 items costs
+// about as much as a plain task (on SQL Server its items' narrow index
+// rows in these runs are read once to find the run's tasks).
+const TaskDurationsRuns = 20
+
+// MaxTaskDurationsLast is the largest [TaskDurationsParams] Last.
+const MaxTaskDurationsLast = 100
+
+// TaskDurationsParams are the arguments of [Store.TaskDurations].
+type TaskDurationsParams struct {
+	// JobName names the job. Required.
+	JobName string
+	// Last is how many of each task's newest succeeded attempts the mean
+	// covers; 0 means 3. It must not exceed [MaxTaskDurationsLast].
+	Last int
 }
 
 // EventAppendParams are the arguments of [Store.EventAppend].

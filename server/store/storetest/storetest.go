@@ -57,6 +57,7 @@ func Run(t *testing.T, h Harness) {
 		{"AttemptLeaseExpiry", testAttemptLeaseExpiry},
 		{"AttemptReapConcurrent", testAttemptReapConcurrent},
 		{"AttemptExtendLeases", testAttemptExtendLeases},
+		{"TaskDurations", testTaskDurations},
 		{"Event", testEvent},
 		{"EventTailConcurrent", testEventTailConcurrent},
 		{"Log", testLog},
