@@ -32,7 +32,7 @@ func chaosJob() string {
 				needs = fmt.Sprintf(", needs: [c%02d-%d]", ch, l-1)
 			}
 			secs := float64(3+(ch*7+l*3)%8) / 10
-			fmt.Fprintf(&b, "  - {name: c%02d-%d%s, run: [TASK, pid, sleep, '%.1f']}\n", ch, l, needs, secs)
+			fmt.Fprintf(&b, "  - {name: c%02d-%d%s, run: [TASK, spawn, '0', '%.1f']}\n", ch, l, needs, secs)
 		}
 	}
 	return b.String()
@@ -203,6 +203,13 @@ func TestCrashResume(t *testing.T) {
 		t.Logf("restart %d (%d attempts in flight): first dispatch %s after batond was started again",
 			i+1, r.inFlight, first.Sub(r.at).Round(time.Millisecond))
 	}
+
+	// Every child has exited, also those of the killed agent.
+	var pids []int
+	for _, tr := range run.GetTasks() {
+		pids = append(pids, c.pids(tr.GetTask())...)
+	}
+	waitGone(t, 10*time.Second, "the run's children", pids)
 
 	// Nothing is left behind once the agents stop: no child, no runner.
 	for _, p := range c.agents {

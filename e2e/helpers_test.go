@@ -133,7 +133,7 @@ func (c *cluster) touch(name string) {
 	}
 }
 
-// pids returns the pids a task recorded with the spawn and pid verbs.
+// pids returns the pids a task recorded with the spawn verb.
 func (c *cluster) pids(task string) []int {
 	c.t.Helper()
 	var out []int

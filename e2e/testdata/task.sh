@@ -16,7 +16,6 @@
 #                         itself (as one more child); every pid (this shell's
 #                         and the sleeps') goes to $MARK_DIR/<task>.pids
 #   wait-file F           wait until $MARK_DIR/F exists (exit 3 after 120 s)
-#   pid                   record this shell's pid in $MARK_DIR/<task>.pids
 me="$MARK_DIR/$BATON_TASK"
 echo "run=$BATON_RUN_ID agent=$AGENT_NAME attempt=$BATON_ATTEMPT item=$BATON_ITEM id=$BATON_ATTEMPT_ID" >> "$me"
 while [ $# -gt 0 ]; do
@@ -75,8 +74,6 @@ while [ $# -gt 0 ]; do
         sleep 0.05
       done
       shift ;;
-    pid)
-      echo "$$" >> "$me.pids" ;;
     *)
       echo "task.sh: unknown verb $verb" >&2
       exit 64 ;;
