@@ -2,6 +2,8 @@ package sqlite_test
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -19,7 +21,9 @@ const batch = 100
 func benchStore(b *testing.B, cfg sqlite.Config) (context.Context, *sqlite.Store) {
 	b.Helper()
 	ctx := context.Background()
-	cfg.Path = filepath.Join(b.TempDir(), "bench.db")
+	if cfg.Path == "" {
+		cfg.Path = filepath.Join(b.TempDir(), "bench.db")
+	}
 	s, err := sqlite.Open(ctx, cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -230,6 +234,113 @@ func BenchmarkTaskTransition(b *testing.B) {
 		})
 		if err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTaskDurations measures the engine's duration estimate, one
+// TaskDurations call per op, on a job with a long history.
+func BenchmarkTaskDurations(b *testing.B) {
+	// 1000Runs: 1,000 runs of a job of 10 plain tasks, each task
+	// succeeded once per run (10,000 succeeded attempts), built through
+	// the store.
+	b.Run("1000Runs", func(b *testing.B) {
+		const runs, tasks = 1000, 10
+		ctx, s := benchStore(b, sqlite.Config{})
+		res, err := s.JobApply(ctx, &store.JobApplyParams{Name: "bench", Spec: []byte(`{"name":"bench"}`)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ins := make([]store.InstanceInit, tasks)
+		for i := range ins {
+			ins[i] = store.InstanceInit{Task: fmt.Sprint("task-", i), Item: store.NoItem, State: store.InstanceReady}
+		}
+		start := time.Now().Add(-time.Hour)
+		for r := range runs {
+			err := s.InTx(ctx, func(tx store.Store) error {
+				rc, err := tx.RunCreate(ctx, &store.RunCreateParams{
+					JobID: res.Job.ID, JobVersion: res.Job.Version, Overlap: store.OverlapAllow, Instances: ins,
+				})
+				if err != nil {
+					return err
+				}
+				list, err := tx.InstanceList(ctx, &store.InstanceListParams{RunID: rc.Run.ID})
+				if err != nil {
+					return err
+				}
+				for i, in := range list {
+					a, err := tx.AttemptClaim(ctx, &store.AttemptClaimParams{
+						InstanceID: in.ID, Agent: "agent", Kind: store.AttemptFirst, LeaseTTL: time.Hour,
+					})
+					if err != nil {
+						return err
+					}
+					at := start.Add(time.Duration(r*tasks+i) * time.Millisecond)
+					if _, err := tx.AttemptFinish(ctx, &store.AttemptFinishParams{
+						ID: a.ID, Agent: "agent", State: store.AttemptSucceeded, ExitCode: new(int),
+						StartedAt: at.Add(-time.Duration(i+1) * time.Second), FinishedAt: at,
+					}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		benchTaskDurations(b, ctx, s, tasks)
+	})
+
+	// ForEach: 25 runs of a job whose for-each task had 10,000 items per
+	// run (250,000 succeeded attempts), more runs than TaskDurations
+	// reads. The rows are inserted with SQL: through the store, building
+	// them would take most of a minute.
+	b.Run("ForEach10000Items", func(b *testing.B) {
+		const runs, items = 25, 10000
+		path := filepath.Join(b.TempDir(), "bench.db")
+		ctx, s := benchStore(b, sqlite.Config{Path: path})
+		res, err := s.JobApply(ctx, &store.JobApplyParams{Name: "bench", Spec: []byte(`{"name":"bench"}`)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(5000)")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer db.Close()
+		for range runs {
+			rc, err := s.RunCreate(ctx, &store.RunCreateParams{
+				JobID: res.Job.ID, JobVersion: res.Job.Version, Overlap: store.OverlapAllow,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := db.ExecContext(ctx, `
+				WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < @items - 1)
+				INSERT INTO task_instances (run_id, task, item, state, attempts)
+				SELECT @run, 'per-client', i, 'succeeded', 1 FROM n;
+				INSERT INTO attempts (instance_id, run_id, task, item, no, kind, agent, state,
+				                      lease_expires_at, dispatched_at, started_at, finished_at)
+				SELECT id, run_id, task, item, 1, 'first', 'agent', 'succeeded',
+				       0, @t0 + 10 * item, @t0 + 10 * item, @t0 + 10 * item + 1000 + item % 100
+				FROM task_instances WHERE run_id = @run;`,
+				sql.Named("items", items), sql.Named("run", rc.Run.ID),
+				sql.Named("t0", time.Now().Add(-time.Hour).UnixMilli())); err != nil {
+				b.Fatal(err)
+			}
+		}
+		benchTaskDurations(b, ctx, s, 1)
+	})
+}
+
+func benchTaskDurations(b *testing.B, ctx context.Context, s *sqlite.Store, tasks int) {
+	b.Helper()
+	b.ResetTimer()
+	for range b.N {
+		got, err := s.TaskDurations(ctx, &store.TaskDurationsParams{JobName: "bench"})
+		if err != nil || len(got) != tasks {
+			b.Fatalf("TaskDurations() = %d tasks, %v; want %d", len(got), err, tasks)
 		}
 	}
 }
