@@ -211,6 +211,7 @@ func attemptToProto(a *store.Attempt) *batonv1.Attempt {
 		StartTime:    ts(a.StartedAt),
 		EndTime:      ts(a.FinishedAt),
 		LateState:    attemptStateToProto(a.LateState),
+		Restart:      int32(a.Restart),
 	}
 	if a.ExitCode != nil {
 		v := int32(*a.ExitCode)

@@ -219,10 +219,10 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	s.seq++
 	a.lastUsed = s.seq
 	ev := &store.Event{RunID: r.run.ID, Task: name, Item: in.item, InstanceState: store.InstanceDispatched, Agent: a.name}
-	ttl := s.leaseTTL()
+	ttl, restart := s.leaseTTL(), r.run.RestartCount
 	s.write(func(ctx context.Context, tx store.Store) error {
 		got, err := tx.AttemptClaim(ctx, &store.AttemptClaimParams{
-			InstanceID: in.id, Agent: a.name, Kind: kind, LeaseTTL: ttl,
+			InstanceID: in.id, Agent: a.name, Kind: kind, LeaseTTL: ttl, Restart: restart,
 		})
 		if err != nil {
 			return err

@@ -35,11 +35,20 @@ func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.
 	if err != nil {
 		return fmt.Errorf("run %d: %w", run.ID, err)
 	}
+	// Ready work starts longest remaining path first, judged by how long
+	// each task took in its job's recent runs.
+	durs, err := s.st.TaskDurations(ctx, &store.TaskDurationsParams{JobName: run.JobName})
+	if err != nil {
+		s.log.Warn("no task durations; ordering by defaults", slog.String("job", run.JobName), slog.Any("error", err))
+	}
 	r := &runRT{
-		run:    run,
-		g:      g,
-		eng:    eng,
-		rem:    g.RemainingPath(func(string) (time.Duration, bool) { return 0, false }),
+		run: run,
+		g:   g,
+		eng: eng,
+		rem: g.RemainingPath(func(task string) (time.Duration, bool) {
+			d, ok := durs[task]
+			return d, ok
+		}),
 		tasks:  make([]*taskRT, len(g.Nodes)),
 		maxPar: g.Spec.MaxParallel,
 	}
@@ -75,12 +84,22 @@ func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.
 			return fmt.Errorf("run %d: task %q has no instance", run.ID, g.Nodes[i].Name)
 		}
 	}
-	// Attempt history: failure and loss counts, and the live attempts.
+	// Attempt history: failure and loss counts of this generation (a
+	// restart gives every instance its budget back), and the live attempts.
 	for _, a := range atts {
 		in := byID[a.InstanceID]
 		if in == nil {
 			continue
 		}
+		if a.Restart != run.RestartCount {
+			// Tried in an earlier generation: its next attempt is a restart
+			// unless this generation tried it too.
+			if in.kind == store.AttemptFirst {
+				in.kind = store.AttemptRestart
+			}
+			continue
+		}
+		in.kind = store.AttemptRetry
 		switch a.State {
 		case store.AttemptFailed, store.AttemptTimedOut:
 			in.failures++
@@ -89,9 +108,6 @@ func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.
 		}
 		if a.ID == in.attemptID && in.state.InFlight() && a.State.Live() {
 			s.adopt(r, in, a)
-		}
-		if in.attempts > 0 {
-			in.kind = store.AttemptRetry
 		}
 	}
 	s.runs[run.ID] = r
