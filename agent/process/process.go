@@ -30,8 +30,13 @@ const DefaultWaitDelay = 2 * time.Second
 // Spec describes a child process to start.
 type Spec struct {
 	// Argv is the command line. Argv[0] is looked up in PATH unless it
-	// contains a path separator; no shell is involved. Required.
+	// contains a path separator or Path is set; no shell is involved.
+	// Required.
 	Argv []string
+	// Path is the executable to run, when it is already resolved; the
+	// child still sees Argv[0] as its argv[0]. A relative Path is taken
+	// relative to Dir. Empty means Argv[0].
+	Path string
 	// Env is the child's whole environment as key=value pairs; when a key
 	// repeats, the last value wins. Nil means the current process's
 	// environment.
@@ -81,7 +86,8 @@ func Start(spec Spec) (*Process, error) {
 	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
 		return nil, errors.New("start process: argv is empty")
 	}
-	cmd := exec.Command(spec.Argv[0], spec.Argv[1:]...)
+	cmd := exec.Command(cmp.Or(spec.Path, spec.Argv[0]), spec.Argv[1:]...)
+	cmd.Args[0] = spec.Argv[0]
 	cmd.Env = spec.Env
 	cmd.Dir = spec.Dir
 	cmd.Stdout = spec.Stdout
