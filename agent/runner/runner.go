@@ -1,0 +1,339 @@
+// Package runner is the long-lived process that owns baton-agent's
+// children, so that they outlive the agent process.
+//
+// One runner runs per agent state directory and protocol version. The
+// agent starts it (the same binary re-executed with a hidden "runner"
+// argument, see [Main]) in a session of its own, talks to it over a Unix
+// domain socket in the state directory, and asks it to start and signal
+// children. The runner forks and execs each child in its own process
+// group, forwards the child's output to the attached agent, enforces the
+// child's timeout, and writes each exit durably to a record file before it
+// tells the agent. The record stays until the agent confirms that it has
+// journaled the outcome. Killing or upgrading the agent therefore does not
+// touch the children: the next agent process attaches to the runner,
+// re-adopts the children still running and collects the exits that
+// happened meanwhile.
+//
+// A runner exits on its own once no agent is attached, no child runs and
+// every exit is confirmed, after [DefaultIdleExit]. An agent of another
+// protocol version starts a runner of its own for new work; it reads the
+// older runner's records (their format only ever gains fields) to report
+// the older runner's children, and the older runner exits once they are
+// done and confirmed.
+//
+// On Windows there is no runner: the agent runs children directly in job
+// objects, and they end with the agent.
+package runner
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ProtocolVersion is the version of the agent-runner protocol this
+// package speaks. Runners of different versions keep apart: each version
+// has its own directory, lock and socket in the state directory.
+const ProtocolVersion = 1
+
+const (
+	// DefaultIdleExit is how long a runner with no agent attached, no
+	// child running and no unconfirmed exit waits before it exits.
+	DefaultIdleExit = 5 * time.Second
+	// TailSize is how much of the end of each of a child's streams the
+	// runner keeps for the exit record.
+	TailSize = 8 << 10
+	// ForwardCap is how much of each of a child's streams the runner
+	// forwards to the agent; later output only counts and reaches the
+	// tail.
+	ForwardCap = 1 << 20
+)
+
+// Stream names one of a child's output streams.
+type Stream uint8
+
+const (
+	// Stdout is the child's standard output.
+	Stdout Stream = 1
+	// Stderr is the child's standard error.
+	Stderr Stream = 2
+)
+
+// Sink receives a child's output as the runner forwards it: offset is
+// where data starts within the stream. Offsets grow; a gap means output
+// was produced while no agent was attached and only reached the tail.
+// Output is delivered from one goroutine; Output may block, which holds
+// back the child's output (and, while it blocks, other children's).
+type Sink interface {
+	Output(stream Stream, offset int64, data []byte)
+}
+
+// StartRequest asks the runner to start one child.
+type StartRequest struct {
+	// ID is the attempt id; the runner holds at most one child per id.
+	ID int64 `json:"id"`
+	// Path is the executable, already resolved; empty means Argv[0]. A
+	// relative path is taken relative to Dir.
+	Path string `json:"path,omitempty"`
+	// Argv is the child's command line; Argv[0] is what the child sees.
+	Argv []string `json:"argv"`
+	// Env is the child's whole environment.
+	Env []string `json:"env"`
+	// Dir is the child's working directory. It should be absolute: the
+	// runner's own working directory is "/".
+	Dir string `json:"dir,omitempty"`
+	// Timeout, when positive, makes the runner stop the child's tree
+	// (SIGTERM, SIGKILL after Grace) once it has run that long. It holds
+	// while no agent is attached.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// Grace is the time between SIGTERM and SIGKILL for the timeout.
+	Grace time.Duration `json:"grace,omitempty"`
+	// Fsync makes the runner flush the exit record to stable storage.
+	Fsync bool `json:"fsync,omitempty"`
+}
+
+func (r *StartRequest) validate() error {
+	if r.ID <= 0 {
+		return fmt.Errorf("start: id must be positive, got %d", r.ID)
+	}
+	if len(r.Argv) == 0 || r.Argv[0] == "" {
+		return errors.New("start: argv is empty")
+	}
+	if r.Timeout < 0 || r.Grace < 0 {
+		return errors.New("start: timeout and grace must not be negative")
+	}
+	return nil
+}
+
+// Record is one child as the runner keeps it on disk, in the attempt
+// directory of its version: written when the child has started, replaced
+// (atomically) when it exited, removed when the agent confirmed the exit.
+// Agents of other versions read it, so fields are only ever added.
+type Record struct {
+	// ID is the attempt id.
+	ID int64 `json:"id"`
+	// Pid is the child's process id; it also names its process group.
+	Pid int `json:"pid"`
+	// PidStart is the child's start time in clock ticks after boot
+	// (Linux), and BootID the boot it belongs to: with Pid they tell the
+	// child from a later process that reuses its pid. Zero and empty
+	// where unknown.
+	PidStart uint64 `json:"pid_start,omitempty"`
+	BootID   string `json:"boot_id,omitempty"`
+	// Start is when the child started.
+	Start time.Time `json:"start"`
+	// Timeout and Grace are the StartRequest's.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	Grace   time.Duration `json:"grace,omitempty"`
+
+	// Exited says the child has exited; the fields below are set then.
+	Exited bool      `json:"exited,omitempty"`
+	End    time.Time `json:"end,omitzero"`
+	// ExitCode is the child's exit code, -1 when a signal ended it.
+	ExitCode int `json:"exit_code"`
+	// Err says how the child ended when that was not a clean exit 0, as
+	// "exit status 3" or "signal: killed".
+	Err string `json:"err,omitempty"`
+	// WaitDelay says a process outside the child's group kept its output
+	// open after it exited, and the rest of the output was not read.
+	WaitDelay bool `json:"wait_delay,omitempty"`
+	// TimedOut says the runner stopped the child because its timeout
+	// expired before the agent asked for anything.
+	TimedOut bool `json:"timed_out,omitempty"`
+	// Reason is what the agent gave with the first signal it asked for.
+	Reason string `json:"reason,omitempty"`
+	// StdoutTail and StderrTail are the last TailSize bytes of each
+	// stream; StdoutBytes and StderrBytes count all of it.
+	StdoutTail  []byte `json:"stdout_tail,omitempty"`
+	StderrTail  []byte `json:"stderr_tail,omitempty"`
+	StdoutBytes int64  `json:"stdout_bytes,omitempty"`
+	StderrBytes int64  `json:"stderr_bytes,omitempty"`
+}
+
+// Result is how a child ended, as the agent learns it.
+type Result struct {
+	// Record is the exit record. Only the ID is set when StartErr or Lost
+	// is.
+	Record
+	// StartErr says the child could not be started.
+	StartErr string
+	// Lost says the child's outcome is unknown, and why: its runner was
+	// killed.
+	Lost string
+}
+
+// ErrUnavailable is returned when a start request did not reach a runner:
+// nothing was started.
+var ErrUnavailable = errors.New("runner unavailable; nothing was started")
+
+// LostRunnerKilled is Result.Lost for the children of a runner that died.
+const LostRunnerKilled = "outcome unknown: the agent's runner was killed"
+
+// Layout of a version's directory inside the state directory.
+const (
+	lockName    = "lock"
+	sockName    = "sock"
+	sockDirName = "sockdir" // holds the socket's directory when the path would be too long
+	logName     = "log"
+	attDirName  = "att"
+	// maxSockPath is below the smallest sun_path of the supported
+	// systems (104 bytes on macOS, 108 on Linux, each with its NUL).
+	maxSockPath = 100
+)
+
+// versionDir is where the runner of protocol version v keeps its files.
+// The name is short: the socket path must fit in sun_path.
+func versionDir(stateDir string, v int) string {
+	return filepath.Join(stateDir, "r"+strconv.Itoa(v))
+}
+
+// versionOf parses a version directory's name.
+func versionOf(name string) (int, bool) {
+	s, ok := strings.CutPrefix(name, "r")
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 || strconv.Itoa(v) != s {
+		return 0, false
+	}
+	return v, true
+}
+
+func recordPath(attDir string, id int64) string {
+	return filepath.Join(attDir, strconv.FormatInt(id, 10)+".json")
+}
+
+// writeRecord replaces rec's file atomically; with fsync it is flushed to
+// stable storage too.
+func writeRecord(attDir string, rec *Record, fsync bool) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("encode record %d: %w", rec.ID, err)
+	}
+	if err := writeFileAtomic(recordPath(attDir, rec.ID), data, fsync); err != nil {
+		return fmt.Errorf("write record %d: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// removeRecord deletes id's record; a missing one is not an error.
+func removeRecord(attDir string, id int64) error {
+	if err := os.Remove(recordPath(attDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove record %d: %w", id, err)
+	}
+	return nil
+}
+
+// readRecords loads every record in attDir. Temp files left by a crash are
+// removed; bad files are returned as errors next to the good records.
+func readRecords(attDir string) (map[int64]*Record, []error) {
+	entries, err := os.ReadDir(attDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, []error{fmt.Errorf("read %s: %w", attDir, err)}
+	}
+	recs := make(map[int64]*Record)
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		path := filepath.Join(attDir, name)
+		if strings.HasSuffix(name, ".tmp") {
+			_ = os.Remove(path)
+			continue
+		}
+		idText, ok := strings.CutSuffix(name, ".json")
+		id, err := strconv.ParseInt(idText, 10, 64)
+		if !ok || err != nil || id <= 0 {
+			continue
+		}
+		rec, err := readRecord(path, id)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		recs[id] = rec
+	}
+	return recs, errs
+}
+
+func readRecord(path string, id int64) (*Record, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read record %d: %w", id, err)
+	}
+	var rec Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("decode record %s: %w", path, err)
+	}
+	if rec.ID != id {
+		return nil, fmt.Errorf("record %s names attempt %d", path, rec.ID)
+	}
+	return &rec, nil
+}
+
+// writeFileAtomic writes data to a temp file next to path and renames it
+// over path. With fsync the data and the rename reach stable storage.
+func writeFileAtomic(path string, data []byte, fsync bool) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = f.Close()
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	if fsync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if fsync {
+		d, err := os.Open(dir)
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return d.Sync()
+	}
+	return nil
+}
+
+// appendTail appends p to tail, keeping at least the last TailSize bytes
+// and compacting only at twice that, so a write costs O(len(p)) amortised.
+func appendTail(tail, p []byte) []byte {
+	if len(p) >= TailSize {
+		return append(tail[:0], p[len(p)-TailSize:]...)
+	}
+	if len(tail)+len(p) > 2*TailSize {
+		tail = append(tail[:0], tail[len(tail)-(TailSize-len(p)):]...)
+	}
+	return append(tail, p...)
+}
+
+// lastBytes returns a copy of the last TailSize bytes of tail.
+func lastBytes(tail []byte) []byte {
+	if len(tail) > TailSize {
+		tail = tail[len(tail)-TailSize:]
+	}
+	return append([]byte(nil), tail...)
+}

@@ -1,0 +1,747 @@
+//go:build unix
+
+package runner
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/batonhq/baton/agent/process"
+)
+
+const (
+	// handshakeTimeout bounds the hello and the welcome.
+	handshakeTimeout = 10 * time.Second
+	// outputBudget is how many bytes of output may wait for the agent
+	// before the children's output is held back.
+	outputBudget = 256 << 10
+)
+
+// serverConfig configures a runner process.
+type serverConfig struct {
+	// StateDir is the agent's state directory. Required.
+	StateDir string
+	// IdleExit defaults to DefaultIdleExit.
+	IdleExit time.Duration
+	// Version defaults to ProtocolVersion; tests play other versions.
+	Version int
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Ready, if set, is called once the runner accepts agents.
+	Ready func()
+}
+
+// attState is where a child stands in the runner.
+type attState int
+
+const (
+	attStarting attState = iota // fork/exec in progress
+	attRunning
+	attExited // exit recorded, not yet confirmed
+	attOrphan // running when an earlier runner process was killed, not yet confirmed
+)
+
+// ratt is one child the runner holds.
+type ratt struct {
+	id    int64
+	req   *StartRequest
+	state attState
+	rec   Record // as written to disk; complete once exited
+	proc  *process.Process
+	out   *streamSink
+	errs  *streamSink
+	timer *time.Timer
+
+	signalled bool    // the agent asked for a signal; a later timeout does not count
+	timedOut  bool    // the runner's timeout stopped it first
+	reason    string  // the first signal's reason
+	pending   *signal // a signal that arrived while starting
+}
+
+// server is a runner process's state.
+type server struct {
+	cfg      serverConfig
+	log      *slog.Logger
+	attDir   string
+	instance string
+	changed  chan struct{}
+	wg       sync.WaitGroup
+
+	mu      sync.Mutex
+	conn    *sconn // the attached agent, nil when none
+	atts    map[int64]*ratt
+	closing bool
+	open    map[net.Conn]struct{} // every accepted connection, closed at shutdown
+}
+
+// serve runs a runner until it has been idle for cfg.IdleExit (no agent
+// attached, no child running, every exit confirmed) or ctx is done; then
+// it kills what still runs, waits for it and returns. It returns errBusy
+// when another runner of the same version holds the state directory.
+func serve(ctx context.Context, cfg serverConfig) error {
+	cfg.IdleExit = cmp.Or(cfg.IdleExit, DefaultIdleExit)
+	cfg.Version = cmp.Or(cfg.Version, ProtocolVersion)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler))
+	if cfg.StateDir == "" {
+		return errors.New("runner: state dir is required")
+	}
+	dir := versionDir(cfg.StateDir, cfg.Version)
+	s := &server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		attDir:   filepath.Join(dir, attDirName),
+		instance: rand.Text(),
+		changed:  make(chan struct{}, 1),
+		atts:     make(map[int64]*ratt),
+		open:     make(map[net.Conn]struct{}),
+	}
+	if err := os.MkdirAll(s.attDir, 0o700); err != nil {
+		return fmt.Errorf("create runner dir: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("open runner lock: %w", err)
+	}
+	defer lock.Close()
+	if err := lockFile(lock); err != nil {
+		return err
+	}
+	s.load()
+	ln, cleanup, err := listen(dir)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	s.log.Info("runner started", slog.Int("pid", os.Getpid()), slog.Int("version", cfg.Version),
+		slog.String("socket", ln.Addr().String()), slog.Int("unconfirmed", len(s.atts)))
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			if s.closing {
+				s.mu.Unlock()
+				nc.Close()
+				continue
+			}
+			s.open[nc] = struct{}{}
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.serveConn(nc)
+				s.mu.Lock()
+				delete(s.open, nc)
+				s.mu.Unlock()
+			}()
+		}
+	}()
+
+	s.waitIdle(ctx)
+	ln.Close()
+	s.mu.Lock()
+	c := s.conn
+	var running []*process.Process
+	for _, a := range s.atts {
+		if a.proc != nil && a.state == attRunning {
+			running = append(running, a.proc)
+		}
+	}
+	for nc := range s.open {
+		nc.Close()
+	}
+	s.mu.Unlock()
+	if c != nil {
+		c.close()
+	}
+	for _, p := range running {
+		_ = p.Kill()
+	}
+	s.wg.Wait()
+	s.log.Info("runner stopped")
+	return nil
+}
+
+// load takes over the records of an earlier runner process: exits not yet
+// confirmed, and children that were running when it was killed.
+func (s *server) load() {
+	recs, errs := readRecords(s.attDir)
+	for _, err := range errs {
+		s.log.Error("unreadable record; its outcome is lost", slog.Any("error", err))
+	}
+	for id, rec := range recs {
+		a := &ratt{id: id, rec: *rec, state: attExited}
+		if !rec.Exited {
+			a.state = attOrphan
+			s.log.Warn("child of a killed runner: its outcome is unknown", slog.Int64("attempt_id", id), slog.Int("pid", rec.Pid))
+		}
+		s.atts[id] = a
+	}
+}
+
+// listen listens on the version directory's socket, or on one in a fresh
+// private temp directory (named in the sockdir file) when that path would
+// be too long for a Unix socket.
+func listen(dir string) (*net.UnixListener, func(), error) {
+	path := filepath.Join(dir, sockName)
+	tmpDir := ""
+	if len(path) > maxSockPath {
+		if old, err := os.ReadFile(filepath.Join(dir, sockDirName)); err == nil {
+			removeSockDir(string(old))
+		}
+		d, err := os.MkdirTemp("", "baton-runner-")
+		if err != nil {
+			return nil, nil, fmt.Errorf("create socket dir: %w", err)
+		}
+		tmpDir = d
+		path = filepath.Join(d, sockName)
+		if err := writeFileAtomic(filepath.Join(dir, sockDirName), []byte(d), false); err != nil {
+			os.RemoveAll(d)
+			return nil, nil, fmt.Errorf("record socket dir: %w", err)
+		}
+	}
+	// A socket left by a killed runner refuses connections; the lock says
+	// it is ours now.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		if tmpDir != "" {
+			os.RemoveAll(tmpDir)
+		}
+		return nil, nil, fmt.Errorf("listen: %w", err)
+	}
+	return ln, func() {
+		ln.Close()
+		if tmpDir != "" {
+			os.RemoveAll(tmpDir)
+			os.Remove(filepath.Join(dir, sockDirName))
+		}
+	}, nil
+}
+
+// removeSockDir removes a socket directory an earlier runner recorded, if
+// it is one of ours.
+func removeSockDir(d string) {
+	if filepath.IsAbs(d) && filepath.Dir(d) == filepath.Clean(os.TempDir()) &&
+		strings.HasPrefix(filepath.Base(d), "baton-runner-") {
+		os.RemoveAll(d)
+	}
+}
+
+// waitIdle returns once the runner has been idle for IdleExit, with
+// s.closing set, or when ctx is done.
+func (s *server) waitIdle(ctx context.Context) {
+	tick := time.NewTicker(max(s.cfg.IdleExit/4, 5*time.Millisecond))
+	defer tick.Stop()
+	var since time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			s.mu.Lock()
+			s.closing = true
+			s.mu.Unlock()
+			return
+		case <-tick.C:
+		case <-s.changed:
+		}
+		s.mu.Lock()
+		if !s.idleLocked() {
+			since = time.Time{}
+		} else if since.IsZero() {
+			since = time.Now()
+		} else if time.Since(since) >= s.cfg.IdleExit {
+			s.closing = true
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// idleLocked reports whether no agent is attached, no child runs and no
+// exit waits for confirmation. An exit whose record an agent removed
+// itself (one of another version) counts as confirmed.
+func (s *server) idleLocked() bool {
+	if s.conn != nil {
+		return false
+	}
+	idle := true
+	for id, a := range s.atts {
+		switch a.state {
+		case attStarting, attRunning:
+			return false
+		default:
+			if _, err := os.Stat(recordPath(s.attDir, id)); errors.Is(err, os.ErrNotExist) {
+				delete(s.atts, id)
+				continue
+			}
+			idle = false
+		}
+	}
+	return idle
+}
+
+func (s *server) notify() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// current returns the attached agent's connection, or nil.
+func (s *server) current() *sconn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conn
+}
+
+// serveConn runs one agent connection: the handshake, then requests until
+// it breaks. A new connection replaces the attached one.
+func (s *server) serveConn(nc net.Conn) {
+	defer nc.Close()
+	br := bufio.NewReaderSize(nc, 64<<10)
+	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
+	kind, body, err := readFrame(br)
+	if err != nil {
+		s.log.Warn("agent connection: no hello", slog.Any("error", err))
+		return
+	}
+	var h *hello
+	if kind == kindJSON {
+		if f, err := decodeJSON(body); err == nil {
+			h = f.Hello
+		}
+	}
+	if h == nil {
+		s.log.Warn("agent connection: first frame is not a hello")
+		return
+	}
+	if h.Version != s.cfg.Version {
+		msg := fmt.Sprintf("protocol version mismatch: the runner speaks %d, the agent %d", s.cfg.Version, h.Version)
+		if b, err := encodeJSON(&frame{Error: msg}); err == nil {
+			_, _ = nc.Write(b)
+		}
+		s.log.Warn("agent refused", slog.String("reason", msg))
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+
+	c := newSconn(nc)
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return
+	}
+	old := s.conn
+	s.conn = c
+	w := s.welcomeLocked()
+	b, err := encodeJSON(&frame{Welcome: w})
+	if err == nil {
+		c.control(b)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Error("cannot encode welcome", slog.Any("error", err))
+		c.close()
+	}
+	if old != nil {
+		old.close()
+	}
+	s.notify()
+	s.log.Info("agent attached", slog.Int("running", len(w.Running)), slog.Int("exits", len(w.Exits)),
+		slog.Int("orphans", len(w.Orphans)))
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.writeLoop()
+	}()
+	err = s.readLoop(c, br)
+	c.close()
+	s.mu.Lock()
+	if s.conn == c {
+		s.conn = nil
+	}
+	s.mu.Unlock()
+	s.notify()
+	s.log.Info("agent detached", slog.Any("cause", err))
+}
+
+// welcomeLocked lists what the runner holds.
+func (s *server) welcomeLocked() *welcome {
+	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance}
+	for _, a := range s.atts {
+		rec := a.rec
+		switch a.state {
+		case attStarting:
+			w.Running = append(w.Running, &Record{ID: a.id, Timeout: a.req.Timeout, Grace: a.req.Grace})
+		case attRunning:
+			w.Running = append(w.Running, &rec)
+		case attExited:
+			w.Exits = append(w.Exits, &rec)
+		case attOrphan:
+			w.Orphans = append(w.Orphans, &rec)
+		}
+	}
+	byID := func(x, y *Record) int { return cmp.Compare(x.ID, y.ID) }
+	slices.SortFunc(w.Running, byID)
+	slices.SortFunc(w.Exits, byID)
+	slices.SortFunc(w.Orphans, byID)
+	return w
+}
+
+// readLoop handles the agent's requests until the connection breaks.
+func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
+	for {
+		kind, body, err := readFrame(br)
+		if err != nil {
+			return err
+		}
+		if kind != kindJSON {
+			return fmt.Errorf("unexpected frame kind %q", kind)
+		}
+		f, err := decodeJSON(body)
+		if err != nil {
+			return err
+		}
+		switch {
+		case f.Start != nil:
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.start(f.Start)
+			}()
+		case f.Signal != nil:
+			s.signal(f.Signal)
+		case f.Confirm != nil:
+			s.confirm(f.Confirm.IDs)
+		default:
+			return errors.New("unexpected message")
+		}
+	}
+}
+
+// reply sends a control frame to the attached agent, if any.
+func (s *server) replyLocked(f *frame) {
+	if s.conn == nil {
+		return
+	}
+	b, err := encodeJSON(f)
+	if err != nil {
+		s.log.Error("cannot encode message", slog.Any("error", err))
+		return
+	}
+	s.conn.control(b)
+}
+
+// start starts a child and records it.
+func (s *server) start(req *StartRequest) {
+	log := s.log.With(slog.Int64("attempt_id", req.ID))
+	fail := func(msg string) {
+		s.mu.Lock()
+		s.replyLocked(&frame{Started: &started{ID: req.ID, Err: msg}})
+		s.mu.Unlock()
+	}
+	if err := req.validate(); err != nil {
+		fail(err.Error())
+		return
+	}
+	a := &ratt{id: req.ID, req: req, state: attStarting}
+	a.out = &streamSink{s: s, id: req.ID, stream: Stdout}
+	a.errs = &streamSink{s: s, id: req.ID, stream: Stderr}
+	s.mu.Lock()
+	if _, ok := s.atts[req.ID]; ok {
+		s.mu.Unlock()
+		log.Warn("refusing a second start of an attempt")
+		fail(fmt.Sprintf("attempt %d is already known to the runner", req.ID))
+		return
+	}
+	s.atts[req.ID] = a
+	s.mu.Unlock()
+
+	p, err := process.Start(process.Spec{
+		Path: req.Path, Argv: req.Argv, Env: req.Env, Dir: req.Dir,
+		Stdout: a.out, Stderr: a.errs,
+	})
+	if err != nil {
+		s.mu.Lock()
+		delete(s.atts, req.ID)
+		s.replyLocked(&frame{Started: &started{ID: req.ID, Err: err.Error()}})
+		s.mu.Unlock()
+		s.notify()
+		return
+	}
+	pidStart, _ := procStart(p.Pid())
+	rec := Record{
+		ID: req.ID, Pid: p.Pid(), PidStart: pidStart, BootID: bootID(), Start: time.Now(),
+		Timeout: req.Timeout, Grace: req.Grace,
+	}
+	// Without the record a later runner cannot tell the agent about this
+	// child if this runner is killed; the agent still knows its pid.
+	if err := writeRecord(s.attDir, &rec, false); err != nil {
+		log.Warn("cannot record started child", slog.Any("error", err))
+	}
+
+	s.mu.Lock()
+	a.proc, a.rec, a.state = p, rec, attRunning
+	if req.Timeout > 0 {
+		a.timer = time.AfterFunc(req.Timeout, func() { s.timeout(a) })
+	}
+	pending := a.pending
+	a.pending = nil
+	s.replyLocked(&frame{Started: &started{ID: req.ID, Pid: rec.Pid, PidStart: pidStart, BootID: rec.BootID, Start: rec.Start}})
+	s.mu.Unlock()
+	if pending != nil {
+		s.apply(a, pending)
+	}
+	s.wait(a)
+}
+
+// wait waits for a's child to exit, records the exit and tells the agent.
+func (s *server) wait(a *ratt) {
+	<-a.proc.Done()
+	res := a.proc.Result()
+	end := time.Now()
+	s.mu.Lock()
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	rec := a.rec
+	rec.TimedOut = a.timedOut
+	rec.Reason = a.reason
+	s.mu.Unlock()
+	rec.Exited, rec.End, rec.ExitCode = true, end, res.ExitCode
+	if res.Err != nil {
+		rec.Err = res.Err.Error()
+		rec.WaitDelay = errors.Is(res.Err, exec.ErrWaitDelay)
+	}
+	rec.StdoutTail, rec.StdoutBytes = a.out.tail()
+	rec.StderrTail, rec.StderrBytes = a.errs.tail()
+	// Durable before anyone is told: an agent killed now learns the exit
+	// from the record.
+	if err := writeRecord(s.attDir, &rec, a.req.Fsync); err != nil {
+		s.log.Error("cannot record exit; it is only told to the attached agent",
+			slog.Int64("attempt_id", a.id), slog.Any("error", err))
+	}
+	s.mu.Lock()
+	a.rec, a.state, a.proc = rec, attExited, nil
+	s.replyLocked(&frame{Exit: &rec})
+	s.mu.Unlock()
+	s.notify()
+}
+
+// timeout stops a's child unless the agent asked for a signal first.
+func (s *server) timeout(a *ratt) {
+	s.mu.Lock()
+	if a.signalled || a.state != attRunning {
+		s.mu.Unlock()
+		return
+	}
+	a.timedOut = true
+	p, grace := a.proc, a.req.Grace
+	s.mu.Unlock()
+	s.log.Info("child timed out; stopping its process tree", slog.Int64("attempt_id", a.id),
+		slog.Duration("timeout", a.req.Timeout))
+	_ = p.Terminate(grace)
+}
+
+// signal stops a child as the agent asks.
+func (s *server) signal(sig *signal) {
+	s.mu.Lock()
+	a := s.atts[sig.ID]
+	if a == nil || (a.state != attStarting && a.state != attRunning) {
+		s.mu.Unlock()
+		return
+	}
+	a.signalled = true
+	if a.reason == "" {
+		a.reason = sig.Reason
+	}
+	if a.state == attStarting {
+		if a.pending == nil || sig.Kill {
+			a.pending = sig
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.apply(a, sig)
+}
+
+func (s *server) apply(a *ratt, sig *signal) {
+	s.mu.Lock()
+	p := a.proc
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	var err error
+	if sig.Kill {
+		err = p.Kill()
+	} else {
+		err = p.Terminate(sig.Grace)
+	}
+	if err != nil {
+		s.log.Warn("cannot signal child", slog.Int64("attempt_id", a.id), slog.Any("error", err))
+	}
+}
+
+// confirm forgets exits the agent has journaled and removes their records.
+func (s *server) confirm(ids []int64) {
+	for _, id := range ids {
+		s.mu.Lock()
+		a := s.atts[id]
+		if a != nil && (a.state == attStarting || a.state == attRunning) {
+			s.mu.Unlock()
+			continue
+		}
+		delete(s.atts, id)
+		s.mu.Unlock()
+		if err := removeRecord(s.attDir, id); err != nil {
+			s.log.Warn("cannot remove confirmed record", slog.Int64("attempt_id", id), slog.Any("error", err))
+		}
+	}
+	s.notify()
+}
+
+// streamSink is a child's stdout or stderr in the runner: it keeps the
+// tail and forwards the first ForwardCap bytes to the attached agent.
+type streamSink struct {
+	s      *server
+	id     int64
+	stream Stream
+
+	mu    sync.Mutex
+	total int64
+	buf   []byte
+}
+
+// Write never fails. It blocks while too much output waits for the agent.
+func (w *streamSink) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	off := w.total
+	w.total += int64(len(p))
+	w.buf = appendTail(w.buf, p)
+	w.mu.Unlock()
+	if off < ForwardCap {
+		n := min(int64(len(p)), ForwardCap-off)
+		if c := w.s.current(); c != nil {
+			c.output(encodeOutput(w.id, w.stream, off, p[:n]))
+		}
+	}
+	return len(p), nil
+}
+
+func (w *streamSink) tail() ([]byte, int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return lastBytes(w.buf), w.total
+}
+
+// sconn is an attached agent's connection. Frames go out in order through
+// one writer goroutine; output waits while outputBudget bytes of output
+// are queued, control frames never wait.
+type sconn struct {
+	nc net.Conn
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	queue    [][]byte
+	outBytes int
+	closed   bool
+}
+
+func newSconn(nc net.Conn) *sconn {
+	c := &sconn{nc: nc}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+func (c *sconn) control(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.queue = append(c.queue, b)
+	c.cond.Broadcast()
+}
+
+func (c *sconn) output(b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.outBytes >= outputBudget && !c.closed {
+		c.cond.Wait()
+	}
+	if c.closed {
+		return
+	}
+	c.queue = append(c.queue, b)
+	c.outBytes += len(b)
+	c.cond.Broadcast()
+}
+
+func (c *sconn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed = true
+		c.nc.Close()
+		c.cond.Broadcast()
+	}
+}
+
+func (c *sconn) writeLoop() {
+	for {
+		c.mu.Lock()
+		for len(c.queue) == 0 && !c.closed {
+			c.cond.Wait()
+		}
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue = nil
+		c.mu.Unlock()
+		out := 0
+		for _, b := range batch {
+			if b[4] == kindOutput {
+				out += len(b)
+			}
+		}
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(c.nc)
+		c.mu.Lock()
+		c.outBytes -= out
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		if err != nil {
+			c.close()
+			return
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package runner
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// The protocol is a sequence of frames in each direction: a 4-byte
+// big-endian length, then that many bytes: a kind byte and the body.
+// Control messages are JSON (kindJSON, one frame struct with one field
+// set); child output, the bulk of the traffic, is binary (kindOutput:
+// attempt id, stream, offset, data). The agent opens with a hello
+// carrying its protocol version; the runner answers with a welcome or an
+// error and closes.
+const (
+	kindJSON   byte = 'j'
+	kindOutput byte = 'o'
+	// maxFrame bounds a frame; a start request's argv and environment are
+	// the largest messages.
+	maxFrame = 16 << 20
+	// outputHeader is the size of an output frame's body before the data.
+	outputHeader = 8 + 1 + 8
+)
+
+// frame is one control message; exactly one field is set.
+type frame struct {
+	Hello   *hello        `json:"hello,omitempty"`
+	Welcome *welcome      `json:"welcome,omitempty"`
+	Start   *StartRequest `json:"start,omitempty"`
+	Started *started      `json:"started,omitempty"`
+	Exit    *Record       `json:"exit,omitempty"`
+	Signal  *signal       `json:"signal,omitempty"`
+	Confirm *confirm      `json:"confirm,omitempty"`
+	// Error ends the connection: the runner refuses the agent.
+	Error string `json:"error,omitempty"`
+}
+
+// hello opens a connection (agent -> runner).
+type hello struct {
+	Version int `json:"version"`
+}
+
+// welcome accepts the agent (runner -> agent) and lists what the runner
+// holds.
+type welcome struct {
+	Version int `json:"version"`
+	// Pid and Instance identify the runner process; Instance changes with
+	// every runner process.
+	Pid      int    `json:"pid"`
+	Instance string `json:"instance"`
+	// Running are the children still running (Pid 0: still starting).
+	Running []*Record `json:"running,omitempty"`
+	// Exits are the exits not yet confirmed.
+	Exits []*Record `json:"exits,omitempty"`
+	// Orphans are children of an earlier runner process of this state
+	// directory that was killed, not yet confirmed.
+	Orphans []*Record `json:"orphans,omitempty"`
+}
+
+// started answers a start (runner -> agent): the child runs, or Err says
+// why it could not start.
+type started struct {
+	ID       int64     `json:"id"`
+	Pid      int       `json:"pid,omitempty"`
+	PidStart uint64    `json:"pid_start,omitempty"`
+	BootID   string    `json:"boot_id,omitempty"`
+	Start    time.Time `json:"start,omitzero"`
+	Err      string    `json:"err,omitempty"`
+}
+
+// signal asks the runner to stop a child's tree (agent -> runner): kill it
+// at once, or SIGTERM and SIGKILL after Grace.
+type signal struct {
+	ID     int64         `json:"id"`
+	Kill   bool          `json:"kill,omitempty"`
+	Grace  time.Duration `json:"grace,omitempty"`
+	Reason string        `json:"reason,omitempty"`
+}
+
+// confirm says the agent has journaled these exits (agent -> runner).
+type confirm struct {
+	IDs []int64 `json:"ids"`
+}
+
+// errFrameTooLarge is returned for a frame over maxFrame.
+var errFrameTooLarge = errors.New("frame too large")
+
+// encodeJSON returns f as a complete frame.
+func encodeJSON(f *frame) ([]byte, error) {
+	body, err := json.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("encode frame: %w", err)
+	}
+	if len(body)+1 > maxFrame {
+		return nil, errFrameTooLarge
+	}
+	buf := make([]byte, 5, 5+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(body)+1))
+	buf[4] = kindJSON
+	return append(buf, body...), nil
+}
+
+// encodeOutput returns an output frame carrying a copy of data.
+func encodeOutput(id int64, stream Stream, offset int64, data []byte) []byte {
+	buf := make([]byte, 5+outputHeader+len(data))
+	binary.BigEndian.PutUint32(buf, uint32(1+outputHeader+len(data)))
+	buf[4] = kindOutput
+	binary.BigEndian.PutUint64(buf[5:], uint64(id))
+	buf[13] = byte(stream)
+	binary.BigEndian.PutUint64(buf[14:], uint64(offset))
+	copy(buf[5+outputHeader:], data)
+	return buf
+}
+
+// readFrame reads one frame. The body is freshly allocated.
+func readFrame(r *bufio.Reader) (kind byte, body []byte, err error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 {
+		return 0, nil, errors.New("empty frame")
+	}
+	if n > maxFrame {
+		return 0, nil, fmt.Errorf("%w: %d bytes", errFrameTooLarge, n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return buf[0], buf[1:], nil
+}
+
+// decodeJSON parses a kindJSON body.
+func decodeJSON(body []byte) (*frame, error) {
+	var f frame
+	if err := json.Unmarshal(body, &f); err != nil {
+		return nil, fmt.Errorf("decode frame: %w", err)
+	}
+	return &f, nil
+}
+
+// output is a decoded kindOutput body; data aliases the body.
+type output struct {
+	id     int64
+	stream Stream
+	offset int64
+	data   []byte
+}
+
+func decodeOutput(body []byte) (output, error) {
+	if len(body) < outputHeader {
+		return output{}, errors.New("short output frame")
+	}
+	o := output{
+		id:     int64(binary.BigEndian.Uint64(body)),
+		stream: Stream(body[8]),
+		offset: int64(binary.BigEndian.Uint64(body[9:])),
+		data:   body[outputHeader:],
+	}
+	if o.stream != Stdout && o.stream != Stderr {
+		return output{}, fmt.Errorf("output frame: unknown stream %d", o.stream)
+	}
+	if o.offset < 0 {
+		return output{}, fmt.Errorf("output frame: negative offset %d", o.offset)
+	}
+	return o, nil
+}
