@@ -9,6 +9,17 @@
 // the journal until the control plane acknowledges it and is listed again
 // in the Hello of each new session until then.
 //
+// On Unix the children do not run in the agent process but in a runner
+// (package [github.com/batonhq/baton/agent/runner]): one long-lived process per state directory that the
+// agent starts, or attaches to, when Run begins. Killing or upgrading the
+// agent process leaves the children running; the next agent process with
+// the same state directory re-adopts them (they are listed as running in
+// its Hello) and reports their real outcomes, also of those that ended
+// meanwhile. If the runner itself is killed, its children's outcomes are
+// unknown: the agent reports them FAILED and kills their process groups
+// when it can identify them safely. On Windows the agent runs children
+// itself, each in a job object, and they end with it.
+//
 // Shutting down is graceful first: when Run's context is done the agent
 // takes no new work, lets running children finish, reports their outcomes
 // and returns. [Agent.Abort] forces it: children's process trees are
@@ -27,6 +38,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,6 +96,13 @@ type Config struct {
 	// StartTask's env and the BATON_* variables are added to it. Nil means
 	// the agent's own environment.
 	Env []string
+	// RunnerCommand starts the runner process that owns the children on
+	// Unix: a program and the arguments that make it run runner.Main (the
+	// runner's own arguments are appended). Defaults to this program's
+	// executable with the argument "runner", as baton-agent understands
+	// it; a program embedding the agent must then call runner.Main for
+	// that argument. Unused on Windows.
+	RunnerCommand []string
 	// ReportTimeout is how long Run, after the last child finished during
 	// a shutdown, waits for the control plane to acknowledge outstanding
 	// outcomes. Unacknowledged outcomes stay in the journal and are
@@ -103,9 +123,17 @@ type Agent struct {
 	outDir   string
 	journal  *journal
 	release  func() // unlocks the state dir
-	runner   runner
+	cwd      string // the children's working directory when the task names none
+	runner   childRunner
 	// retryBase is the first reconnect backoff; tests shorten it.
 	retryBase time.Duration
+	// Tests set these: the runner's idle exit and protocol version, how
+	// often children of a runner of another version are polled, and
+	// running children in the agent process as on Windows.
+	runnerIdle    time.Duration
+	runnerVersion int
+	runnerPoll    time.Duration
+	localChildren bool
 
 	mu       sync.Mutex
 	sess     *session           // the current session, nil while disconnected
@@ -144,6 +172,23 @@ func New(cfg Config) (*Agent, error) {
 	if _, err := cfg.Server.TLSConfig(); err != nil {
 		return nil, fmt.Errorf("config: Server: %w", err)
 	}
+	stateDir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("config: StateDir: %w", err)
+	}
+	cfg.StateDir = stateDir
+	if len(cfg.RunnerCommand) == 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("config: RunnerCommand: not given and the executable is unknown: %w", err)
+		}
+		cfg.RunnerCommand = []string{exe, "runner"}
+	}
+	cfg.RunnerCommand = slices.Clone(cfg.RunnerCommand)
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, fmt.Errorf("working directory: %w", err)
+	}
 	cfg.Labels = maps.Clone(cfg.Labels)
 	env := cfg.Env
 	if env == nil {
@@ -163,13 +208,9 @@ func New(cfg Config) (*Agent, error) {
 		release()
 		return nil, err
 	}
-	// Output files of earlier processes belong to attempts whose outcome
-	// is journaled or unknown; either way they are no longer read.
+	// Output files of earlier processes are read for re-adopted children
+	// and cleared by Run otherwise.
 	outDir := filepath.Join(cfg.StateDir, "output")
-	if err := os.RemoveAll(outDir); err != nil {
-		release()
-		return nil, fmt.Errorf("clear output dir: %w", err)
-	}
 	if err := os.MkdirAll(outDir, 0o700); err != nil {
 		release()
 		return nil, fmt.Errorf("create output dir: %w", err)
@@ -183,7 +224,7 @@ func New(cfg Config) (*Agent, error) {
 		outDir:    outDir,
 		journal:   j,
 		release:   release,
-		runner:    localRunner{},
+		cwd:       cwd,
 		retryBase: time.Second,
 		attempts:  make(map[int64]*attempt),
 		drainCh:   make(chan struct{}),
@@ -239,10 +280,15 @@ func (c *Config) validate() error {
 	if c.ReportTimeout < 0 {
 		return fmt.Errorf("config: ReportTimeout must not be negative, got %s", c.ReportTimeout)
 	}
+	if len(c.RunnerCommand) > 0 && c.RunnerCommand[0] == "" {
+		return errors.New("config: RunnerCommand names no program")
+	}
 	return nil
 }
 
-// Run connects to the control plane and serves until ctx is done. Then it
+// Run attaches to the runner (starting it when none runs) and adopts the
+// children it still runs and the exits it recorded, then connects to the
+// control plane and serves until ctx is done. Then it
 // drains: it takes no new work (a StartTask is answered REJECTED), cancels
 // nothing, waits for running children to finish and their outcomes to be
 // acknowledged (at most Config.ReportTimeout after the last child
@@ -255,7 +301,7 @@ func (c *Config) validate() error {
 // keeps reconnecting.
 //
 // Run may be called once; when it returns the state directory is
-// released.
+// released. It fails at once when no runner can be started.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.started.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called more than once")
@@ -266,6 +312,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("dial control plane: %w", err)
 	}
 	defer conn.Close()
+	if err := a.openRunner(ctx); err != nil {
+		return fmt.Errorf("attach to the runner: %w", err)
+	}
+	// Closed after every attempt goroutine is done (a.wg.Wait below).
+	defer a.runner.close()
+	a.reconcile(ctx)
 
 	// Sessions outlive ctx: outcomes of children that finish during the
 	// drain must still be reported.
@@ -382,6 +434,36 @@ func (a *Agent) waitAcked(ctx context.Context, loopErr <-chan error) (fatal erro
 			return nil, false
 		case err := <-loopErr:
 			return err, true
+		}
+	}
+}
+
+// reconcile finishes what attaching to the runner began: attempts the
+// journal says were running that no runner knows of become tombstones
+// (their outcome is unknown and they must not start again), and output
+// files of attempts that are not running any more are removed.
+func (a *Agent) reconcile(ctx context.Context) {
+	a.mu.Lock()
+	a.journal.abandonStarted(func(id int64) bool {
+		_, running := a.attempts[id]
+		return running
+	})
+	running := make(map[string]bool, len(a.attempts))
+	for id := range a.attempts {
+		running[strconv.FormatInt(id, 10)] = true
+	}
+	a.mu.Unlock()
+	entries, err := os.ReadDir(a.outDir)
+	if err != nil {
+		a.log.WarnContext(ctx, "cannot list output files", slog.Any("error", err))
+		return
+	}
+	for _, e := range entries {
+		if running[e.Name()] {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(a.outDir, e.Name())); err != nil {
+			a.log.WarnContext(ctx, "cannot remove stale output file", slog.String("name", e.Name()), slog.Any("error", err))
 		}
 	}
 }

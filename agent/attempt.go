@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,54 +18,88 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/batonhq/baton/agent/process"
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
-// runner starts the child process of an attempt. It is the seam where a
-// later supervisor plugs in: one that lets children outlive the agent
-// process and records their exit status in the journal.
-type runner interface {
-	start(spec process.Spec) (proc, error)
+// runnerStartWait bounds how long a start waits for the runner while the
+// agent is reattaching to it; after that the attempt is rejected.
+const runnerStartWait = 10 * time.Second
+
+// childRunner is where the agent's children run: the runner process on
+// Unix, the agent process itself on Windows.
+type childRunner interface {
+	// start starts a child; its output goes to sink. An error wrapping
+	// runner.ErrUnavailable means nothing was started.
+	start(ctx context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error)
+	// confirm says the outcome of attempt id is journaled.
+	confirm(id int64)
+	// close detaches; children keep running where they run.
+	close()
 }
 
 // proc is a running child as the agent uses it.
 type proc interface {
 	Pid() int
+	// StartTime is when the child started; zero while unknown.
+	StartTime() time.Time
 	Done() <-chan struct{}
-	Result() process.Result
-	Terminate(grace time.Duration) error
-	Kill() error
-}
-
-// localRunner runs children as direct children of the agent process.
-type localRunner struct{}
-
-func (localRunner) start(spec process.Spec) (proc, error) {
-	p, err := process.Start(spec)
-	if err != nil {
-		return nil, err
-	}
-	return p, nil
+	Result() runner.Result
+	// Terminate and Kill stop the child's process tree; reason is kept
+	// with its exit, for an agent that learns the exit later.
+	Terminate(grace time.Duration, reason string) error
+	Kill(reason string) error
 }
 
 // stopReason says why the agent stopped a child.
 type stopReason struct {
-	outcome batonv1.AttemptOutcome
-	msg     string
+	Outcome batonv1.AttemptOutcome `json:"outcome"`
+	Msg     string                 `json:"msg"`
 }
 
-// attempt is a StartTask the agent accepted and has not yet finished.
+// encode turns why into the opaque reason the runner keeps.
+func (why *stopReason) encode() string {
+	b, err := json.Marshal(why)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// decodeStopReason reads a reason an earlier agent process gave the runner.
+func decodeStopReason(s string) *stopReason {
+	if s == "" {
+		return nil
+	}
+	var why stopReason
+	if err := json.Unmarshal([]byte(s), &why); err != nil || why.Outcome == batonv1.AttemptOutcome_ATTEMPT_OUTCOME_UNSPECIFIED {
+		return nil
+	}
+	return &why
+}
+
+// pendingSignal is a stop asked for before the child had started.
+type pendingSignal struct {
+	kill  bool
+	grace time.Duration
+}
+
+// attempt is a StartTask the agent accepted, or a child it re-adopted, and
+// whose outcome is not yet journaled.
 type attempt struct {
 	id       int64
-	task     *batonv1.StartTask
+	task     *batonv1.StartTask // nil for a re-adopted child
 	received time.Time
-	grace    time.Duration // SIGTERM -> SIGKILL for a timeout or a cancel without its own grace
+	grace    time.Duration // SIGTERM -> SIGKILL for a cancel without its own grace
+	adopted  bool          // the child was started by an earlier agent process
 
-	mu      sync.Mutex
-	started time.Time
-	proc    proc        // nil until the child started
-	stop    *stopReason // set when the agent decided to stop the child; the first reason wins
+	mu        sync.Mutex
+	started   time.Time
+	proc      proc           // nil until the child started
+	logs      *attemptLogs   // set for a re-adopted child
+	stop      *stopReason    // set when the agent decided to stop the child; the first reason wins
+	pending   *pendingSignal // a stop to apply once the child has started
+	announced bool           // a TaskStarted was queued for a re-adopted child
 }
 
 // startTime is when the child started, or when the StartTask arrived if it
@@ -84,8 +119,8 @@ func (att *attempt) startTime() time.Time {
 // the attempt never reached the agent, so the agent answers what it knows:
 // a running attempt is in every Heartbeat, an unacknowledged outcome is
 // sent again, and an attempt an earlier agent process was running when it
-// stopped is reported FAILED, its real outcome being unknown. An
-// acknowledged attempt is ignored.
+// stopped, and that no runner knows of, is reported FAILED, its real
+// outcome being unknown. An acknowledged attempt is ignored.
 func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 	id := st.GetAttemptId()
 	log := a.log.With(slog.Int64("attempt_id", id))
@@ -193,7 +228,7 @@ func (a *Agent) handleCancel(ctx context.Context, ct *batonv1.CancelTask) {
 	}
 	a.log.InfoContext(ctx, "cancelling attempt", slog.Int64("attempt_id", id),
 		slog.String("reason", ct.GetReason()), slog.Duration("kill_grace", grace))
-	a.stopAttempt(ctx, att, &stopReason{outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_CANCELLED, msg: msg}, grace, false)
+	a.stopAttempt(ctx, att, &stopReason{Outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_CANCELLED, Msg: msg}, grace, false)
 }
 
 // killAll kills the process trees of all running attempts.
@@ -204,16 +239,18 @@ func (a *Agent) killAll() {
 		atts = append(atts, att)
 	}
 	a.mu.Unlock()
-	reason := &stopReason{outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, msg: "killed: the agent was stopped by force"}
 	for _, att := range atts {
-		a.stopAttempt(context.Background(), att, reason, 0, true)
+		a.stopAttempt(context.Background(), att, forcedStop, 0, true)
 	}
 }
 
+// forcedStop is the reason for killing children on a forced shutdown.
+var forcedStop = &stopReason{Outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, Msg: "killed: the agent was stopped by force"}
+
 // stopAttempt records why the agent stops att and signals its child: kill
 // at once, or SIGTERM then SIGKILL after grace. A child that already exited
-// keeps its own outcome (stopAttempt reports false); one that has not
-// started yet will not start.
+// keeps its own outcome (stopAttempt reports false); one that is not
+// started yet is not started, or is signalled as soon as it has started.
 func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, grace time.Duration, kill bool) bool {
 	att.mu.Lock()
 	p := att.proc
@@ -228,15 +265,20 @@ func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, 
 	if att.stop == nil {
 		att.stop = why
 	}
-	att.mu.Unlock()
 	if p == nil {
+		if att.pending == nil || kill {
+			att.pending = &pendingSignal{kill: kill, grace: grace}
+		}
+		att.mu.Unlock()
 		return true
 	}
+	reason := att.stop.encode()
+	att.mu.Unlock()
 	var err error
 	if kill {
-		err = p.Kill()
+		err = p.Kill(reason)
 	} else {
-		err = p.Terminate(grace)
+		err = p.Terminate(grace, reason)
 	}
 	if err != nil {
 		a.log.WarnContext(ctx, "cannot signal child", slog.Int64("attempt_id", att.id), slog.Any("error", err))
@@ -244,13 +286,19 @@ func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, 
 	return true
 }
 
-// runAttempt runs att to its outcome, journals the outcome and reports it.
+// runAttempt runs att to its outcome, journals the outcome, reports it and
+// confirms it to the runner.
 func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	defer a.wg.Done()
 	st := att.task
 	log := a.log.With(slog.Int64("attempt_id", att.id), slog.Int64("run_id", st.GetRunId()),
 		slog.String("job", st.GetJob()), slog.String("task", st.GetTask()))
-	tf := a.execute(ctx, log, att)
+	var tf *batonv1.TaskFinished
+	if att.adopted {
+		tf = a.await(ctx, att)
+	} else {
+		tf = a.execute(ctx, log, att)
+	}
 
 	a.mu.Lock()
 	err := a.journal.finish(tf)
@@ -260,6 +308,10 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	notify(a.changed)
 	if err != nil {
 		log.ErrorContext(ctx, "journal: cannot record outcome; it is kept in memory only", slog.Any("error", err))
+	} else {
+		// Journaled: the runner may forget the exit, the output file may go.
+		a.runner.confirm(att.id)
+		a.removeOutput(att.id)
 	}
 	log.InfoContext(ctx, "attempt finished", slog.String("outcome", tf.GetOutcome().String()),
 		slog.Int("exit_code", int(tf.GetExitCode())), slog.String("error", tf.GetError()))
@@ -271,12 +323,15 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 // execute records the attempt in the journal, starts its child, waits for
 // it and returns the outcome.
 func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *batonv1.TaskFinished {
-	tf := &batonv1.TaskFinished{AttemptId: att.id, ExitCode: -1, StartTime: timestamppb.New(att.received)}
 	end := func(outcome batonv1.AttemptOutcome, msg string) *batonv1.TaskFinished {
-		tf.Outcome = outcome
-		tf.Error = strings.ToValidUTF8(msg, "\uFFFD")
-		tf.EndTime = timestamppb.Now()
-		return tf
+		return &batonv1.TaskFinished{
+			AttemptId: att.id,
+			Outcome:   outcome,
+			ExitCode:  -1,
+			Error:     strings.ToValidUTF8(msg, "\uFFFD"),
+			StartTime: timestamppb.New(att.received),
+			EndTime:   timestamppb.Now(),
+		}
 	}
 
 	if err := a.journal.begin(att.id, att.received); err != nil {
@@ -286,63 +341,110 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 		log.ErrorContext(ctx, "journal: cannot record attempt; rejecting it", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "agent cannot record the attempt: "+err.Error())
 	}
-	spec, outPath, timeout, err := a.prepare(att)
+	req, err := a.prepare(att)
 	if err != nil {
 		log.WarnContext(ctx, "cannot start attempt", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
-	defer os.Remove(outPath)
-	logs := newAttemptLogs(att.id, func(c *batonv1.LogChunk) {
-		a.send(&batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_LogChunk{LogChunk: c}})
-	})
-	spec.Stdout, spec.Stderr = logs.stdout, logs.stderr
+	logs := newAttemptLogs(att.id, a.emitLog)
 
 	att.mu.Lock()
-	if why := att.stop; why != nil {
-		att.mu.Unlock()
-		return end(why.outcome, why.msg+" before the child started")
-	}
-	p, err := a.runner.start(spec)
-	if err == nil {
-		att.proc = p
-		att.started = time.Now()
-	}
+	why := att.stop
 	att.mu.Unlock()
+	if why != nil {
+		return end(why.Outcome, why.Msg+" before the child started")
+	}
+	sctx, cancel := context.WithTimeout(ctx, runnerStartWait)
+	p, err := a.runner.start(sctx, req, logs)
+	cancel()
 	if err != nil {
+		if errors.Is(err, runner.ErrUnavailable) {
+			log.ErrorContext(ctx, "runner unavailable; rejecting the attempt", slog.Any("error", err))
+			return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "the agent's runner is unavailable: "+err.Error())
+		}
 		log.WarnContext(ctx, "child could not start", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
-	tf.StartTime = timestamppb.New(att.started)
-	log.InfoContext(ctx, "attempt started", slog.Int("pid", p.Pid()), slog.String("command", spec.Argv[0]))
-	a.send(&batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: &batonv1.TaskStarted{
-		AttemptId: att.id,
-		StartTime: tf.StartTime,
-		Pid:       int32(p.Pid()),
-	}}})
-	logs.start()
-
-	if timeout > 0 {
-		t := time.AfterFunc(timeout, func() {
-			if a.stopAttempt(ctx, att, &stopReason{
-				outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_TIMED_OUT,
-				msg:     "timed out after " + timeout.String(),
-			}, att.grace, false) {
-				log.InfoContext(ctx, "attempt timed out; stopping its process tree",
-					slog.Duration("timeout", timeout), slog.Duration("kill_grace", att.grace))
-			}
-		})
-		defer t.Stop()
+	att.mu.Lock()
+	att.proc = p
+	att.started = p.StartTime()
+	if att.started.IsZero() {
+		att.started = time.Now()
 	}
+	pending := att.pending
+	att.pending = nil
+	var reason string
+	if att.stop != nil {
+		reason = att.stop.encode()
+	}
+	att.mu.Unlock()
+	if pending != nil {
+		// A cancel or a forced stop arrived while the child was starting.
+		if pending.kill {
+			_ = p.Kill(reason)
+		} else {
+			_ = p.Terminate(pending.grace, reason)
+		}
+	}
+	if pid := p.Pid(); pid > 0 {
+		log.InfoContext(ctx, "attempt started", slog.Int("pid", pid), slog.String("command", req.Argv[0]))
+		a.send(&batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: &batonv1.TaskStarted{
+			AttemptId: att.id,
+			StartTime: timestamppb.New(att.startTime()),
+			Pid:       int32(pid),
+		}}})
+	}
+	logs.start()
+	<-p.Done()
+	return a.outcome(att, p.Result(), logs)
+}
+
+// await waits for a re-adopted child and returns its outcome.
+func (a *Agent) await(ctx context.Context, att *attempt) *batonv1.TaskFinished {
+	att.mu.Lock()
+	p, logs := att.proc, att.logs
+	att.mu.Unlock()
 	<-p.Done()
 	res := p.Result()
+	a.log.InfoContext(ctx, "re-adopted child ended", slog.Int64("attempt_id", att.id), slog.Int("exit_code", res.ExitCode))
+	return a.outcome(att, res, logs)
+}
 
-	outputs, notes, err := readOutputs(outPath)
+// outcome turns how att's child ended into its TaskFinished: the exit, the
+// outputs the child wrote to $BATON_OUTPUT and the tails of its streams.
+// logs gets the notes about the output file and catches up with output
+// the agent did not see (the runner's tails are complete).
+func (a *Agent) outcome(att *attempt, res runner.Result, logs *attemptLogs) *batonv1.TaskFinished {
+	tf := &batonv1.TaskFinished{AttemptId: att.id, ExitCode: -1, StartTime: timestamppb.New(att.startTime())}
+	end := func(outcome batonv1.AttemptOutcome, msg string) *batonv1.TaskFinished {
+		tf.Outcome = outcome
+		tf.Error = strings.ToValidUTF8(msg, "\uFFFD")
+		if res.End.IsZero() {
+			tf.EndTime = timestamppb.Now()
+		} else {
+			tf.EndTime = timestamppb.New(res.End)
+		}
+		return tf
+	}
+	if res.Lost != "" || res.StartErr != "" {
+		logs.finish()
+		tf.StdoutTail = logs.stdout.lastBytes()
+		tf.StderrTail = logs.stderr.lastBytes()
+		if res.Lost != "" {
+			return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, res.Lost)
+		}
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, res.StartErr)
+	}
+
+	outputs, notes, err := readOutputs(a.outPath(att.id))
 	if err != nil {
 		notes = append(notes, err.Error())
 	}
-	if res.ExitCode == 0 && errors.Is(res.Err, exec.ErrWaitDelay) {
+	if res.ExitCode == 0 && res.WaitDelay {
 		notes = append(notes, "a process outside the child's process group kept its output open; the rest of the output is lost")
 	}
+	logs.stdout.catchUp(res.StdoutTail, res.StdoutBytes)
+	logs.stderr.catchUp(res.StderrTail, res.StderrBytes)
 	for _, n := range notes {
 		fmt.Fprintf(logs.stderr, "baton-agent: %s\n", n)
 	}
@@ -355,54 +457,98 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	att.mu.Lock()
 	why := att.stop
 	att.mu.Unlock()
-	switch {
-	case why != nil:
-		msg := why.msg
-		if res.Err != nil {
-			msg += ": " + res.Err.Error()
+	if why == nil {
+		why = decodeStopReason(res.Reason)
+	}
+	withErr := func(msg string) string {
+		if res.Err != "" {
+			msg += ": " + res.Err
 		}
-		return end(why.outcome, msg)
+		return msg
+	}
+	switch {
+	case res.TimedOut:
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_TIMED_OUT, withErr("timed out after "+res.Timeout.String()))
+	case why != nil:
+		return end(why.Outcome, withErr(why.Msg))
 	case res.ExitCode == 0:
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_SUCCEEDED, "")
+	case res.Err != "":
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, res.Err)
 	default:
-		msg := fmt.Sprintf("exit status %d", res.ExitCode)
-		if res.Err != nil {
-			msg = res.Err.Error()
-		}
-		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, msg)
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, fmt.Sprintf("exit status %d", res.ExitCode))
 	}
 }
 
-// prepare validates att's StartTask and builds the child's spec, creating
-// its fresh output file. Errors name the offending field.
-func (a *Agent) prepare(att *attempt) (spec process.Spec, outPath string, timeout time.Duration, err error) {
+// outPath is attempt id's $BATON_OUTPUT file.
+func (a *Agent) outPath(id int64) string {
+	return filepath.Join(a.outDir, strconv.FormatInt(id, 10))
+}
+
+// removeOutput removes attempt id's $BATON_OUTPUT file once its outcome is
+// journaled.
+func (a *Agent) removeOutput(id int64) {
+	if err := os.Remove(a.outPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		a.log.Warn("cannot remove output file", slog.Int64("attempt_id", id), slog.Any("error", err))
+	}
+}
+
+// emitLog sends a log chunk on the current session, if any.
+func (a *Agent) emitLog(c *batonv1.LogChunk) {
+	a.send(&batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_LogChunk{LogChunk: c}})
+}
+
+// prepare validates att's StartTask and builds the child's start request,
+// creating its fresh output file. Errors name the offending field.
+func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 	st := att.task
 	argv := st.GetArgv()
 	if len(argv) == 0 {
-		return process.Spec{}, "", 0, errors.New("start_task.argv is empty")
+		return nil, errors.New("start_task.argv is empty")
 	}
 	if argv[0] == "" {
-		return process.Spec{}, "", 0, errors.New("start_task.argv[0] is empty")
+		return nil, errors.New("start_task.argv[0] is empty")
 	}
-	timeout, err = duration(st.GetTimeout(), "start_task.timeout")
+	timeout, err := duration(st.GetTimeout(), "start_task.timeout")
 	if err != nil {
-		return process.Spec{}, "", 0, err
+		return nil, err
 	}
 	if _, err := duration(st.GetKillGrace(), "start_task.kill_grace"); err != nil {
-		return process.Spec{}, "", 0, err
+		return nil, err
 	}
 	names := make([]string, 0, len(st.GetEnv()))
 	for k := range st.GetEnv() {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return process.Spec{}, "", 0, fmt.Errorf("start_task.env: invalid variable name %q", k)
+			return nil, fmt.Errorf("start_task.env: invalid variable name %q", k)
 		}
 		names = append(names, k)
 	}
 	slices.Sort(names)
 
-	outPath = filepath.Join(a.outDir, strconv.FormatInt(att.id, 10))
+	// The child runs in the agent's working directory unless the task
+	// names one, and argv[0] is looked up in the agent's PATH: the runner
+	// may have been started by an earlier agent process elsewhere.
+	dir := st.GetWorkingDir()
+	if dir == "" {
+		dir = a.cwd
+	} else if !filepath.IsAbs(dir) {
+		dir = filepath.Join(a.cwd, dir)
+	}
+	path := argv[0]
+	if filepath.Base(path) == path {
+		p, err := exec.LookPath(path)
+		if err != nil {
+			return nil, fmt.Errorf("start process: %w", err)
+		}
+		path = p
+	}
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+
+	outPath := a.outPath(att.id)
 	if err := os.WriteFile(outPath, nil, 0o600); err != nil {
-		return process.Spec{}, "", 0, fmt.Errorf("create output file: %w", err)
+		return nil, fmt.Errorf("create output file: %w", err)
 	}
 
 	// Later entries win: the agent's environment, then the task's, then
@@ -421,7 +567,16 @@ func (a *Agent) prepare(att *attempt) (spec process.Spec, outPath string, timeou
 		"BATON_ITEM="+st.GetItem(),
 		"BATON_OUTPUT="+outPath,
 	)
-	return process.Spec{Argv: argv, Env: env, Dir: st.GetWorkingDir()}, outPath, timeout, nil
+	return &runner.StartRequest{
+		ID:      att.id,
+		Path:    path,
+		Argv:    argv,
+		Env:     env,
+		Dir:     dir,
+		Timeout: timeout,
+		Grace:   att.grace,
+		Fsync:   a.cfg.Fsync,
+	}, nil
 }
 
 // duration converts an optional proto duration; nil is zero.

@@ -17,6 +17,14 @@ import (
 // waitTimeout bounds every wait in these tests.
 const waitTimeout = 20 * time.Second
 
+// testRunnerIdle is how long a runner started by a test lingers once
+// nothing needs it.
+const testRunnerIdle = 100 * time.Millisecond
+
+// testRunnerPoll is how often an agent under test reads the records of a
+// runner of another version.
+const testRunnerPoll = 20 * time.Millisecond
+
 // fakeServer is a control plane on 127.0.0.1 that real agents dial. Each
 // Connect becomes a fakeSession the test drives through channels.
 type fakeServer struct {

@@ -85,9 +85,9 @@ type journal struct {
 
 // openJournal loads the journal in dir, creating dir if needed. Temp files
 // left by a crash are removed; unreadable records are logged and kept as
-// tombstones when their file name still names the attempt; records of
-// attempts that were running when the previous agent process stopped become
-// tombstones (their outcome is unknown, and they must not start again).
+// tombstones when their file name still names the attempt. Records of
+// attempts that were running when the previous agent process stopped stay
+// as they are until abandonStarted: the runner may still run them.
 func openJournal(dir string, fsync bool, log *slog.Logger, now func() time.Time) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal dir: %w", err)
@@ -119,14 +119,6 @@ func openJournal(dir string, fsync bool, log *slog.Logger, now func() time.Time)
 			rec = &record{AttemptID: id, State: stateAbandoned, Updated: now()}
 			if err := j.write(rec); err != nil {
 				log.Warn("journal: cannot rewrite unreadable record", slog.Int64("attempt_id", id), slog.Any("error", err))
-			}
-		}
-		if rec.State == stateStarted {
-			log.Warn("journal: attempt was running when the agent stopped; its outcome is unknown",
-				slog.Int64("attempt_id", id))
-			rec = &record{AttemptID: id, State: stateAbandoned, StartTime: rec.StartTime, Updated: now()}
-			if err := j.write(rec); err != nil {
-				log.Warn("journal: cannot record abandoned attempt", slog.Int64("attempt_id", id), slog.Any("error", err))
 			}
 		}
 		j.recs[id] = rec
@@ -167,6 +159,27 @@ func readRecord(path string, id int64) (*record, error) {
 	return &rec, nil
 }
 
+// abandonStarted turns the record of every attempt still marked started,
+// except those running reports true for, into a tombstone: an earlier
+// agent process stopped while it ran and no runner knows of it, so its
+// outcome is unknown, and it must not start again.
+func (j *journal) abandonStarted(running func(id int64) bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for id, rec := range j.recs {
+		if rec.State != stateStarted || running(id) {
+			continue
+		}
+		j.log.Warn("journal: attempt was running when the agent stopped; its outcome is unknown",
+			slog.Int64("attempt_id", id))
+		tomb := &record{AttemptID: id, State: stateAbandoned, StartTime: rec.StartTime, Updated: j.now()}
+		if err := j.write(tomb); err != nil {
+			j.log.Warn("journal: cannot record abandoned attempt", slog.Int64("attempt_id", id), slog.Any("error", err))
+		}
+		j.recs[id] = tomb
+	}
+}
+
 // lookup returns the state of the attempt's record and its unacknowledged
 // outcome, if any. ok is false when the journal holds no record.
 func (j *journal) lookup(id int64) (state recordState, outcome *batonv1.TaskFinished, ok bool) {
@@ -205,7 +218,9 @@ func (j *journal) finish(tf *batonv1.TaskFinished) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if tf.GetOutcome() == batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED {
-		if rec, ok := j.recs[id]; !ok || rec.State == stateRejected {
+		// Nothing ran for a rejected attempt, also when it was recorded
+		// as starting first.
+		if rec, ok := j.recs[id]; !ok || rec.State == stateRejected || rec.State == stateStarted {
 			state = stateRejected
 		}
 	}

@@ -96,8 +96,10 @@ func TestJournalLifecycleSurvivesReopen(t *testing.T) {
 		t.Fatalf("ack: %v", err)
 	}
 
-	// Attempt 3 was running when "the agent stopped".
+	// Attempt 3 was running when "the agent stopped", and no runner
+	// knows of it.
 	j = open(t)
+	j.abandonStarted(func(int64) bool { return false })
 	b.logs.wait(t, "journal: attempt was running when the agent stopped; its outcome is unknown", "attempt_id", "3")
 	if diff := cmp.Diff([]*batonv1.TaskFinished{tf1}, j.unacked(), protocmp.Transform()); diff != "" {
 		t.Errorf("unacked after reopen mismatch (-want +got):\n%s", diff)

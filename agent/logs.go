@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -14,11 +15,12 @@ const (
 	// logFlushInterval is how often pending output is flushed anyway.
 	logFlushInterval = 200 * time.Millisecond
 	// logStreamCap is how much of each stream is streamed to the control
-	// plane; later output is only counted (and kept in the tail).
-	logStreamCap = 1 << 20
+	// plane; later output is only counted (and kept in the tail). The
+	// runner forwards as much.
+	logStreamCap = runner.ForwardCap
 	// logTailSize is how much of the end of each stream TaskFinished
-	// carries.
-	logTailSize = 8 << 10
+	// carries; the runner keeps as much.
+	logTailSize = runner.TailSize
 )
 
 // logStream turns one of a child's output streams into LogChunks. Memory
@@ -44,6 +46,58 @@ type logStream struct {
 func (l *logStream) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.writeLocked(p)
+	return len(p), nil
+}
+
+// writeAt records p, which starts at offset off of the stream. A gap
+// (output the agent did not see) is skipped; bytes already recorded are
+// not recorded again.
+func (l *logStream) writeAt(off int64, p []byte) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case off > l.total:
+		l.skipLocked(off)
+	case off < l.total:
+		seen := l.total - off
+		if seen >= int64(len(p)) {
+			return
+		}
+		p = p[seen:]
+	}
+	l.writeLocked(p)
+}
+
+// catchUp makes the stream end at total with the given tail: the runner
+// saw all of the stream, the agent may have missed parts of it while no
+// agent was attached. A total below what the agent saw (a runner that does
+// not count, as on Windows) changes nothing.
+func (l *logStream) catchUp(tail []byte, total int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if total < l.total || total == 0 {
+		return
+	}
+	if total > l.total {
+		l.skipLocked(total)
+	}
+	l.tail = append(l.tail[:0], tail...)
+}
+
+// skipLocked moves the end of the stream to off > total. What is pending
+// is emitted first if the stream is open; otherwise it is dropped, as the
+// chunks after the gap could not follow it.
+func (l *logStream) skipLocked(off int64) {
+	if l.open {
+		l.flushLocked()
+	}
+	l.pending = l.pending[:0]
+	l.total = off
+	l.sent = off
+}
+
+func (l *logStream) writeLocked(p []byte) {
 	l.appendTail(p)
 	if l.total < logStreamCap {
 		keep := min(int64(len(p)), logStreamCap-l.total)
@@ -55,7 +109,6 @@ func (l *logStream) Write(p []byte) (int, error) {
 			l.emitLocked(logChunkSize)
 		}
 	}
-	return len(p), nil
 }
 
 // appendTail keeps at least the last logTailSize bytes, compacting only
@@ -131,6 +184,16 @@ func newAttemptLogs(attemptID int64, emit func(*batonv1.LogChunk)) *attemptLogs 
 	return &attemptLogs{
 		stdout: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDOUT, emit: emit},
 		stderr: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDERR, emit: emit},
+	}
+}
+
+// Output implements runner.Sink.
+func (l *attemptLogs) Output(stream runner.Stream, offset int64, data []byte) {
+	switch stream {
+	case runner.Stdout:
+		l.stdout.writeAt(offset, data)
+	case runner.Stderr:
+		l.stderr.writeAt(offset, data)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -26,9 +27,17 @@ import (
 // The test binary doubles as the child process: with BATON_TEST_CHILD set
 // (the tests put it in StartTask.env), TestMain runs the named behaviour
 // instead of the tests, like buildkite's internal/process/main_test.go.
+// Started with the argument "runner" it is the agents' runner, as
+// baton-agent is.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "runner" {
+		os.Exit(runner.Main(os.Args[2:], os.Stderr))
+	}
 	if b := os.Getenv("BATON_TEST_CHILD"); b != "" {
 		os.Exit(child(b))
+	}
+	if spec := os.Getenv("BATON_TEST_AGENT"); spec != "" {
+		os.Exit(agentMain(spec))
 	}
 	goleak.VerifyTestMain(m)
 }
@@ -68,13 +77,29 @@ func child(behaviour string) int {
 		}
 		return 0
 	case "wait-file":
-		// Exit once the test creates the release file.
+		// Exit once the test creates the release file: print
+		// BATON_TEST_AFTER to stderr, write BATON_TEST_OUTPUTS and exit
+		// with BATON_TEST_EXIT. BATON_TEST_RAN counts starts.
+		if path := os.Getenv("BATON_TEST_RAN"); path != "" {
+			if err := appendLine(path, os.Getenv("BATON_ATTEMPT_ID")); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
 		for {
 			if _, err := os.Stat(os.Getenv("BATON_TEST_RELEASE")); err == nil {
-				return 0
+				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+		fmt.Fprint(os.Stderr, os.Getenv("BATON_TEST_AFTER"))
+		if out := os.Getenv("BATON_TEST_OUTPUTS"); out != "" {
+			if code := writeOutput(out); code != 0 {
+				return code
+			}
+		}
+		code, _ := strconv.Atoi(os.Getenv("BATON_TEST_EXIT"))
+		return code
 	case "sleep":
 		time.Sleep(time.Hour)
 		return 0
@@ -106,8 +131,76 @@ func child(behaviour string) int {
 	}
 }
 
+func appendLine(path, line string) error {
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintln(f, line); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func writeOutput(content string) int {
 	if err := os.WriteFile(os.Getenv("BATON_OUTPUT"), []byte(content), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// agentSpec configures an agent the test binary runs as a process of its
+// own (BATON_TEST_AGENT), so that a test can kill it with SIGKILL.
+type agentSpec struct {
+	Server        string
+	StateDir      string
+	RunnerVersion int
+}
+
+// agentMain runs an agent process: the first SIGTERM drains it, a second
+// one aborts it. It logs to stderr.
+func agentMain(specJSON string) int {
+	var spec agentSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BATON_TEST_AGENT=") {
+			env = append(env, kv)
+		}
+	}
+	a, err := New(Config{
+		Server:        client.DialConfig{Addr: spec.Server},
+		Name:          "test-agent",
+		Slots:         4,
+		StateDir:      spec.StateDir,
+		KillGrace:     5 * time.Second,
+		ReportTimeout: 5 * time.Second,
+		Env:           env,
+		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	a.retryBase = 20 * time.Millisecond
+	a.runnerIdle = testRunnerIdle
+	a.runnerPoll = testRunnerPoll
+	a.runnerVersion = spec.RunnerVersion
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-sig
+		cancel()
+		<-sig
+		a.Abort()
+	}()
+	if err := a.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -285,6 +378,8 @@ func (b *testBundle) start(t testing.TB, cfg Config) *runningAgent {
 		t.Fatalf("New: %v", err)
 	}
 	a.retryBase = 20 * time.Millisecond
+	a.runnerIdle = testRunnerIdle
+	a.runnerPoll = testRunnerPoll
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx) }()

@@ -161,7 +161,9 @@ func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (
 // outcome either is listed in this Hello or is sent on s afterwards.
 // Unacknowledged outcomes beyond helloBudget bytes are left out of the
 // Hello and returned as a backlog of TaskFinished messages to send right
-// after the Welcome, keeping the Hello well under gRPC's message limit.
+// after the Welcome, keeping the Hello well under gRPC's message limit;
+// the backlog starts with the TaskStarted of re-adopted children not yet
+// announced.
 func (a *Agent) register(s *session) (hello *batonv1.ConnectRequest, backlog []*batonv1.ConnectRequest) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -183,16 +185,37 @@ func (a *Agent) register(s *session) (hello *batonv1.ConnectRequest, backlog []*
 			backlog = append(backlog, finishedMsg(tf))
 		}
 	}
+	var announce []*batonv1.ConnectRequest
 	for _, att := range a.attempts {
 		h.Running = append(h.Running, &batonv1.RunningAttempt{
 			AttemptId: att.id,
 			StartTime: timestamppb.New(att.startTime()),
 		})
+		if ts := att.announcement(); ts != nil {
+			announce = append(announce, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: ts}})
+		}
 	}
 	slices.SortFunc(h.Running, func(x, y *batonv1.RunningAttempt) int {
 		return cmp.Compare(x.GetAttemptId(), y.GetAttemptId())
 	})
-	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Hello{Hello: h}}, backlog
+	slices.SortFunc(announce, func(x, y *batonv1.ConnectRequest) int {
+		return cmp.Compare(x.GetTaskStarted().GetAttemptId(), y.GetTaskStarted().GetAttemptId())
+	})
+	return &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_Hello{Hello: h}}, append(announce, backlog...)
+}
+
+// announcement returns the TaskStarted of a re-adopted child the first
+// time it is asked, nil otherwise: a child adopted from an earlier agent
+// process is announced to the control plane like one this process
+// started, after it was listed in the Hello.
+func (att *attempt) announcement() *batonv1.TaskStarted {
+	att.mu.Lock()
+	defer att.mu.Unlock()
+	if !att.adopted || att.announced || att.proc == nil || att.proc.Pid() <= 0 {
+		return nil
+	}
+	att.announced = true
+	return &batonv1.TaskStarted{AttemptId: att.id, StartTime: timestamppb.New(att.started), Pid: int32(att.proc.Pid())}
 }
 
 func (a *Agent) unregister(s *session) {

@@ -5,6 +5,11 @@
 // The first SIGINT/SIGTERM drains the agent: it takes no new work, lets
 // running children finish, reports their outcomes and exits. A second one
 // kills the children's process trees and exits at once.
+//
+// On Unix the children run in a runner process that the agent starts and
+// that outlives it: "baton-agent runner ..." (hidden, not for people) is
+// that process. Killing baton-agent leaves the children running; the next
+// baton-agent with the same --state-dir re-adopts them.
 package main
 
 import (
@@ -25,13 +30,21 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/batonhq/baton/agent"
+	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 )
+
+// runnerArg is the hidden subcommand that runs the runner process.
+const runnerArg = "runner"
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	// The runner: before signal handling, which is the agent's.
+	if len(os.Args) > 1 && os.Args[1] == runnerArg {
+		os.Exit(runner.Main(os.Args[2:], os.Stderr))
+	}
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr, sig))

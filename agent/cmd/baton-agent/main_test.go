@@ -17,13 +17,18 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
 const waitTimeout = 20 * time.Second
 
-// With BATON_TEST_CHILD set the test binary is a child the agent runs.
+// With BATON_TEST_CHILD set the test binary is a child the agent runs;
+// with the argument "runner" it is the agent's runner, as baton-agent is.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == runnerArg {
+		os.Exit(runner.Main(os.Args[2:], os.Stderr))
+	}
 	if os.Getenv("BATON_TEST_CHILD") == "sleep" {
 		time.Sleep(time.Hour)
 		os.Exit(0)

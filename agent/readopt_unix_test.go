@@ -1,0 +1,385 @@
+//go:build linux
+
+package agent
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+)
+
+// agentProcess is an agent running as a process of its own (the test
+// binary with BATON_TEST_AGENT), so that it can be killed with SIGKILL.
+type agentProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// startProcess starts an agent process for the bundle's server and state
+// dir; runnerVersion 0 is the current protocol version.
+func (b *testBundle) startProcess(t *testing.T, runnerVersion int) *agentProcess {
+	t.Helper()
+	spec, err := json.Marshal(agentSpec{Server: b.srv.addr, StateDir: b.stateDir, RunnerVersion: runnerVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(b.exe)
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "BATON_TEST_AGENT="+string(spec))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &agentProcess{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			t.Log("agent process: " + sc.Text())
+		}
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() { p.kill(t) })
+	return p
+}
+
+// kill kills the agent process with SIGKILL and waits until it is gone.
+func (p *agentProcess) kill(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Kill()
+	select {
+	case <-p.done:
+	case <-time.After(waitTimeout):
+		t.Fatalf("agent process %d still running %s after SIGKILL", p.cmd.Process.Pid, waitTimeout)
+	}
+}
+
+// runnerPids returns the pids of the runner processes of stateDir.
+func runnerPids(t *testing.T, stateDir string) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmdline), "\x00")
+		if len(args) > 1 && args[1] == "runner" && strings.Contains(string(cmdline), "\x00--detached") &&
+			strings.Contains(string(cmdline), "\x00"+stateDir+"\x00") && alive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// oneRunner returns the pid of the state dir's only runner.
+func oneRunner(t *testing.T, stateDir string) int {
+	t.Helper()
+	pids := runnerPids(t, stateDir)
+	if len(pids) != 1 {
+		t.Fatalf("runner processes of %s: %v, want exactly one", stateDir, pids)
+	}
+	return pids[0]
+}
+
+// waitFor polls cond until it holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, not synchronising
+	}
+}
+
+// exitRecorded reports whether the runner of version v has recorded the
+// exit of attempt id.
+func exitRecorded(stateDir string, v int, id int64) bool {
+	data, err := os.ReadFile(filepath.Join(stateDir, "r"+strconv.Itoa(v), "att", strconv.FormatInt(id, 10)+".json"))
+	return err == nil && strings.Contains(string(data), `"exited":true`)
+}
+
+// pidOf returns the pid from a TaskStarted and makes sure the process is
+// gone when the test ends.
+func pidOf(t *testing.T, ts *batonv1.TaskStarted) int {
+	t.Helper()
+	pid := int(ts.GetPid())
+	if pid <= 0 {
+		t.Fatalf("TaskStarted %v has no pid", ts)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	return pid
+}
+
+func TestChildOutlivesKilledAgentAndIsReadopted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ran := filepath.Join(t.TempDir(), "ran")
+	release, done := releaseFile(t)
+	first := b.startProcess(t, 0)
+	s1 := b.srv.session(t)
+	s1.startTask(t, b.task(201, "wait-file", "BATON_TEST_RELEASE", release, "BATON_TEST_RAN", ran,
+		"BATON_TEST_STDOUT", "working\n", "BATON_TEST_STDERR", "before the agent died\n",
+		"BATON_TEST_AFTER", "after the agent died\n", "BATON_TEST_OUTPUTS", "RowCount=42\n", "BATON_TEST_EXIT", "3"))
+	started := s1.started(t, 201)
+	child := pidOf(t, started)
+	s1.startTask(t, b.task(202, "sleep"))
+	other := pidOf(t, s1.started(t, 202))
+	runnerPid := oneRunner(t, b.stateDir)
+	// The stderr line is through the runner before the agent dies.
+	s1.until(t, "stderr of 201", func(m *batonv1.ConnectRequest) bool {
+		return strings.Contains(string(m.GetLogChunk().GetData()), "before the agent died")
+	})
+
+	first.kill(t)
+	if !alive(child) || !alive(other) {
+		t.Fatalf("children died with the agent: %d alive %v, %d alive %v", child, alive(child), other, alive(other))
+	}
+
+	second := b.start(t, b.config())
+	s2 := b.srv.session(t)
+	var running []int64
+	for _, r := range s2.hello.GetRunning() {
+		running = append(running, r.GetAttemptId())
+		if r.GetAttemptId() == 201 && !r.GetStartTime().AsTime().Equal(started.GetStartTime().AsTime()) {
+			t.Errorf("Hello.running start_time of 201 = %v, want the original %v", r.GetStartTime().AsTime(), started.GetStartTime().AsTime())
+		}
+	}
+	if diff := cmp.Diff([]int64{201, 202}, running); diff != "" {
+		t.Errorf("Hello.running after the restart mismatch (-want +got):\n%s", diff)
+	}
+	if again := s2.started(t, 201); int(again.GetPid()) != child {
+		t.Errorf("re-announced TaskStarted pid = %d, want %d", again.GetPid(), child)
+	}
+	if got := oneRunner(t, b.stateDir); got != runnerPid {
+		t.Errorf("runner pid = %d after the restart, want the same runner %d", got, runnerPid)
+	}
+
+	// A repeated StartTask must not start a second child.
+	s2.startTask(t, b.task(201, "wait-file", "BATON_TEST_RELEASE", release, "BATON_TEST_RAN", ran))
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "201", "state", "running")
+	done()
+	tf, _ := s2.finished(t, 201)
+	if tf.GetOutcome() != failed || tf.GetExitCode() != 3 || tf.GetError() != "exit status 3" {
+		t.Errorf("TaskFinished = {%v, %d, %q}, want {FAILED, 3, exit status 3}", tf.GetOutcome(), tf.GetExitCode(), tf.GetError())
+	}
+	if diff := cmp.Diff(map[string]string{"RowCount": "42"}, tf.GetOutputs()); diff != "" {
+		t.Errorf("outputs mismatch (-want +got):\n%s", diff)
+	}
+	if got, want := string(tf.GetStderrTail()), "before the agent died\nafter the agent died\n"; got != want {
+		t.Errorf("stderr_tail = %q, want %q", got, want)
+	}
+	if got := string(tf.GetStdoutTail()); got != "working\n" {
+		t.Errorf("stdout_tail = %q, want %q", got, "working\n")
+	}
+	if _, err := os.Stat(filepath.Join(b.stateDir, "output", "201")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("output file of 201 still exists after its outcome was journaled: %v", err)
+	}
+
+	// The other re-adopted child obeys a cancel.
+	s2.cancelTask(t, &batonv1.CancelTask{AttemptId: 202, Reason: "bye"})
+	tf, _ = s2.finished(t, 202)
+	if tf.GetOutcome() != cancelled || tf.GetError() != "cancelled (bye): signal: terminated" {
+		t.Errorf("TaskFinished = {%v, %q}, want {CANCELLED, cancelled (bye): signal: terminated}", tf.GetOutcome(), tf.GetError())
+	}
+	s2.ack(t, 201, 202)
+	second.cancel()
+	if err := second.wait(t); err != nil {
+		t.Errorf("Run = %v, want nil", err)
+	}
+	if n := markerCount(t, ran); n != 1 {
+		t.Errorf("attempt 201 started %d times, want once", n)
+	}
+	waitGone(t, child)
+	waitGone(t, other)
+	waitGone(t, runnerPid)
+}
+
+func TestExitWhileNoAgentIsReportedByTheNextOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release, done := releaseFile(t)
+	first := b.startProcess(t, 0)
+	s1 := b.srv.session(t)
+	s1.startTask(t, b.task(211, "wait-file", "BATON_TEST_RELEASE", release,
+		"BATON_TEST_AFTER", "finished alone\n", "BATON_TEST_OUTPUTS", "Status=done\n"))
+	child := pidOf(t, s1.started(t, 211))
+	runnerPid := oneRunner(t, b.stateDir)
+	first.kill(t)
+
+	done()
+	waitGone(t, child)
+	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, 1, 211) })
+
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	if len(s2.hello.GetRunning()) != 0 {
+		t.Errorf("Hello.running = %v, want none", s2.hello.GetRunning())
+	}
+	unacked := s2.hello.GetUnacked()
+	if len(unacked) != 1 {
+		t.Fatalf("Hello.unacked = %v, want the outcome of 211", unacked)
+	}
+	tf := unacked[0]
+	if tf.GetAttemptId() != 211 || tf.GetOutcome() != succeeded || tf.GetExitCode() != 0 ||
+		tf.GetOutputs()["Status"] != "done" || string(tf.GetStderrTail()) != "finished alone\n" {
+		t.Errorf("Hello.unacked[0] = %v, want 211 SUCCEEDED with Status=done and stderr tail %q", tf, "finished alone\n")
+	}
+	// Journaled: the runner forgot it and exits once idle.
+	waitFor(t, "the exit record is removed", func() bool { return !exitRecorded(b.stateDir, 1, 211) })
+	s2.ack(t, 211)
+	b.logs.wait(t, "outcomes acknowledged")
+	if pids := runnerPids(t, b.stateDir); len(pids) != 1 || pids[0] != runnerPid {
+		t.Errorf("runner pids %v, want the runner %d that saw the exit", pids, runnerPid)
+	}
+}
+
+func TestTimeoutHoldsWhileTheAgentIsDown(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.startProcess(t, 0)
+	s1 := b.srv.session(t)
+	st := b.task(221, "grandchild")
+	st.Timeout = durationpb.New(time.Second)
+	st.KillGrace = durationpb.New(100 * time.Millisecond)
+	s1.startTask(t, st)
+	child := pidOf(t, s1.started(t, 221))
+	gc := grandchildPid(t, s1, 221)
+	first.kill(t)
+
+	// Nobody but the runner is there to stop the tree.
+	waitGone(t, child)
+	waitGone(t, gc)
+	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, 1, 221) })
+
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	unacked := s2.hello.GetUnacked()
+	if len(unacked) != 1 || unacked[0].GetOutcome() != timedOut || unacked[0].GetExitCode() != -1 ||
+		unacked[0].GetError() != "timed out after 1s: signal: terminated" {
+		t.Errorf("Hello.unacked = %v, want 221 TIMED_OUT (timed out after 1s: signal: terminated)", unacked)
+	}
+}
+
+func TestRunnerKilledWhileAgentRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.start(t, b.config())
+	s := b.srv.session(t)
+	s.startTask(t, b.task(231, "grandchild"))
+	child := pidOf(t, s.started(t, 231))
+	gc := grandchildPid(t, s, 231)
+	runnerPid := oneRunner(t, b.stateDir)
+	if err := syscall.Kill(runnerPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+
+	tf, _ := s.finished(t, 231)
+	if tf.GetOutcome() != failed || tf.GetExitCode() != -1 || tf.GetError() != "outcome unknown: the agent's runner was killed" {
+		t.Errorf("TaskFinished = {%v, %d, %q}, want {FAILED, -1, outcome unknown: the agent's runner was killed}",
+			tf.GetOutcome(), tf.GetExitCode(), tf.GetError())
+	}
+	waitGone(t, child)
+	waitGone(t, gc)
+
+	// A new runner took over; new work runs.
+	s.startTask(t, b.task(232, "exit"))
+	if tf, _ := s.finished(t, 232); tf.GetOutcome() != succeeded {
+		t.Errorf("attempt after the runner died: outcome = %v (%s), want SUCCEEDED", tf.GetOutcome(), tf.GetError())
+	}
+	if got := oneRunner(t, b.stateDir); got == runnerPid {
+		t.Errorf("runner pid %d is the killed one", got)
+	}
+}
+
+func TestRunnerKilledWhileAgentIsDown(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.startProcess(t, 0)
+	s1 := b.srv.session(t)
+	s1.startTask(t, b.task(241, "sleep"))
+	child := pidOf(t, s1.started(t, 241))
+	runnerPid := oneRunner(t, b.stateDir)
+	first.kill(t)
+	if err := syscall.Kill(runnerPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, runnerPid)
+	if !alive(child) {
+		t.Fatal("the child died with its runner; it should have been left running")
+	}
+
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	unacked := s2.hello.GetUnacked()
+	if len(s2.hello.GetRunning()) != 0 || len(unacked) != 1 || unacked[0].GetAttemptId() != 241 ||
+		unacked[0].GetOutcome() != failed || unacked[0].GetError() != "outcome unknown: the agent's runner was killed" {
+		t.Errorf("Hello running %v, unacked %v; want 241 FAILED (outcome unknown: the agent's runner was killed)",
+			s2.hello.GetRunning(), unacked)
+	}
+	waitGone(t, child)
+}
+
+func TestChildOfAnOlderRunnerIsReported(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const oldVersion = 7
+	release, done := releaseFile(t)
+	first := b.startProcess(t, oldVersion)
+	s1 := b.srv.session(t)
+	s1.startTask(t, b.task(251, "wait-file", "BATON_TEST_RELEASE", release,
+		"BATON_TEST_AFTER", "old runner\n", "BATON_TEST_OUTPUTS", "Version=old\n", "BATON_TEST_EXIT", "4"))
+	child := pidOf(t, s1.started(t, 251))
+	oldRunner := oneRunner(t, b.stateDir)
+	first.kill(t)
+
+	// The upgraded agent speaks another protocol version: it starts a
+	// runner of its own and watches the old runner's child.
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	if len(s2.hello.GetRunning()) != 1 || s2.hello.GetRunning()[0].GetAttemptId() != 251 {
+		t.Errorf("Hello.running = %v, want 251", s2.hello.GetRunning())
+	}
+	s2.startTask(t, b.task(252, "exit"))
+	if tf, _ := s2.finished(t, 252); tf.GetOutcome() != succeeded {
+		t.Errorf("new work: outcome = %v (%s), want SUCCEEDED", tf.GetOutcome(), tf.GetError())
+	}
+	if pids := runnerPids(t, b.stateDir); len(pids) != 2 {
+		t.Errorf("runner pids = %v, want the old and a new one", pids)
+	}
+
+	done()
+	tf, _ := s2.finished(t, 251)
+	if tf.GetOutcome() != failed || tf.GetExitCode() != 4 || tf.GetOutputs()["Version"] != "old" ||
+		string(tf.GetStderrTail()) != "old runner\n" {
+		t.Errorf("TaskFinished = %v, want FAILED exit 4 with Version=old and stderr tail %q", tf, "old runner\n")
+	}
+	// Its exit collected, the old runner has nothing left and exits.
+	waitGone(t, child)
+	waitGone(t, oldRunner)
+}

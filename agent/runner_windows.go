@@ -1,0 +1,15 @@
+//go:build windows
+
+package agent
+
+import "context"
+
+// openRunner sets a.runner to the local runner: on Windows the agent runs children
+// itself, each in a job object that is closed, killing the child's tree,
+// when the agent process ends. Children therefore do not outlive the
+// agent there; the runner process that lets them do so on Unix is not
+// built for Windows.
+func (a *Agent) openRunner(context.Context) error {
+	a.runner = localRunner{}
+	return nil
+}
