@@ -1,0 +1,405 @@
+package runner
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/batonhq/baton/agent/process"
+)
+
+// waitTimeout bounds every wait in these tests.
+const waitTimeout = 20 * time.Second
+
+// captured is a Sink that keeps what it receives.
+type captured struct {
+	mu     sync.Mutex
+	chunks map[Stream][]string
+	offs   map[Stream][]int64
+}
+
+func (c *captured) Output(stream Stream, offset int64, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.chunks == nil {
+		c.chunks, c.offs = map[Stream][]string{}, map[Stream][]int64{}
+	}
+	c.chunks[stream] = append(c.chunks[stream], string(data))
+	c.offs[stream] = append(c.offs[stream], offset)
+}
+
+func (c *captured) text(stream Stream) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.Join(c.chunks[stream], "")
+}
+
+type testBundle struct {
+	stateDir string
+	exe      string
+	attached chan *Attachment
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testBundle{stateDir: t.TempDir(), exe: exe, attached: make(chan *Attachment, 8)}
+}
+
+// open opens a client that starts the test binary as its runner.
+func (b *testBundle) open(t *testing.T) *Client {
+	t.Helper()
+	c, err := Open(t.Context(), ClientConfig{
+		StateDir: b.stateDir,
+		Command:  []string{b.exe, "runner"},
+		Env:      append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
+		IdleExit: 100 * time.Millisecond,
+		Attached: func(_ *Client, at *Attachment) { b.attached <- at },
+	})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// attachment returns what the last attach reported.
+func (b *testBundle) attachment(t *testing.T) *Attachment {
+	t.Helper()
+	select {
+	case at := <-b.attached:
+		return at
+	case <-time.After(waitTimeout):
+		t.Fatal("no attach within the timeout")
+		return nil
+	}
+}
+
+// runnerPid returns the pid of the process holding the runner's lock.
+func (b *testBundle) runnerPid(t *testing.T) int {
+	t.Helper()
+	f, err := os.Open(filepath.Join(versionDir(b.stateDir, ProtocolVersion), lockName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil {
+		t.Fatal(err)
+	}
+	if lk.Type == syscall.F_UNLCK {
+		t.Fatal("no runner holds the lock")
+	}
+	return int(lk.Pid)
+}
+
+// result waits for p's outcome.
+func result(t *testing.T, p *Proc) Result {
+	t.Helper()
+	select {
+	case <-p.Done():
+		return p.Result()
+	case <-time.After(waitTimeout):
+		t.Fatalf("attempt %d not done within %s", p.ID(), waitTimeout)
+		return Result{}
+	}
+}
+
+// waitGone waits until pid has exited (a zombie counts as gone).
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if _, err := procStart(pid); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still alive after %s", pid, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, not synchronising
+	}
+}
+
+func shell(id int64, script string) *StartRequest {
+	return &StartRequest{ID: id, Argv: []string{"/bin/sh", "-c", script}, Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/", Grace: time.Second}
+}
+
+func TestChildLifecycleAcrossClients(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	if at := b.attachment(t); len(at.Running)+len(at.Exited)+len(at.Orphaned) != 0 {
+		t.Errorf("a fresh runner holds %+v, want nothing", at)
+	}
+	out := &captured{}
+	p, err := c.Start(t.Context(), shell(1, "echo out; echo err >&2; exit 3"), out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := result(t, p)
+	if res.ExitCode != 3 || res.Err != "exit status 3" || string(res.StdoutTail) != "out\n" ||
+		string(res.StderrTail) != "err\n" || res.StdoutBytes != 4 || res.Lost != "" {
+		t.Errorf("Result = %+v, want exit 3 with the tails", res)
+	}
+	if got := out.text(Stdout); got != "out\n" {
+		t.Errorf("stdout forwarded = %q, want %q", got, "out\n")
+	}
+	sleeper, err := c.Start(t.Context(), shell(2, "exec sleep 60"), &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := sleeper.Pid()
+	runner := b.runnerPid(t)
+	c.Close() // without confirming attempt 1
+
+	c2 := b.open(t)
+	at := b.attachment(t)
+	if len(at.Exited) != 1 || at.Exited[0].ID != 1 || at.Exited[0].ExitCode != 3 {
+		t.Errorf("Attachment.Exited = %+v, want attempt 1's exit", at.Exited)
+	}
+	if len(at.Running) != 1 || at.Running[0].ID() != 2 || at.Running[0].Pid() != pid {
+		t.Fatalf("Attachment.Running = %+v, want attempt 2 with pid %d", at.Running, pid)
+	}
+	if got := b.runnerPid(t); got != runner {
+		t.Errorf("runner pid = %d, want the same runner %d", got, runner)
+	}
+	c2.Confirm(1)
+	adopted := at.Running[0]
+	if err := adopted.Kill("stopped by the test"); err != nil {
+		t.Fatal(err)
+	}
+	res = result(t, adopted)
+	if res.ExitCode != -1 || res.Err != "signal: killed" || res.Reason != "stopped by the test" {
+		t.Errorf("Result = {%d, %q, reason %q}, want {-1, signal: killed, stopped by the test}", res.ExitCode, res.Err, res.Reason)
+	}
+	c2.Confirm(2)
+	c2.Close()
+	waitGone(t, runner)
+	recs, errs := readRecords(filepath.Join(versionDir(b.stateDir, ProtocolVersion), attDirName))
+	if len(recs) != 0 || len(errs) != 0 {
+		t.Errorf("records left after confirming: %v %v", recs, errs)
+	}
+}
+
+func TestTimeoutAndStartErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	req := shell(1, "exec sleep 60")
+	req.Timeout, req.Grace = 100*time.Millisecond, 50*time.Millisecond
+	p, err := c.Start(t.Context(), req, &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, p); !res.TimedOut || res.Err != "signal: terminated" || res.Timeout != req.Timeout {
+		t.Errorf("Result = %+v, want timed out after %s by SIGTERM", res, req.Timeout)
+	}
+	if _, err := c.Start(t.Context(), &StartRequest{ID: 2, Argv: []string{"/no/such/binary"}}, &captured{}); err == nil ||
+		!strings.Contains(err.Error(), "no such file") {
+		t.Errorf("Start of a missing binary = %v, want a start error", err)
+	}
+	if _, err := c.Start(t.Context(), &StartRequest{ID: 3}, &captured{}); err == nil || !strings.Contains(err.Error(), "argv is empty") {
+		t.Errorf("Start without argv = %v, want an argv error", err)
+	}
+	if _, err := c.Start(t.Context(), shell(1, "true"), &captured{}); err == nil || !strings.Contains(err.Error(), "already known") {
+		t.Errorf("second Start of attempt 1 = %v, want a refusal", err)
+	}
+}
+
+func TestKilledRunnerLosesAndKillsChildren(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	b.attachment(t)
+	p, err := c.Start(t.Context(), shell(1, "exec sleep 60"), &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, runner := p.Pid(), b.runnerPid(t)
+	if err := syscall.Kill(runner, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, p); res.Lost != LostRunnerKilled {
+		t.Errorf("Result.Lost = %q, want %q", res.Lost, LostRunnerKilled)
+	}
+	waitGone(t, child)
+	b.attachment(t) // the new runner
+	if got := b.runnerPid(t); got == runner {
+		t.Errorf("runner pid %d is the killed one", got)
+	}
+	if _, err := c.Start(t.Context(), shell(2, "true"), &captured{}); err != nil {
+		t.Errorf("Start after the runner died = %v, want nil", err)
+	}
+}
+
+func TestSecondRunnerIsBusy(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.open(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(b.exe, "runner", "--state-dir", b.stateDir, "--detached")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	cmd.ExtraFiles = []*os.File{w}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, _ := io.ReadAll(r)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("busy runner exited with %v, want 0", err)
+	}
+	if got := strings.TrimSpace(string(msg)); got != "busy" {
+		t.Errorf("second runner reported %q, want busy", got)
+	}
+}
+
+func TestRunnerRefusesOtherVersions(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.open(t)
+	nc, err := net.Dial("unix", filepath.Join(versionDir(b.stateDir, ProtocolVersion), sockName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	hi, err := encodeJSON(&frame{Hello: &hello{Version: ProtocolVersion + 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(hi); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetDeadline(time.Now().Add(waitTimeout))
+	_, body, err := readFrame(bufio.NewReader(nc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := decodeJSON(body)
+	if err != nil || !strings.Contains(f.Error, "protocol version mismatch") {
+		t.Errorf("answer to another version = %+v, %v; want a version mismatch error", f, err)
+	}
+}
+
+func TestLongStateDirUsesATempSocket(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.stateDir = filepath.Join(b.stateDir, strings.Repeat("d", 60), strings.Repeat("e", 60))
+	c := b.open(t)
+	b.attachment(t)
+	sockDir, err := os.ReadFile(filepath.Join(versionDir(b.stateDir, ProtocolVersion), sockDirName))
+	if err != nil {
+		t.Fatalf("no socket dir recorded for a long state dir: %v", err)
+	}
+	p, err := c.Start(t.Context(), shell(1, "echo hi"), &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, p); res.ExitCode != 0 || string(res.StdoutTail) != "hi\n" {
+		t.Errorf("Result = %+v, want exit 0 with hi", res)
+	}
+	c.Confirm(1)
+	runner := b.runnerPid(t)
+	c.Close()
+	waitGone(t, runner)
+	if _, err := os.Stat(string(sockDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket dir %s left behind: %v", sockDir, err)
+	}
+}
+
+func TestKillTreeChecksIdentity(t *testing.T) {
+	t.Parallel()
+	p, err := process.Start(process.Spec{Argv: []string{"/bin/sleep", "60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill(); <-p.Done() })
+	st, err := procStart(p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		start uint64
+		boot  string
+	}{
+		{"another start time (a reused pid)", st + 1, bootID()},
+		{"another boot", st, "not-this-boot"},
+		{"unknown start time", 0, bootID()},
+	} {
+		if killed, err := killTree(p.Pid(), tc.start, tc.boot); killed || err != nil {
+			t.Errorf("killTree with %s = %v, %v; want false, nil", tc.name, killed, err)
+		}
+	}
+	select {
+	case <-p.Done():
+		t.Fatal("the child was killed without a matching identity")
+	default:
+	}
+	if killed, err := killTree(p.Pid(), st, bootID()); !killed || err != nil {
+		t.Errorf("killTree with the child's identity = %v, %v; want true, nil", killed, err)
+	}
+	select {
+	case <-p.Done():
+		if got := p.Result().Err; got == nil || got.Error() != "signal: killed" {
+			t.Errorf("child ended with %v, want signal: killed", got)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("the child was not killed")
+	}
+}
+
+func TestMainUsage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{name: "no state dir", args: nil, wantErr: "--state-dir must be an absolute path"},
+		{name: "relative state dir", args: []string{"--state-dir", "state"}, wantErr: "--state-dir must be an absolute path"},
+		{name: "bad idle", args: []string{"--state-dir", "/s", "--idle-exit", "0s"}, wantErr: "--idle-exit must be positive"},
+		{name: "extra argument", args: []string{"--state-dir", "/s", "extra"}, wantErr: `unexpected argument "extra"`},
+		{name: "unknown flag", args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var stderr bytes.Buffer
+			if code := Main(tc.args, &stderr); code != 2 || !strings.Contains(stderr.String(), tc.wantErr) {
+				t.Errorf("Main(%q) = %d, %q; want 2 and %q", tc.args, code, stderr.String(), tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestOpenValidates(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []ClientConfig{
+		{Command: []string{"x"}},
+		{StateDir: t.TempDir()},
+		{StateDir: t.TempDir(), Command: []string{"x"}, ProtocolVersion: -1},
+	} {
+		if _, err := Open(context.Background(), cfg); err == nil {
+			t.Errorf("Open(%+v) = nil error, want one", cfg)
+		}
+	}
+}
