@@ -34,17 +34,18 @@ func (a *Agent) adopt(r childRunner, p *runner.Proc) {
 	id := p.ID()
 	log := a.log.With(slog.Int64("attempt_id", id))
 	a.mu.Lock()
-	if _, ok := a.attempts[id]; ok {
+	if _, ok := a.attempts[id]; ok || a.stopping {
+		// Stopping: the runner keeps the child for the next agent.
 		a.mu.Unlock()
 		return
 	}
 	if state, _, known := a.journal.lookup(id); known && state != stateStarted {
 		// The outcome is journaled already; a child running under the id
 		// must not run on unaccounted for.
+		a.wg.Add(1)
 		a.mu.Unlock()
 		log.Warn("runner runs an attempt whose outcome is already known; killing it", slog.String("state", string(state)))
 		_ = p.Kill("")
-		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
 			<-p.Done()

@@ -139,6 +139,7 @@ type Agent struct {
 	sess     *session           // the current session, nil while disconnected
 	attempts map[int64]*attempt // accepted attempts whose outcome is not yet journaled
 	draining bool               // no new work; set once, never cleared
+	stopping bool               // Run is waiting for attempt goroutines: adopt nothing more
 	drainCh  chan struct{}      // closed when draining starts
 	changed  chan struct{}      // signalled when an attempt ends
 	acked    chan struct{}      // signalled when outcomes are acknowledged
@@ -358,6 +359,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			fatal = err
 		}
 	}
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
 	a.wg.Wait()
 	a.log.InfoContext(sessCtx, "agent stopped")
 	return fatal

@@ -323,6 +323,9 @@ func matchAttrs(attrs map[string]string, kv []string) bool {
 
 // testBundle is what the agent tests work with.
 type testBundle struct {
+	// localChildren runs children in the agent process, as on Windows.
+	localChildren bool
+
 	srv      *fakeServer
 	stateDir string
 	logs     *logStore
@@ -380,6 +383,7 @@ func (b *testBundle) start(t testing.TB, cfg Config) *runningAgent {
 	a.retryBase = 20 * time.Millisecond
 	a.runnerIdle = testRunnerIdle
 	a.runnerPoll = testRunnerPoll
+	a.localChildren = b.localChildren
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx) }()

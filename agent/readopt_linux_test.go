@@ -1,5 +1,3 @@
-//go:build linux
-
 package agent
 
 import (
@@ -382,4 +380,79 @@ func TestChildOfAnOlderRunnerIsReported(t *testing.T) {
 	// Its exit collected, the old runner has nothing left and exits.
 	waitGone(t, child)
 	waitGone(t, oldRunner)
+}
+
+// TestLocalChildren runs children in the agent process, the way the agent
+// works on Windows, where no runner outlives it.
+func TestLocalChildren(t *testing.T) {
+	t.Parallel()
+	t.Run("outcome", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.localChildren = true
+		b.start(t, b.config())
+		s := b.srv.session(t)
+		s.startTask(t, b.task(301, "outputs", "BATON_TEST_OUTPUTS", "RowCount=7\n", "BATON_TEST_STDERR", "note\n"))
+		tf, _ := s.finished(t, 301)
+		if tf.GetOutcome() != succeeded || tf.GetOutputs()["RowCount"] != "7" || string(tf.GetStderrTail()) != "note\n" {
+			t.Errorf("TaskFinished = %v, want SUCCEEDED with RowCount=7 and stderr tail %q", tf, "note\n")
+		}
+		if len(runnerPids(t, b.stateDir)) != 0 {
+			t.Errorf("a runner was started for local children")
+		}
+	})
+	t.Run("timeout kills the tree", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.localChildren = true
+		b.start(t, b.config())
+		s := b.srv.session(t)
+		st := b.task(302, "grandchild")
+		st.Timeout = durationpb.New(300 * time.Millisecond)
+		st.KillGrace = durationpb.New(100 * time.Millisecond)
+		s.startTask(t, st)
+		gc := grandchildPid(t, s, 302)
+		tf, _ := s.finished(t, 302)
+		if tf.GetOutcome() != timedOut || tf.GetError() != "timed out after 300ms: signal: terminated" {
+			t.Errorf("TaskFinished = {%v, %q}, want {TIMED_OUT, timed out after 300ms: signal: terminated}", tf.GetOutcome(), tf.GetError())
+		}
+		waitGone(t, gc)
+	})
+	t.Run("cancel", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.localChildren = true
+		b.start(t, b.config())
+		s := b.srv.session(t)
+		st := b.task(303, "sleep")
+		st.Timeout = durationpb.New(time.Hour)
+		s.startTask(t, st)
+		s.started(t, 303)
+		s.cancelTask(t, &batonv1.CancelTask{AttemptId: 303, Reason: "stop"})
+		tf, _ := s.finished(t, 303)
+		if tf.GetOutcome() != cancelled || tf.GetError() != "cancelled (stop): signal: terminated" {
+			t.Errorf("TaskFinished = {%v, %q}, want {CANCELLED, cancelled (stop): signal: terminated}", tf.GetOutcome(), tf.GetError())
+		}
+	})
+}
+
+func TestRunFailsWithoutARunner(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg := b.config()
+	cfg.RunnerCommand = []string{"/bin/false"}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Run(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "attach to the runner: runner exited without reporting") {
+		t.Errorf("Run with a runner command that fails = %v, want an attach error", err)
+	}
+	// The state dir is released: another agent may take it.
+	if a2, err := New(cfg); err != nil {
+		t.Errorf("New after the failed Run = %v, want the state dir released", err)
+	} else {
+		a2.release()
+	}
 }
