@@ -40,14 +40,17 @@ const runnerArg = "runner"
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-func main() {
-	// The runner: before signal handling, which is the agent's.
-	if len(os.Args) > 1 && os.Args[1] == runnerArg {
-		os.Exit(runner.Main(os.Args[2:], os.Stderr))
+func main() { os.Exit(mainCode(os.Args[1:])) }
+
+// mainCode runs the program with its arguments and returns the exit code.
+func mainCode(args []string) int {
+	// The runner, before signal handling, which is the agent's.
+	if len(args) > 0 && args[0] == runnerArg {
+		return runner.Main(args[1:], os.Stderr)
 	}
 	sig := make(chan os.Signal, 2)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	os.Exit(run(os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr, sig))
+	return run(args, os.LookupEnv, os.Stdout, os.Stderr, sig)
 }
 
 // options are the agent's flags.

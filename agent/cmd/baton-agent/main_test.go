@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,21 +18,37 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
 const waitTimeout = 20 * time.Second
 
 // With BATON_TEST_CHILD set the test binary is a child the agent runs;
-// with the argument "runner" it is the agent's runner, as baton-agent is.
+// with BATON_TEST_MAIN set, or the argument "runner", it is baton-agent
+// (or its runner) as main runs it.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == runnerArg {
-		os.Exit(runner.Main(os.Args[2:], os.Stderr))
-	}
-	if os.Getenv("BATON_TEST_CHILD") == "sleep" {
+	switch os.Getenv("BATON_TEST_CHILD") {
+	case "sleep":
 		time.Sleep(time.Hour)
 		os.Exit(0)
+	case "wait-file":
+		// Print to stderr, wait for the release file, write an output and
+		// exit 5.
+		fmt.Fprintln(os.Stderr, "waiting")
+		for {
+			if _, err := os.Stat(os.Getenv("BATON_TEST_RELEASE")); err == nil {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		fmt.Fprintln(os.Stderr, "released")
+		if err := os.WriteFile(os.Getenv("BATON_OUTPUT"), []byte("Answer=42\n"), 0o600); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(5)
+	}
+	if os.Getenv("BATON_TEST_MAIN") == "1" || (len(os.Args) > 1 && os.Args[1] == runnerArg) {
+		os.Exit(mainCode(os.Args[1:]))
 	}
 	goleak.VerifyTestMain(m)
 }
