@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"log/slog"
+	"os/exec"
 	"testing"
 
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
@@ -36,5 +38,40 @@ func BenchmarkLogStream(b *testing.B) {
 			_, _ = l.Write(data)
 		}
 		l.flush()
+	}
+}
+
+// BenchmarkInstantChild measures StartTask to TaskFinished for /bin/true,
+// with children in the runner process (Unix) and in the agent process (as
+// on Windows): the cost of the runner's extra hop. Logs are discarded.
+func BenchmarkInstantChild(b *testing.B) {
+	truePath, err := exec.LookPath("true")
+	if err != nil {
+		b.Skip("no true command")
+	}
+	for _, local := range []bool{false, true} {
+		name := "runner"
+		if local {
+			name = "local"
+		}
+		b.Run(name, func(b *testing.B) {
+			bundle := setup(b)
+			bundle.localChildren = local
+			cfg := bundle.config()
+			cfg.Logger = slog.New(slog.DiscardHandler)
+			bundle.start(b, cfg)
+			s := bundle.srv.session(b)
+			id := int64(0)
+			for b.Loop() {
+				id++
+				st := bundle.task(id, "exit")
+				st.Argv = []string{truePath}
+				s.startTask(b, st)
+				if tf, _ := s.finished(b, id); tf.GetOutcome() != succeeded {
+					b.Fatalf("outcome = %v (%s)", tf.GetOutcome(), tf.GetError())
+				}
+				s.ack(b, id)
+			}
+		})
 	}
 }
