@@ -98,10 +98,12 @@ type Config struct {
 	Env []string
 	// RunnerCommand starts the runner process that owns the children on
 	// Unix: a program and the arguments that make it run runner.Main (the
-	// runner's own arguments are appended). Defaults to this program's
-	// executable with the argument "runner", as baton-agent understands
-	// it; a program embedding the agent must then call runner.Main for
-	// that argument. Unused on Windows.
+	// runner's own arguments are appended). Defaults to this program with
+	// the argument "runner", as baton-agent understands it (on Linux
+	// through /proc/self/exe, so that the runner is of this agent's
+	// version even after an upgrade replaced the binary); a program
+	// embedding the agent must then call runner.Main for that argument.
+	// Unused on Windows.
 	RunnerCommand []string
 	// ReportTimeout is how long Run, after the last child finished during
 	// a shutdown, waits for the control plane to acknowledge outstanding
@@ -179,7 +181,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	cfg.StateDir = stateDir
 	if len(cfg.RunnerCommand) == 0 {
-		exe, err := os.Executable()
+		exe, err := runnerExecutable()
 		if err != nil {
 			return nil, fmt.Errorf("config: RunnerCommand: not given and the executable is unknown: %w", err)
 		}

@@ -66,3 +66,6 @@ func (r *remoteRunner) start(ctx context.Context, req *runner.StartRequest, sink
 
 func (r *remoteRunner) confirm(id int64) { r.client().Confirm(id) }
 func (r *remoteRunner) close()           { r.client().Close() }
+
+// runnerExecutable is the default program of Config.RunnerCommand.
+func runnerExecutable() (string, error) { return runner.Executable() }

@@ -2,7 +2,10 @@
 
 package agent
 
-import "context"
+import (
+	"context"
+	"os"
+)
 
 // openRunner sets a.runner to the local runner: on Windows the agent runs children
 // itself, each in a job object that is closed, killing the child's tree,
@@ -13,3 +16,7 @@ func (a *Agent) openRunner(context.Context) error {
 	a.runner = localRunner{}
 	return nil
 }
+
+// runnerExecutable is the default program of Config.RunnerCommand, which
+// Windows does not use.
+func runnerExecutable() (string, error) { return os.Executable() }

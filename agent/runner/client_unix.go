@@ -192,7 +192,7 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		return nil, err
 	}
 	p := newProc(c, req.ID)
-	p.sink, p.timeout, p.grace = sink, req.Timeout, req.Grace
+	p.sink, p.grace = sink, req.Grace
 	b, err := encodeJSON(&frame{Start: req})
 	if err != nil {
 		return nil, err
@@ -448,7 +448,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 			continue
 		}
 		p := newProc(c, r.ID)
-		p.timeout, p.grace = r.Timeout, r.Grace
+		p.grace = r.Grace
 		if r.Pid != 0 {
 			p.setStarted(r.Pid, r.PidStart, r.BootID, r.Start)
 		}
@@ -733,7 +733,7 @@ func (c *Client) others(at *Attachment) {
 				at.Exited = append(at.Exited, rec)
 			case live:
 				p := newProc(c, id)
-				p.timeout, p.grace = rec.Timeout, rec.Grace
+				p.grace = rec.Grace
 				p.setStarted(rec.Pid, rec.PidStart, rec.BootID, rec.Start)
 				p.other = &otherRunner{record: path, lock: filepath.Join(dir, lockName)}
 				at.Running = append(at.Running, p)
@@ -820,7 +820,6 @@ type Proc struct {
 	pidStart    uint64
 	boot        string
 	start       time.Time
-	timeout     time.Duration
 	grace       time.Duration
 	startErr    string
 	unavailable bool

@@ -91,7 +91,7 @@ func launch(args []string, readyFile *os.File) error {
 	if len(os.Args) < len(args)+1 || !slices.Equal(os.Args[len(os.Args)-len(args):], args) {
 		return errors.New("the runner's arguments must end the command line")
 	}
-	exe, err := os.Executable()
+	exe, err := Executable()
 	if err != nil {
 		return fmt.Errorf("find executable: %w", err)
 	}
@@ -106,6 +106,19 @@ func launch(args []string, readyFile *os.File) error {
 		return fmt.Errorf("start runner: %w", err)
 	}
 	return cmd.Process.Release()
+}
+
+// Executable returns the path that starts this very program again. On
+// Linux that is /proc/self/exe, which names the running binary even after
+// an upgrade replaced the file on disk: an agent starts a runner of its
+// own version, never one of a binary installed after it started.
+// Elsewhere it is os.Executable.
+func Executable() (string, error) {
+	const self = "/proc/self/exe"
+	if _, err := os.Stat(self); err == nil {
+		return self, nil
+	}
+	return os.Executable()
 }
 
 // ready reports once on the ready descriptor and closes it.
