@@ -322,6 +322,10 @@ func (s *server) current() *sconn {
 // it breaks. A new connection replaces the attached one.
 func (s *server) serveConn(nc net.Conn) {
 	defer nc.Close()
+	if err := checkPeer(nc); err != nil {
+		s.log.Warn("agent connection refused", slog.Any("error", err))
+		return
+	}
 	br := bufio.NewReaderSize(nc, 64<<10)
 	_ = nc.SetDeadline(time.Now().Add(handshakeTimeout))
 	kind, body, err := readFrame(br)
