@@ -8,12 +8,19 @@ import (
 	"syscall"
 
 	"github.com/batonhq/baton/agent"
+	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 )
 
 // An agent that drains on the first SIGINT/SIGTERM and kills its children
-// on the second, as baton-agent does.
+// on the second, as baton-agent does. The program is also the agent's
+// runner, the process that keeps the children running when the agent is
+// killed or upgraded: started with the argument "runner" (the default
+// Config.RunnerCommand), it runs runner.Main instead.
 func Example() {
+	if len(os.Args) > 1 && os.Args[1] == "runner" {
+		os.Exit(runner.Main(os.Args[2:], os.Stderr))
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	a, err := agent.New(agent.Config{
 		Server:   client.DialConfig{Addr: "batond.example.com:7700", TLS: true},
