@@ -35,6 +35,10 @@ test: ## Run every test (unit, conformance, end to end) under the race detector.
 run: build ## Start batond, two local agents and the example nightly load; Ctrl-C stops all.
 	@examples/quickstart.sh
 
+.PHONY: bench
+bench: ## Benchmark batond and agents on this machine (about 3 minutes); writes docs/benchmarks.md.
+	$(GO) run ./e2e/bench -out docs/benchmarks.md $(BENCH_FLAGS)
+
 .PHONY: tools
 tools: $(TOOLS) ## Install the pinned code generators into ./bin.
 
