@@ -39,7 +39,6 @@ tasks:
 // attempts each, every other item succeeded once, and never more than
 // forEachParallel children ran at once.
 func runForEach(t *testing.T) (*cluster, *batonv1.Run) {
-	t.Helper()
 	c := newCluster(t)
 	for _, name := range []string{"etl-1", "etl-2", "etl-3"} {
 		c.agent(name, 12)
@@ -120,9 +119,49 @@ func itemRuns(lines []string) map[string]int {
 	return counts
 }
 
-// TestForEachPoisonItems runs 1,000 items over three agents with
-// max_parallel 20 and five items that always fail: see runForEach.
-func TestForEachPoisonItems(t *testing.T) {
+// TestForEach runs 1,000 items over three agents with max_parallel 20 and
+// five items that always fail (see runForEach), then fixes those five and
+// restarts the run with the CLI: exactly those five items run again, the
+// other 995 are kept, and the run succeeds.
+func TestForEach(t *testing.T) {
 	t.Parallel()
-	runForEach(t)
+	c, run := runForEach(t)
+	id := run.GetId()
+	c.touch("fixed")
+	if _, stderr, code := c.cli("run", "restart", fmt.Sprint(id)); code != 0 {
+		t.Fatalf("baton run restart exited %d; stderr: %s", code, stderr)
+	}
+	run = c.wait(id)
+	if run.GetState() != batonv1.RunState_RUN_STATE_SUCCEEDED || run.GetRestartCount() != 1 {
+		t.Fatalf("restarted run = %v restart_count %d (%s), want SUCCEEDED, 1", run.GetState(), run.GetRestartCount(), run.GetError())
+	}
+	if n := countItems(run, "per-item", batonv1.TaskState_TASK_STATE_SUCCEEDED); n != forEachItems {
+		t.Errorf("%d items succeeded after the restart, want all %d", n, forEachItems)
+	}
+	counts := itemRuns(c.ranIn("per-item", id))
+	total := 0
+	for _, n := range counts {
+		total += n
+	}
+	if want := forEachItems + 3*len(poisonItems); total != want {
+		t.Errorf("children ran %d times in all, want %d (the five fixed items once more)", total, want)
+	}
+	for _, it := range poisonItems {
+		if counts[it] != 4 {
+			t.Errorf("poison item %s ran %d times, want 4 (3 before the restart, 1 after)", it, counts[it])
+		}
+	}
+	restarted := 0
+	for _, a := range c.attempts(id, "per-item") {
+		if a.GetKind() == batonv1.AttemptKind_ATTEMPT_KIND_RESTART {
+			restarted++
+			if a.GetState() != batonv1.AttemptState_ATTEMPT_STATE_SUCCEEDED || a.GetRestart() != 1 {
+				t.Errorf("restart attempt %d of item %d = %v restart %d, want SUCCEEDED in generation 1",
+					a.GetId(), a.GetItemIndex(), a.GetState(), a.GetRestart())
+			}
+		}
+	}
+	if restarted != len(poisonItems) {
+		t.Errorf("%d RESTART attempts, want %d", restarted, len(poisonItems))
+	}
 }
