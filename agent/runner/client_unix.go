@@ -102,7 +102,7 @@ type Client struct {
 	conn      *cconn // nil while disconnected
 	connected chan struct{}
 	procs     map[int64]*Proc  // children of this version's runner, until they exit
-	otherRecs map[int64]string // record files of other versions' runners to remove on Confirm
+	otherRecs map[int64]string // attempt dirs of other versions' runners whose records go on Confirm
 	instance  string           // the runner process of the last welcome
 	closed    bool
 }
@@ -246,11 +246,11 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 // its exit record may go. Confirming twice, or an unknown id, is harmless.
 func (c *Client) Confirm(id int64) {
 	c.mu.Lock()
-	if path, ok := c.otherRecs[id]; ok {
+	if attDir, ok := c.otherRecs[id]; ok {
 		delete(c.otherRecs, id)
 		c.mu.Unlock()
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			c.log.Warn("cannot remove the record of another runner version", slog.String("path", path), slog.Any("error", err))
+		if err := removeRecord(attDir, id); err != nil {
+			c.log.Warn("cannot remove the record of another runner version", slog.Int64("attempt_id", id), slog.Any("error", err))
 		}
 		return
 	}
@@ -724,25 +724,24 @@ func (c *Client) others(at *Attachment) {
 		c.log.Info("found children of a runner of another version", slog.Int("version", v),
 			slog.Bool("runner_alive", live), slog.Int("records", len(recs)))
 		for id, rec := range recs {
-			path := recordPath(attDir, id)
 			switch {
 			case rec.Exited:
 				c.mu.Lock()
-				c.otherRecs[id] = path
+				c.otherRecs[id] = attDir
 				c.mu.Unlock()
 				at.Exited = append(at.Exited, rec)
 			case live:
 				p := newProc(c, id)
 				p.grace = rec.Grace
 				p.setStarted(rec.Pid, rec.PidStart, rec.BootID, rec.Start)
-				p.other = &otherRunner{record: path, lock: filepath.Join(dir, lockName)}
+				p.other = &otherRunner{attDir: attDir, lock: filepath.Join(dir, lockName)}
 				at.Running = append(at.Running, p)
 				c.wg.Add(1)
 				go c.watch(p)
 			default:
 				c.killOrphan(id, rec.Pid, rec.PidStart, rec.BootID)
 				c.mu.Lock()
-				c.otherRecs[id] = path
+				c.otherRecs[id] = attDir
 				c.mu.Unlock()
 				at.Orphaned = append(at.Orphaned, rec)
 			}
@@ -770,11 +769,11 @@ func (c *Client) watch(p *Proc) {
 		}
 		// Read after the lock test: a runner that wrote the exit and then
 		// exited is seen with its exit.
-		rec, err := readRecord(p.other.record, p.id)
+		rec, err := readRecordOf(p.other.attDir, p.id)
 		switch {
 		case err == nil && rec.Exited:
 			c.mu.Lock()
-			c.otherRecs[p.id] = p.other.record
+			c.otherRecs[p.id] = p.other.attDir
 			c.mu.Unlock()
 			p.finish(Result{Record: *rec})
 			return
@@ -787,7 +786,7 @@ func (c *Client) watch(p *Proc) {
 			p.mu.Unlock()
 			c.killOrphan(p.id, pid, pidStart, boot)
 			c.mu.Lock()
-			c.otherRecs[p.id] = p.other.record
+			c.otherRecs[p.id] = p.other.attDir
 			c.mu.Unlock()
 			p.lose(LostRunnerKilled)
 			return
@@ -797,7 +796,7 @@ func (c *Client) watch(p *Proc) {
 
 // otherRunner locates a child of a runner of another version.
 type otherRunner struct {
-	record string
+	attDir string
 	lock   string
 
 	mu        sync.Mutex

@@ -111,9 +111,13 @@ func (r *StartRequest) validate() error {
 }
 
 // Record is one child as the runner keeps it on disk, in the attempt
-// directory of its version: written when the child has started, replaced
-// (atomically) when it exited, removed when the agent confirmed the exit.
-// Agents of other versions read it, so fields are only ever added.
+// directory of its version: <id>.run is written when the child has
+// started, <id>.exit when it exited (then <id>.run goes), and <id>.exit is
+// removed when the agent confirmed the exit. Two names rather than one
+// file replaced in place: on ext4 a rename over an existing file forces
+// its data out at once, which costs several times more than a fresh name.
+// Agents of other versions read these files, so fields are only ever
+// added.
 type Record struct {
 	// ID is the attempt id.
 	ID int64 `json:"id"`
@@ -205,29 +209,78 @@ func versionOf(name string) (int, bool) {
 	return v, true
 }
 
-func recordPath(attDir string, id int64) string {
-	return filepath.Join(attDir, strconv.FormatInt(id, 10)+".json")
+// Record file suffixes.
+const (
+	runSuffix  = ".run"
+	exitSuffix = ".exit"
+)
+
+func runPath(attDir string, id int64) string {
+	return filepath.Join(attDir, strconv.FormatInt(id, 10)+runSuffix)
 }
 
-// writeRecord replaces rec's file atomically; with fsync it is flushed to
-// stable storage too.
+func exitPath(attDir string, id int64) string {
+	return filepath.Join(attDir, strconv.FormatInt(id, 10)+exitSuffix)
+}
+
+// writeRecord writes rec's file (<id>.exit once exited, <id>.run before)
+// atomically; with fsync it is flushed to stable storage too.
 func writeRecord(attDir string, rec *Record, fsync bool) error {
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode record %d: %w", rec.ID, err)
 	}
-	if err := writeFileAtomic(recordPath(attDir, rec.ID), data, fsync); err != nil {
+	path := runPath(attDir, rec.ID)
+	if rec.Exited {
+		path = exitPath(attDir, rec.ID)
+	}
+	if err := writeFileAtomic(path, data, fsync); err != nil {
 		return fmt.Errorf("write record %d: %w", rec.ID, err)
 	}
 	return nil
 }
 
-// removeRecord deletes id's record; a missing one is not an error.
-func removeRecord(attDir string, id int64) error {
-	if err := os.Remove(recordPath(attDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+// removeRun deletes id's running record once its exit is recorded.
+func removeRun(attDir string, id int64) error {
+	if err := os.Remove(runPath(attDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove record %d: %w", id, err)
 	}
 	return nil
+}
+
+// removeRecord deletes id's records; missing ones are not an error.
+func removeRecord(attDir string, id int64) error {
+	return errors.Join(
+		ignoreNotExist(os.Remove(exitPath(attDir, id))),
+		ignoreNotExist(os.Remove(runPath(attDir, id))))
+}
+
+func ignoreNotExist(err error) error {
+	if err == nil || errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// hasRecord reports whether any record of id is left.
+func hasRecord(attDir string, id int64) bool {
+	for _, p := range []string{exitPath(attDir, id), runPath(attDir, id)} {
+		if _, err := os.Stat(p); err == nil || !errors.Is(err, os.ErrNotExist) {
+			return true
+		}
+	}
+	return false
+}
+
+// readRecordOf reads id's record: the exit record when there is one, else
+// the running record. It returns an error wrapping os.ErrNotExist when
+// there is neither.
+func readRecordOf(attDir string, id int64) (*Record, error) {
+	rec, err := readRecord(exitPath(attDir, id), id)
+	if errors.Is(err, os.ErrNotExist) {
+		rec, err = readRecord(runPath(attDir, id), id)
+	}
+	return rec, err
 }
 
 // readRecords loads every record in attDir. Temp files left by a crash are
@@ -249,17 +302,26 @@ func readRecords(attDir string) (map[int64]*Record, []error) {
 			_ = os.Remove(path)
 			continue
 		}
-		idText, ok := strings.CutSuffix(name, ".json")
+		idText, suffix, ok := strings.Cut(name, ".")
 		id, err := strconv.ParseInt(idText, 10, 64)
-		if !ok || err != nil || id <= 0 {
+		if !ok || err != nil || id <= 0 || ("."+suffix != runSuffix && "."+suffix != exitSuffix) {
 			continue
+		}
+		if old, seen := recs[id]; seen && old.Exited {
+			continue // the exit record wins over the running one
 		}
 		rec, err := readRecord(path, id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		recs[id] = rec
+		if rec.Exited != ("."+suffix == exitSuffix) {
+			errs = append(errs, fmt.Errorf("record %s: exited is %v", path, rec.Exited))
+			continue
+		}
+		if old, seen := recs[id]; !seen || !old.Exited {
+			recs[id] = rec
+		}
 	}
 	return recs, errs
 }

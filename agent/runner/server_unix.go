@@ -294,7 +294,7 @@ func (s *server) idleLocked() bool {
 		case attStarting, attRunning:
 			return false
 		default:
-			if _, err := os.Stat(recordPath(s.attDir, id)); errors.Is(err, os.ErrNotExist) {
+			if !hasRecord(s.attDir, id) {
 				delete(s.atts, id)
 				continue
 			}
@@ -549,6 +549,8 @@ func (s *server) wait(a *ratt) {
 	if err := writeRecord(s.attDir, &rec, a.req.Fsync); err != nil {
 		s.log.Error("cannot record exit; it is only told to the attached agent",
 			slog.Int64("attempt_id", a.id), slog.Any("error", err))
+	} else if err := removeRun(s.attDir, a.id); err != nil {
+		s.log.Warn("cannot remove running record", slog.Int64("attempt_id", a.id), slog.Any("error", err))
 	}
 	s.mu.Lock()
 	a.rec, a.state, a.proc = rec, attExited, nil

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,16 +128,25 @@ func FuzzFrames(f *testing.F) {
 func TestRecords(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	rec := &Record{ID: 12, Pid: 345, PidStart: 678, BootID: "boot", Start: time.Date(2026, 11, 21, 1, 0, 0, 0, time.UTC),
+	start := time.Date(2026, 11, 21, 1, 0, 0, 0, time.UTC)
+	exited := &Record{ID: 12, Pid: 345, PidStart: 678, BootID: "boot", Start: start,
 		Exited: true, ExitCode: 3, Err: "exit status 3", StdoutTail: []byte("o\xff"), StdoutBytes: 2}
-	if err := writeRecord(dir, rec, true); err != nil {
-		t.Fatal(err)
+	running := &Record{ID: 16, Pid: 400, Start: start, Timeout: time.Minute}
+	for _, rec := range []*Record{
+		exited, running,
+		{ID: 12, Pid: 345, Start: start}, // the running record an exit record overrides
+	} {
+		if err := writeRecord(dir, rec, true); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Leftovers of a crash and foreign files.
 	for name, content := range map[string]string{
-		"13.json":         "{not json",
-		"14.json":         `{"id": 99}`,
-		"15.json.123.tmp": "partial",
+		"13.exit":         "{not json",
+		"14.run":          `{"id": 99}`,
+		"17.run":          `{"id": 17, "exited": true}`,
+		"15.exit.123.tmp": "partial",
+		"18.json":         `{"id": 18}`,
 		"notes.txt":       "x",
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
@@ -144,20 +154,35 @@ func TestRecords(t *testing.T) {
 		}
 	}
 	recs, errs := readRecords(dir)
-	if diff := cmp.Diff(map[int64]*Record{12: rec}, recs); diff != "" {
+	if diff := cmp.Diff(map[int64]*Record{12: exited, 16: running}, recs); diff != "" {
 		t.Errorf("readRecords mismatch (-want +got):\n%s", diff)
 	}
-	if len(errs) != 2 {
+	if len(errs) != 3 {
 		t.Errorf("readRecords errors = %v, want one for each bad record", errs)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "15.json.123.tmp")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, "15.exit.123.tmp")); !os.IsNotExist(err) {
 		t.Errorf("temp file not removed: %v", err)
+	}
+	if got, err := readRecordOf(dir, 12); err != nil || !got.Exited {
+		t.Errorf("readRecordOf(12) = %+v, %v; want the exit record", got, err)
+	}
+	if err := removeRun(dir, 12); err != nil {
+		t.Fatal(err)
+	}
+	if !hasRecord(dir, 12) {
+		t.Error("hasRecord(12) = false with its exit record left")
 	}
 	if err := removeRecord(dir, 12); err != nil {
 		t.Fatal(err)
 	}
 	if err := removeRecord(dir, 12); err != nil {
 		t.Errorf("removing a removed record = %v, want nil", err)
+	}
+	if hasRecord(dir, 12) {
+		t.Error("hasRecord(12) = true after removeRecord")
+	}
+	if _, err := readRecordOf(dir, 12); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("readRecordOf(12) after removal = %v, want ErrNotExist", err)
 	}
 }
 
