@@ -17,9 +17,11 @@ const (
 	chaosLinks  = 5
 	// chaosVictim is the agent the chaos test kills and starts again.
 	chaosVictim = "etl-2"
+	// chaosSlots is each agent's slots.
+	chaosSlots = 8
 )
 
-// chaosJob is 300 tasks: 60 chains of 5, each child sleeping 0.3 to 1 s.
+// chaosJob is 300 tasks: 60 chains of 5, each child sleeping 0.2 to 0.6 s.
 func chaosJob() string {
 	var b strings.Builder
 	b.WriteString("name: chaos\ntasks:\n")
@@ -29,7 +31,7 @@ func chaosJob() string {
 			if l > 0 {
 				needs = fmt.Sprintf(", needs: [c%02d-%d]", ch, l-1)
 			}
-			secs := float64(3+(ch*7+l*3)%8) / 10
+			secs := float64(2+(ch*7+l*3)%5) / 10
 			fmt.Fprintf(&b, "  - {name: c%02d-%d%s, run: [TASK, spawn, '0', '%.1f']}\n", ch, l, needs, secs)
 		}
 	}
@@ -55,7 +57,7 @@ func TestCrashResume(t *testing.T) {
 	// which is 0 at the first start only).
 	c := newCluster(t, withBatondFlags("--node-id", "chaos"))
 	for _, name := range []string{"etl-1", "etl-2", "etl-3"} {
-		c.agent(name, 6)
+		c.agent(name, chaosSlots)
 	}
 	c.waitAgents(3)
 	c.apply(chaosJob())
@@ -87,7 +89,7 @@ func TestCrashResume(t *testing.T) {
 				return false
 			}
 			snap = r
-			return doneTasks(r) >= p && inFlight(r, "") >= 6
+			return doneTasks(r) >= p && inFlight(r, "") >= chaosSlots
 		})
 		if i == agentAt {
 			waitFor(t, time.Minute, "children running on "+chaosVictim, func() bool {
@@ -106,7 +108,7 @@ func TestCrashResume(t *testing.T) {
 			}
 			t.Logf("killing agent %s with %d children running (%d tasks done)", chaosVictim, len(adopted), doneTasks(snap))
 			c.agents[chaosVictim].kill()
-			c.agent(chaosVictim, 6)
+			c.agent(chaosVictim, chaosSlots)
 			continue
 		}
 		n := inFlight(snap, "")
