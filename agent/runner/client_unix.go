@@ -653,6 +653,7 @@ func (c *Client) spawn(ctx context.Context) error {
 		args = append(args, "--protocol-version", strconv.Itoa(c.version))
 	}
 	cmd := exec.Command(c.cfg.Command[0], args...)
+	cmd.Args[0] = displayName(c.cfg.Command[0])
 	cmd.Env = c.cfg.Env
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logf, logf

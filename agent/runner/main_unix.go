@@ -97,6 +97,7 @@ func launch(args []string, readyFile *os.File) error {
 	}
 	argv := append(slices.Clone(os.Args[1:]), "--detached")
 	cmd := exec.Command(exe, argv...)
+	cmd.Args[0] = os.Args[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if readyFile != nil {
 		cmd.ExtraFiles = []*os.File{readyFile}
@@ -119,6 +120,17 @@ func Executable() (string, error) {
 		return self, nil
 	}
 	return os.Executable()
+}
+
+// displayName is what a process started from path shows as its argv[0]:
+// the program's own path rather than /proc/self/exe.
+func displayName(path string) string {
+	if path == "/proc/self/exe" {
+		if exe, err := os.Executable(); err == nil {
+			return exe
+		}
+	}
+	return path
 }
 
 // ready reports once on the ready descriptor and closes it.

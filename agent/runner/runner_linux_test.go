@@ -218,6 +218,7 @@ func TestTimeoutAndStartErrors(t *testing.T) {
 	if _, err := c.Start(t.Context(), shell(1, "true"), &captured{}); err == nil || !strings.Contains(err.Error(), "already known") {
 		t.Errorf("second Start of attempt 1 = %v, want a refusal", err)
 	}
+	c.Confirm(1) // so that the runner exits once idle
 }
 
 func TestKilledRunnerLosesAndKillsChildren(t *testing.T) {
@@ -238,12 +239,18 @@ func TestKilledRunnerLosesAndKillsChildren(t *testing.T) {
 	}
 	waitGone(t, child)
 	b.attachment(t) // the new runner
+	c.Confirm(1)    // the orphan's record
 	if got := b.runnerPid(t); got == runner {
 		t.Errorf("runner pid %d is the killed one", got)
 	}
-	if _, err := c.Start(t.Context(), shell(2, "true"), &captured{}); err != nil {
-		t.Errorf("Start after the runner died = %v, want nil", err)
+	p2, err := c.Start(t.Context(), shell(2, "true"), &captured{})
+	if err != nil {
+		t.Fatalf("Start after the runner died = %v, want nil", err)
 	}
+	if res := result(t, p2); res.ExitCode != 0 || res.Lost != "" {
+		t.Errorf("Result after the runner died = %+v, want exit 0", res)
+	}
+	c.Confirm(2)
 }
 
 func TestSecondRunnerIsBusy(t *testing.T) {
