@@ -26,12 +26,29 @@ type batch struct {
 	effects []func()
 	onFail  []func()
 	touched map[int64]struct{}
+	// ready lists instances that became ready in this batch. Those still
+	// not dispatched when the batch commits get their move to ready
+	// written then; the others were claimed straight from pending.
+	ready []*instRT
 }
 
 func newBatch() *batch { return &batch{touched: map[int64]struct{}{}} }
 
 func (b *batch) empty() bool {
-	return len(b.ops) == 0 && len(b.events) == 0 && len(b.logs) == 0 && len(b.effects) == 0
+	return len(b.ops) == 0 && len(b.events) == 0 && len(b.logs) == 0 && len(b.effects) == 0 && len(b.ready) == 0
+}
+
+// writeReady writes the moves to ready that no claim made unnecessary.
+func (s *Scheduler) writeReady() {
+	for _, in := range s.b.ready {
+		if !in.readyUnwritten {
+			continue
+		}
+		in.readyUnwritten = false
+		in.state = store.InstancePending
+		s.transition(in, store.InstanceReady, "", nil, 0)
+	}
+	s.b.ready = nil
 }
 
 func (s *Scheduler) write(o op) { s.b.ops = append(s.b.ops, o) }
@@ -54,6 +71,7 @@ func (s *Scheduler) event(e *store.Event) {
 
 // commit writes the batch in one transaction, then runs its effects.
 func (s *Scheduler) commit(ctx context.Context) error {
+	s.writeReady()
 	b := s.b
 	if b.empty() {
 		return nil

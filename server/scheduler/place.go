@@ -206,6 +206,8 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 		att.start.Item = itemText(in.itemValue)
 	}
 	kind := in.kind
+	claimFrom := []store.InstanceState{in.dbState()}
+	in.readyUnwritten = false
 	in.attempts++
 	in.live = att
 	in.agent = a.name
@@ -222,7 +224,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	ttl, restart := s.leaseTTL(), r.run.RestartCount
 	s.write(func(ctx context.Context, tx store.Store) error {
 		got, err := tx.AttemptClaim(ctx, &store.AttemptClaimParams{
-			InstanceID: in.id, Agent: a.name, Kind: kind, LeaseTTL: ttl, Restart: restart,
+			InstanceID: in.id, From: claimFrom, Agent: a.name, Kind: kind, LeaseTTL: ttl, Restart: restart,
 		})
 		if err != nil {
 			return err

@@ -161,7 +161,11 @@ func (s *Scheduler) apply(r *runRT, changes []engine.Change) {
 		in := t.inst
 		switch {
 		case ch.To == store.InstanceReady:
-			s.transition(in, store.InstanceReady, "", nil, 0)
+			// Written at commit unless it is dispatched first: then its
+			// claim moves it from pending in one statement.
+			in.state = store.InstanceReady
+			in.readyUnwritten = true
+			s.b.ready = append(s.b.ready, in)
 			s.ready(in)
 		case ch.To == store.InstanceRunning && ch.Items != nil:
 			s.expand(r, t, ch.Items)
@@ -175,8 +179,9 @@ func (s *Scheduler) apply(r *runRT, changes []engine.Change) {
 // state and, when fence is non-zero, by its latest attempt) and logs it; it
 // returns the event so callers can add to it.
 func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string, outputs map[string]string, fence int64) *store.Event {
-	from := in.state
+	from := in.dbState()
 	in.state = to
+	in.readyUnwritten = false
 	r := in.run
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.InstanceTransition(ctx, &store.InstanceTransitionParams{

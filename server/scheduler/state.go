@@ -62,6 +62,9 @@ type instRT struct {
 	agent string
 	// queued is true while the instance sits in a ready queue.
 	queued bool
+	// readyUnwritten is set while the instance is ready in memory but
+	// still pending in the store (see batch.ready).
+	readyUnwritten bool
 	seq    uint64
 	hidx   int
 }
@@ -104,6 +107,14 @@ func (s *Scheduler) graph(ctx context.Context, jobID int64, version int) (*engin
 }
 
 func (r *runRT) taskName(t int) string { return r.g.Nodes[t].Name }
+
+// dbState is the instance's state as the batch has written it so far.
+func (in *instRT) dbState() store.InstanceState {
+	if in.readyUnwritten {
+		return store.InstancePending
+	}
+	return in.state
+}
 
 // instance returns the in-memory instance of (task, item), or nil.
 func (r *runRT) instance(task, item int) *instRT {

@@ -49,6 +49,7 @@ type options struct {
 	noMigrate    bool
 	addrFile     string
 	nodeID       string
+	debugAddr    string
 	logLevel     string
 	logFormat    string
 }
@@ -68,6 +69,7 @@ var envs = map[string]string{
 	"no-migrate":    "BATON_NO_MIGRATE",
 	"addr-file":     "BATON_ADDR_FILE",
 	"node-id":       "BATON_NODE_ID",
+	"debug-addr":    "BATON_DEBUG_ADDR",
 	"log-level":     "BATON_LOG_LEVEL",
 	"log-format":    "BATON_LOG_FORMAT",
 }
@@ -118,6 +120,7 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a child")
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
 	sf.StringVar(&o.addrFile, "addr-file", "", "write the listening addresses as JSON to this file once serving")
+	sf.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's /debug/pprof/ profiles on this loopback address (off by default)")
 	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port)")
 
 	migrate := &cobra.Command{
@@ -203,6 +206,13 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.debugAddr != "" {
+		stop, err := serveDebug(o.debugAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	if o.addrFile != "" {
 		a := srv.Addrs()

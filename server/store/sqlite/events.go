@@ -5,13 +5,30 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/batonhq/baton/server/store"
 )
 
-const insertEvent = `
-	INSERT INTO events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message)
-	VALUES (@run, @at, @task, @item, @attempt, @run_state, @instance_state, @agent, @exit, @message)`
+// eventChunk is the most events one INSERT writes; eventColumns the
+// values each event binds.
+const (
+	eventChunk   = 64
+	eventColumns = 10
+)
+
+// insertEventSQL caches the INSERT text for each chunk size.
+var insertEventSQL [eventChunk + 1]string
+
+func init() {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?,", eventColumns), ",") + ")"
+	for n := 1; n <= eventChunk; n++ {
+		insertEventSQL[n] = "INSERT INTO events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message) VALUES " +
+			strings.TrimSuffix(strings.Repeat(row+",", n), ",")
+	}
+}
+
+func insertEventsSQL(n int) string { return insertEventSQL[n] }
 
 // EventAppend appends events to their runs' logs; see
 // [store.Store.EventAppend]. It sets each event's Cursor, and At when it
@@ -28,26 +45,37 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 	cursors := make([]int64, len(p.Events))
 	at := now()
 	err := s.write(ctx, func(tx *Store) error {
-		st, err := tx.stmt(ctx, insertEvent)
-		if err != nil {
-			return err
-		}
-		for i, e := range p.Events {
-			// Exec and LastInsertId, not RETURNING: RETURNING buffers its
-			// rows in a temporary table, and rows in a transaction cost a
-			// goroutine each in database/sql.
-			res, err := st.ExecContext(ctx, sql.Named("run", e.RunID), sql.Named("at", msOr(e.At, at)),
-				sql.Named("task", e.Task), sql.Named("item", e.Item), sql.Named("attempt", e.AttemptID),
-				sql.Named("run_state", string(e.RunState)), sql.Named("instance_state", string(e.InstanceState)),
-				sql.Named("agent", e.Agent), sql.Named("exit", intOrNil(e.ExitCode)), sql.Named("message", e.Message))
+		// Many rows per statement: one INSERT of up to eventChunk rows
+		// costs about as much as two single-row ones. Exec and
+		// LastInsertId, not RETURNING: RETURNING buffers its rows in a
+		// temporary table, and rows in a transaction cost a goroutine each
+		// in database/sql.
+		for start := 0; start < len(p.Events); start += eventChunk {
+			chunk := p.Events[start:min(start+eventChunk, len(p.Events))]
+			st, err := tx.stmt(ctx, insertEventsSQL(len(chunk)))
+			if err != nil {
+				return err
+			}
+			args := make([]any, 0, len(chunk)*eventColumns)
+			for _, e := range chunk {
+				args = append(args, e.RunID, msOr(e.At, at), e.Task, e.Item, e.AttemptID,
+					string(e.RunState), string(e.InstanceState), e.Agent, intOrNil(e.ExitCode), e.Message)
+			}
+			res, err := st.ExecContext(ctx, args...)
 			if isForeignKey(err) {
-				return fmt.Errorf("run %d: %w", e.RunID, store.ErrNotFound)
+				return fmt.Errorf("run %d or another of events[%d:%d]: %w", chunk[0].RunID, start, start+len(chunk), store.ErrNotFound)
 			}
 			if err != nil {
 				return err
 			}
-			if cursors[i], err = res.LastInsertId(); err != nil {
+			last, err := res.LastInsertId()
+			if err != nil {
 				return err
+			}
+			// The writer holds SQLite's write lock, so one statement's rows
+			// get consecutive rowids ending at the last one.
+			for i := range chunk {
+				cursors[start+i] = last - int64(len(chunk)-1-i)
 			}
 		}
 		return nil
