@@ -65,8 +65,8 @@ type instRT struct {
 	// readyUnwritten is set while the instance is ready in memory but
 	// still pending in the store (see batch.ready).
 	readyUnwritten bool
-	seq    uint64
-	hidx   int
+	seq            uint64
+	hidx           int
 }
 
 // attemptRT is a live attempt.
