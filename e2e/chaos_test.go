@@ -103,7 +103,7 @@ func runChaos(t *testing.T, killAgent bool) {
 				return false
 			}
 			snap = r
-			return doneTasks(r) >= p && inFlight(r, "") >= chaosSlots
+			return doneTasks(r) >= p && inFlight(r) >= chaosSlots
 		})
 		if i == agentAt {
 			waitFor(t, time.Minute, "children running on "+chaosVictim, func() bool {
@@ -125,7 +125,7 @@ func runChaos(t *testing.T, killAgent bool) {
 			c.agent(chaosVictim, chaosSlots)
 			continue
 		}
-		n := inFlight(snap, "")
+		n := inFlight(snap)
 		t.Logf("killing batond with %d attempts in flight (%d tasks done)", n, doneTasks(snap))
 		at := c.restartBatond()
 		restarts = append(restarts, restart{at: at, listening: time.Now(), inFlight: n})
@@ -252,14 +252,10 @@ func doneTasks(r *batonv1.Run) int {
 	return n
 }
 
-// inFlight counts a run's task instances dispatched or running (on agent,
-// or anywhere when agent is empty).
-func inFlight(r *batonv1.Run, agent string) int {
+// inFlight counts a run's task instances dispatched or running.
+func inFlight(r *batonv1.Run) int {
 	n := 0
 	for _, tr := range r.GetTasks() {
-		if agent != "" && tr.GetAgent() != agent {
-			continue
-		}
 		switch tr.GetState() {
 		case batonv1.TaskState_TASK_STATE_DISPATCHED, batonv1.TaskState_TASK_STATE_RUNNING:
 			n++

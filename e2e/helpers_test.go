@@ -23,8 +23,8 @@ import (
 // rpcTimeout bounds each unary call a test makes.
 const rpcTimeout = 30 * time.Second
 
-// runs returns the run service stub, for the calls the client library
-// does not wrap.
+// runs returns the generated run service stub: its errors are the bare
+// gRPC statuses the server sent.
 func (c *cluster) runs() batonv1.RunServiceClient {
 	return batonv1.NewRunServiceClient(c.c.Conn())
 }
