@@ -121,7 +121,7 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
 	sf.StringVar(&o.addrFile, "addr-file", "", "write the listening addresses as JSON to this file once serving")
 	sf.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's /debug/pprof/ profiles on this loopback address (off by default)")
-	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port)")
+	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port, or host:sqlite on the embedded store)")
 
 	migrate := &cobra.Command{
 		Use:   "migrate",
@@ -196,8 +196,14 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	node := o.nodeID
 	if node == "" {
 		host, _ := os.Hostname()
-		_, port, _ := net.SplitHostPort(o.grpcAddr)
-		node = host + ":" + port
+		if sqlitePath(o) != "" {
+			// The file lock above already makes this the only batond on the
+			// store, so a restarted one takes its lease back at once.
+			node = host + ":sqlite"
+		} else {
+			_, port, _ := net.SplitHostPort(o.grpcAddr)
+			node = host + ":" + port
+		}
 	}
 	srv, err := server.New(server.Config{
 		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
