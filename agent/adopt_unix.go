@@ -102,7 +102,13 @@ func (a *Agent) settle(r childRunner, res runner.Result) {
 	att := &attempt{id: id, received: start, started: start}
 	tf := a.outcome(att, res, newAttemptLogs(id, a.emitLog))
 	a.mu.Lock()
+	a.reporting[id]++
+	a.mu.Unlock()
 	err := a.journal.finish(tf)
+	a.mu.Lock()
+	if a.reporting[id]--; a.reporting[id] <= 0 {
+		delete(a.reporting, id)
+	}
 	s := a.sess
 	a.mu.Unlock()
 	if err != nil {

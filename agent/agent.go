@@ -140,12 +140,15 @@ type Agent struct {
 	mu       sync.Mutex
 	sess     *session           // the current session, nil while disconnected
 	attempts map[int64]*attempt // accepted attempts whose outcome is not yet journaled
-	draining bool               // no new work; set once, never cleared
-	stopping bool               // Run is waiting for attempt goroutines: adopt nothing more
-	drainCh  chan struct{}      // closed when draining starts
-	changed  chan struct{}      // signalled when an attempt ends
-	acked    chan struct{}      // signalled when outcomes are acknowledged
-	wg       sync.WaitGroup     // attempt goroutines
+	// reporting counts, by attempt id, outcomes being journaled that are
+	// not in attempts; their goroutines send them once journaled.
+	reporting map[int64]int
+	draining  bool           // no new work; set once, never cleared
+	stopping  bool           // Run is waiting for attempt goroutines: adopt nothing more
+	drainCh   chan struct{}  // closed when draining starts
+	changed   chan struct{}  // signalled when an attempt ends
+	acked     chan struct{}  // signalled when outcomes are acknowledged
+	wg        sync.WaitGroup // attempt goroutines
 
 	started   atomic.Bool
 	aborted   chan struct{}
@@ -230,6 +233,7 @@ func New(cfg Config) (*Agent, error) {
 		cwd:       cwd,
 		retryBase: time.Second,
 		attempts:  make(map[int64]*attempt),
+		reporting: make(map[int64]int),
 		drainCh:   make(chan struct{}),
 		changed:   make(chan struct{}, 1),
 		acked:     make(chan struct{}, 1),
@@ -310,6 +314,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("agent: Run called more than once")
 	}
 	defer a.release()
+	defer func() {
+		if err := a.journal.close(); err != nil {
+			a.log.WarnContext(ctx, "journal: cannot close", slog.Any("error", err))
+		}
+	}()
 	conn, err := client.Dial(a.cfg.Server)
 	if err != nil {
 		return fmt.Errorf("dial control plane: %w", err)

@@ -699,6 +699,9 @@ func TestAttemptRunningAtCrashIsNeverRestarted(t *testing.T) {
 	if err := j.begin(111, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	if err := j.close(); err != nil {
+		t.Fatal(err)
+	}
 
 	b.start(t, b.config())
 	s := b.srv.session(t)
@@ -745,6 +748,9 @@ func TestUnackedBeyondHelloBudgetFollowAsMessages(t *testing.T) {
 		if err := j.finish(tf); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := j.close(); err != nil {
+		t.Fatal(err)
 	}
 
 	b.start(t, b.config())

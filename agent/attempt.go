@@ -135,7 +135,6 @@ func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 		return
 	}
 	if state, tf, ok := a.journal.lookup(id); ok && state != stateRejected {
-		var err error
 		switch state {
 		case stateAbandoned:
 			now := timestamppb.Now()
@@ -147,25 +146,27 @@ func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 				StartTime: now,
 				EndTime:   now,
 			}
-			err = a.journal.finish(tf)
+			a.reportLocked(ctx, log, tf, "journal: cannot record outcome")
+			a.mu.Unlock()
 		case stateFinished:
+			if a.reporting[id] > 0 {
+				// Its reporter sends it once it is written.
+				a.mu.Unlock()
+				log.InfoContext(ctx, "ignoring repeated start_task", slog.String("state", "reporting"))
+				return
+			}
+			s := a.sess
+			a.mu.Unlock()
+			if s != nil {
+				s.send(finishedMsg(tf))
+			}
 		default:
-			tf = nil
-		}
-		s := a.sess
-		a.mu.Unlock()
-		if err != nil {
-			log.WarnContext(ctx, "journal: cannot record outcome", slog.Any("error", err))
-		}
-		if tf == nil {
+			a.mu.Unlock()
 			log.InfoContext(ctx, "ignoring repeated start_task", slog.String("state", string(state)))
 			return
 		}
 		log.InfoContext(ctx, "repeated start_task: reporting the known outcome", slog.String("state", string(state)),
 			slog.String("outcome", tf.GetOutcome().String()))
-		if s != nil {
-			s.send(finishedMsg(tf))
-		}
 		return
 	}
 	var reason string
@@ -195,16 +196,36 @@ func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 		StartTime: now,
 		EndTime:   now,
 	}
-	err := a.journal.finish(tf)
-	s := a.sess
+	a.reportLocked(ctx, log, tf, "journal: cannot record rejection")
 	a.mu.Unlock()
 	log.InfoContext(ctx, "rejected start_task", slog.String("reason", reason))
-	if err != nil {
-		log.WarnContext(ctx, "journal: cannot record rejection", slog.Any("error", err))
-	}
-	if s != nil {
-		s.send(finishedMsg(tf))
-	}
+}
+
+// reportLocked records tf in the journal at once and, on a goroutine of
+// its own, waits until it is written and sends it: the receive loop never
+// waits for the disk. The caller holds a.mu, so a repeated StartTask
+// handled next already finds tf in the journal.
+func (a *Agent) reportLocked(ctx context.Context, log *slog.Logger, tf *batonv1.TaskFinished, failMsg string) {
+	id := tf.GetAttemptId()
+	wait := a.journal.finishLater(tf)
+	a.reporting[id]++
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		err := wait()
+		a.mu.Lock()
+		if a.reporting[id]--; a.reporting[id] <= 0 {
+			delete(a.reporting, id)
+		}
+		s := a.sess
+		a.mu.Unlock()
+		if err != nil {
+			log.WarnContext(ctx, failMsg, slog.Any("error", err))
+		}
+		if s != nil {
+			s.send(finishedMsg(tf))
+		}
+	}()
 }
 
 // handleCancel stops an attempt's child: SIGTERM to its tree, SIGKILL
@@ -300,8 +321,10 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 		tf = a.execute(ctx, log, att)
 	}
 
-	a.mu.Lock()
+	// Journaled before it leaves a.attempts: until then a Hello lists it
+	// as running, not as an outcome, and it is sent below.
 	err := a.journal.finish(tf)
+	a.mu.Lock()
 	delete(a.attempts, att.id)
 	s := a.sess
 	a.mu.Unlock()

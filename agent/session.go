@@ -157,8 +157,11 @@ func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (
 }
 
 // register makes s the current session and returns the Hello for it. Both
-// happen under the lock that also covers journaling an outcome, so every
-// outcome either is listed in this Hello or is sent on s afterwards.
+// happen under a.mu: an outcome is listed only once it is journaled, and
+// not while the goroutine that journaled it has yet to take a.mu to pick
+// the session to send it on (its attempt is still in a.attempts, or its id
+// in a.reporting), so every outcome either is listed in this Hello or is
+// sent on s afterwards, not both.
 // Unacknowledged outcomes beyond helloBudget bytes are left out of the
 // Hello and returned as a backlog of TaskFinished messages to send right
 // after the Welcome, keeping the Hello well under gRPC's message limit;
@@ -179,6 +182,10 @@ func (a *Agent) register(s *session) (hello *batonv1.ConnectRequest, backlog []*
 	}
 	size := 0
 	for _, tf := range a.journal.unacked() {
+		if _, ok := a.attempts[tf.GetAttemptId()]; ok || a.reporting[tf.GetAttemptId()] > 0 {
+			// Its reporter sends it on this session once it has the lock.
+			continue
+		}
 		if size += proto.Size(tf); size <= helloBudget {
 			h.Unacked = append(h.Unacked, tf)
 		} else {
@@ -327,14 +334,11 @@ func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_Connec
 	}
 }
 
-// handleAck forgets acknowledged outcomes.
+// handleAck forgets acknowledged outcomes. It does not wait for the disk:
+// the journal writes the acknowledgements in the background, so the next
+// message is not held up behind journal I/O.
 func (a *Agent) handleAck(ctx context.Context, ack *batonv1.Ack) {
-	a.mu.Lock()
-	err := a.journal.ack(ack.GetAttemptIds())
-	a.mu.Unlock()
-	if err != nil {
-		a.log.WarnContext(ctx, "journal: cannot record acknowledgement", slog.Any("error", err))
-	}
+	a.journal.ack(ack.GetAttemptIds())
 	a.log.DebugContext(ctx, "outcomes acknowledged", slog.Any("attempt_ids", ack.GetAttemptIds()))
 	notify(a.acked)
 }
