@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -775,5 +776,55 @@ func TestUnackedBeyondHelloBudgetFollowAsMessages(t *testing.T) {
 			t.Errorf("attempt %d reported twice", tf.GetAttemptId())
 		}
 		got[tf.GetAttemptId()] = true
+	}
+}
+
+// TestReceiveLoopDoesNotWaitForTheJournal holds the journal's writes: an
+// Ack, and the messages after it, are still handled at once.
+func TestReceiveLoopDoesNotWaitForTheJournal(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release, done := releaseFile(t)
+	a := b.start(t, b.config())
+	s := b.srv.session(t)
+	s.startTask(t, b.task(1, "wait-file", "BATON_TEST_RELEASE", release))
+	s.started(t, 1)
+	s.startTask(t, b.task(2, "exit"))
+	s.finished(t, 2)
+
+	entered := make(chan struct{})
+	unblock := make(chan struct{})
+	var once sync.Once
+	a.journal.mu.Lock()
+	a.journal.testHookWrite = func(int) {
+		once.Do(func() {
+			close(entered)
+			<-unblock
+		})
+	}
+	a.journal.mu.Unlock()
+	s.startTask(t, b.task(3, "exit")) // its begin is held
+	select {
+	case <-entered:
+	case <-time.After(waitTimeout):
+		t.Fatal("the journal write of attempt 3 did not start")
+	}
+	s.ack(t, 2)
+	s.startTask(t, b.task(1, "wait-file", "BATON_TEST_RELEASE", release))
+	b.logs.wait(t, "ignoring repeated start_task", "attempt_id", "1", "state", "running")
+	if state, _, _ := a.journal.lookup(2); state != stateAcked {
+		t.Errorf("attempt 2 is %q while the journal is held, want acked", state)
+	}
+	close(unblock)
+	done()
+	outcomes := map[int64]batonv1.AttemptOutcome{}
+	s.until(t, "TaskFinished of attempts 1 and 3", func(m *batonv1.ConnectRequest) bool {
+		if tf := m.GetTaskFinished(); tf != nil {
+			outcomes[tf.GetAttemptId()] = tf.GetOutcome()
+		}
+		return len(outcomes) == 2
+	})
+	if want := map[int64]batonv1.AttemptOutcome{1: succeeded, 3: succeeded}; !cmp.Equal(want, outcomes) {
+		t.Errorf("outcomes = %v, want %v", outcomes, want)
 	}
 }
