@@ -795,14 +795,13 @@ func TestReceiveLoopDoesNotWaitForTheJournal(t *testing.T) {
 	entered := make(chan struct{})
 	unblock := make(chan struct{})
 	var once sync.Once
-	a.journal.mu.Lock()
-	a.journal.testHookWrite = func(int) {
+	a.journal.rlog.SetWriteHook(func(int) error {
 		once.Do(func() {
 			close(entered)
 			<-unblock
 		})
-	}
-	a.journal.mu.Unlock()
+		return nil
+	})
 	s.startTask(t, b.task(3, "exit")) // its begin is held
 	select {
 	case <-entered:

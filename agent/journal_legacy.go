@@ -27,21 +27,27 @@ type legacyRecord struct {
 	Updated time.Time       `json:"updated"`
 }
 
-// loadLegacy reads the journal files of the format before the log and
-// adds the attempts the log does not hold. It returns the names of the
-// files read, to be removed once the log holds their attempts. Temp files
-// of that format are removed; an unreadable record is logged and kept as
-// an abandoned tombstone when its file name still names the attempt.
-func (j *journal) loadLegacy() ([]string, error) {
+// legacyEntry is one journal file of the earlier format.
+type legacyEntry struct {
+	id  int64
+	rec *record // nil when the log holds the attempt already
+}
+
+// loadLegacy reads the journal files of the format before the log, by
+// file name. Attempts the log holds already (a migration that did not get
+// to remove the files) are left as the log has them. Temp files of that
+// format are removed; an unreadable record is logged and becomes an
+// abandoned tombstone when its file name still names the attempt.
+func (j *journal) loadLegacy() (map[string]legacyEntry, error) {
 	entries, err := os.ReadDir(j.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read journal dir: %w", err)
 	}
-	var names []string
+	legacy := make(map[string]legacyEntry)
 	for _, e := range entries {
 		name := e.Name()
 		path := filepath.Join(j.dir, name)
-		if name == journalLogName || name == journalCompactName {
+		if name == journalLogName {
 			continue
 		}
 		if strings.HasSuffix(name, ".tmp") {
@@ -56,9 +62,8 @@ func (j *journal) loadLegacy() ([]string, error) {
 			j.log.Warn("journal: skipping unknown entry", slog.String("path", path))
 			continue
 		}
-		names = append(names, name)
 		if _, inLog := j.recs[id]; inLog {
-			// Migrated before; the log has the newer state.
+			legacy[name] = legacyEntry{id: id}
 			continue
 		}
 		rec, err := readLegacyRecord(path, id)
@@ -68,23 +73,23 @@ func (j *journal) loadLegacy() ([]string, error) {
 			rec = &record{state: stateAbandoned, updated: j.now()}
 		}
 		rec.written = true
-		j.setLocked(id, rec)
+		legacy[name] = legacyEntry{id: id, rec: rec}
 	}
-	if len(names) > 0 {
-		j.log.Info("journal: migrating records of the earlier journal format into the log", slog.Int("records", len(names)))
+	if len(legacy) > 0 {
+		j.log.Info("journal: migrating records of the earlier journal format into the log", slog.Int("records", len(legacy)))
 	}
-	return names, nil
+	return legacy, nil
 }
 
 // removeLegacy removes migrated journal files; the log holds their
 // attempts now.
-func (j *journal) removeLegacy(names []string) error {
-	for _, name := range names {
+func (j *journal) removeLegacy(legacy map[string]legacyEntry) error {
+	for name := range legacy {
 		if err := os.Remove(filepath.Join(j.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove migrated journal file: %w", err)
 		}
 	}
-	if len(names) > 0 && j.fsync {
+	if j.fsync {
 		if err := syncDir(j.dir); err != nil {
 			return fmt.Errorf("sync journal dir: %w", err)
 		}

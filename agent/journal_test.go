@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/batonhq/baton/agent/internal/recordlog"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -41,11 +43,12 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 type journalBundle struct {
-	dir    string
-	clock  *fakeClock
-	logs   *logStore
-	logger *slog.Logger
-	fsync  bool
+	dir        string
+	clock      *fakeClock
+	logs       *logStore
+	logger     *slog.Logger
+	fsync      bool
+	compactMin int64
 }
 
 // setupJournal returns a bundle and a func that opens the bundle's journal
@@ -61,7 +64,7 @@ func setupJournal(t *testing.T) (*journalBundle, func(t *testing.T) *journal) {
 	}
 	open := func(t *testing.T) *journal {
 		t.Helper()
-		j, err := openJournal(b.dir, b.fsync, b.logger, b.clock.Now)
+		j, err := openJournalMin(b.dir, b.fsync, b.logger, b.clock.Now, b.compactMin)
 		if err != nil {
 			t.Fatalf("openJournal: %v", err)
 		}
@@ -88,23 +91,14 @@ func outcome(id int64, o batonv1.AttemptOutcome) *batonv1.TaskFinished {
 // flush waits until every queued record is written.
 func flush(t *testing.T, j *journal) {
 	t.Helper()
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.queued != nil {
-		if err := j.waitLocked(j.queued); err != nil {
-			t.Fatalf("journal write: %v", err)
-		}
+	if err := j.rlog.Sync(); err != nil {
+		t.Fatalf("journal write: %v", err)
 	}
 }
 
-// idle waits until no write and no background flusher is in progress.
-func idle(j *journal) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	for j.writing || j.flushing {
-		j.cond.Wait()
-	}
-}
+// entryLen is the size in the log of a record with an outcome of n
+// bytes.
+func entryLen(n int) int { return recordlog.FrameLen + recFixedLen + n }
 
 // closeJournal closes j, failing the test on an error.
 func closeJournal(t *testing.T, j *journal) {
@@ -272,13 +266,13 @@ func TestJournalPrunesOldTombstones(t *testing.T) {
 	if seen(j, 3) {
 		t.Error("attempt 3 still remembered after the retention")
 	}
-	j.mu.Lock()
-	err := j.compactLocked()
-	j.mu.Unlock()
-	if err != nil {
+	if err := j.rlog.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	closeJournal(t, j)
+	if bytes.Contains(logFile(t, b.dir), encodeEntry(kindOf[stateAcked], 3, time.Time{}, time.Time{}, nil)[:9]) {
+		t.Error("the pruned tombstone of attempt 3 is still in the log after a compaction")
+	}
 	j = open(t)
 	if diff := cmp.Diff(snapshot{2: "acked"}, stateOfJournal(j)); diff != "" {
 		t.Errorf("state after compaction mismatch (-want +got):\n%s", diff)
@@ -367,7 +361,7 @@ func TestJournalCrashAtEveryByte(t *testing.T) {
 		state snapshot
 		begun []int64
 	}
-	steps := []step{{end: len(logHeader), state: snapshot{}}}
+	steps := []step{{end: len(journalHeader), state: snapshot{}}}
 	var begun []int64
 	for _, op := range ops {
 		op.do(t, j)
@@ -417,7 +411,7 @@ func TestJournalCrashAtEveryByte(t *testing.T) {
 		}
 		closeJournal(t, cj)
 		// The torn tail is gone: the log reads cleanly and the same.
-		if n > len(logHeader) && n != steps[k].end {
+		if n > len(journalHeader) && n != steps[k].end {
 			if fixed := logFile(t, dir); len(fixed) > n {
 				t.Errorf("prefix %d: rewritten log is %d bytes, want at most %d", n, len(fixed), n)
 			}
@@ -449,7 +443,7 @@ func TestJournalTornTailIsLogged(t *testing.T) {
 		t.Fatal(err)
 	}
 	j = open(t)
-	b.logs.wait(t, "journal: dropping a torn record at the end of the log (a write cut short by a crash)")
+	b.logs.wait(t, "record log: dropping a torn record at the end (a write cut short by a crash)")
 	if diff := cmp.Diff(snapshot{1: "started"}, stateOfJournal(j)); diff != "" {
 		t.Errorf("state mismatch (-want +got):\n%s", diff)
 	}
@@ -485,56 +479,56 @@ func TestJournalSkipsCorruptRecords(t *testing.T) {
 	}{
 		{
 			name:    "a flipped bit in the middle record",
-			damage:  func(d []byte) []byte { d[ends[0]+recHeaderLen+3] ^= 0x10; return d },
+			damage:  func(d []byte) []byte { d[ends[0]+recordlog.FrameLen+3] ^= 0x10; return d },
 			want:    snapshot{1: "started", 3: "started"},
-			wantLog: "journal: skipping damaged bytes in the log; an attempt recorded there may be forgotten",
+			wantLog: "record log: skipping damaged bytes; what was recorded there is lost",
 		},
 		{
 			name:    "a broken length in the middle record",
 			damage:  func(d []byte) []byte { d[ends[0]+2] = 0xFF; return d },
 			want:    snapshot{1: "started", 3: "started"},
-			wantLog: "journal: skipping damaged bytes in the log; an attempt recorded there may be forgotten",
+			wantLog: "record log: skipping damaged bytes; what was recorded there is lost",
 		},
 		{
 			name: "a whole record of an unknown kind",
 			damage: func(d []byte) []byte {
-				bad := appendRecord(nil, 'Z', 7, time.Time{}, time.Time{}, nil)
+				bad := recordlog.AppendRecord(nil, encodeEntry('Z', 7, time.Time{}, time.Time{}, nil))
 				return slices.Concat(d[:ends[0]], bad, d[ends[0]:])
 			},
 			want:    snapshot{1: "started", 2: "started", 3: "started"},
-			wantLog: "journal: skipping an invalid record",
+			wantLog: "record log: skipping an invalid record",
 		},
 		{
 			name: "a finished record whose outcome is not a TaskFinished",
 			damage: func(d []byte) []byte {
-				bad := appendRecord(nil, 'F', 7, time.Time{}, time.Time{}, []byte{0xFF, 0xFF, 0xFF})
+				bad := recordlog.AppendRecord(nil, encodeEntry('F', 7, time.Time{}, time.Time{}, []byte{0xFF, 0xFF, 0xFF}))
 				return slices.Concat(d[:ends[0]], bad, d[ends[0]:])
 			},
 			want:    snapshot{1: "started", 2: "started", 3: "started"},
-			wantLog: "journal: skipping an invalid record",
+			wantLog: "record log: skipping an invalid record",
 		},
 		{
 			name: "an outcome naming another attempt",
 			damage: func(d []byte) []byte {
 				tf := outcome(8, succeeded)
 				raw, _ := proto.Marshal(tf)
-				bad := appendRecord(nil, 'F', 7, time.Time{}, time.Time{}, raw)
+				bad := recordlog.AppendRecord(nil, encodeEntry('F', 7, time.Time{}, time.Time{}, raw))
 				return slices.Concat(d[:ends[0]], bad, d[ends[0]:])
 			},
 			want:    snapshot{1: "started", 2: "started", 3: "started"},
-			wantLog: "journal: skipping an invalid record",
+			wantLog: "record log: skipping an invalid record",
 		},
 		{
 			name:    "garbage between records",
 			damage:  func(d []byte) []byte { return slices.Concat(d[:ends[1]], []byte("\xb7J garbage \xb7"), d[ends[1]:]) },
 			want:    snapshot{1: "started", 2: "started", 3: "started"},
-			wantLog: "journal: skipping damaged bytes in the log; an attempt recorded there may be forgotten",
+			wantLog: "record log: skipping damaged bytes; what was recorded there is lost",
 		},
 		{
 			name:    "a damaged file header",
 			damage:  func(d []byte) []byte { d[0] = 'X'; return d },
 			want:    snapshot{1: "started", 2: "started", 3: "started"},
-			wantLog: "journal: the log does not start with the journal header; reading what records it holds",
+			wantLog: "record log: the file does not start with the expected header; reading what records it holds",
 		},
 	}
 	for _, tc := range tests {
@@ -576,10 +570,8 @@ func TestJournalSkipsCorruptRecords(t *testing.T) {
 func TestJournalCompacts(t *testing.T) {
 	t.Parallel()
 	b, open := setupJournal(t)
+	b.compactMin = 4 << 10
 	j := open(t)
-	j.mu.Lock()
-	j.compactMin = 4 << 10
-	j.mu.Unlock()
 	big := outcome(0, succeeded)
 	big.StdoutTail = []byte(strings.Repeat("x", 2000))
 	const n = 200
@@ -593,11 +585,11 @@ func TestJournalCompacts(t *testing.T) {
 			t.Fatal(err)
 		}
 		j.ack([]int64{id})
-		idle(j)
+		j.rlog.Settle()
 		// 2 KB outcomes go through the log; what stays live is a
 		// tombstone per attempt.
 		size := len(logFile(t, b.dir))
-		if limit := 2*(int(id)*recordLen(0)+len(logHeader)) + 4<<10 + 2*recordLen(2100); size > limit {
+		if limit := 2*(int(id)*entryLen(0)+len(journalHeader)) + int(b.compactMin) + 2*entryLen(2100); size > limit {
 			t.Fatalf("log is %d bytes after %d attempts, want at most %d", size, id, limit)
 		}
 	}
@@ -623,10 +615,8 @@ func TestJournalConcurrentUse(t *testing.T) {
 			t.Parallel()
 			b, open := setupJournal(t)
 			b.fsync = fsync
+			b.compactMin = 2 << 10
 			j := open(t)
-			j.mu.Lock()
-			j.compactMin = 2 << 10
-			j.mu.Unlock()
 			const workers, per = 8, 40
 			var wg sync.WaitGroup
 			for w := range workers {
@@ -677,8 +667,7 @@ func TestJournalGroupCommit(t *testing.T) {
 	var writes []int
 	entered := make(chan struct{})
 	release := make(chan struct{})
-	j.mu.Lock()
-	j.testHookWrite = func(n int) {
+	j.rlog.SetWriteHook(func(n int) error {
 		mu.Lock()
 		writes = append(writes, n)
 		first := len(writes) == 1
@@ -687,8 +676,8 @@ func TestJournalGroupCommit(t *testing.T) {
 			close(entered)
 			<-release
 		}
-	}
-	j.mu.Unlock()
+		return nil
+	})
 
 	const n = 6
 	errs := make(chan error, n+1)
@@ -697,15 +686,11 @@ func TestJournalGroupCommit(t *testing.T) {
 	for id := int64(2); id <= n+1; id++ {
 		go func() { errs <- j.begin(id, time.Now()) }()
 	}
-	// Every begin has queued its record once the queue holds n of them.
+	// A begin queues its record under the journal's lock, in the step
+	// that makes its attempt known.
 	deadline := time.After(waitTimeout)
 	for {
-		j.mu.Lock()
-		queued := 0
-		if j.queued != nil {
-			queued = len(j.queued.recs)
-		}
-		j.mu.Unlock()
+		queued := len(stateOfJournal(j)) - 1
 		if queued == n {
 			break
 		}
@@ -726,7 +711,7 @@ func TestJournalGroupCommit(t *testing.T) {
 	mu.Lock()
 	got := slices.Clone(writes)
 	mu.Unlock()
-	if want := []int{recordLen(0), n * recordLen(0)}; !slices.Equal(got, want) {
+	if want := []int{entryLen(0), n * entryLen(0)}; !slices.Equal(got, want) {
 		t.Errorf("writes = %v bytes, want %v: the first begin, then the other %d in one", got, want, n)
 	}
 }
@@ -746,14 +731,13 @@ func TestJournalAckDoesNotWaitForTheDisk(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
-	j.mu.Lock()
-	j.testHookWrite = func(int) {
+	j.rlog.SetWriteHook(func(int) error {
 		once.Do(func() {
 			close(entered)
 			<-release
 		})
-	}
-	j.mu.Unlock()
+		return nil
+	})
 	began := make(chan error, 1)
 	go func() { began <- j.begin(2, b.clock.Now()) }()
 	<-entered
@@ -780,14 +764,13 @@ func TestJournalUnackedListsWrittenOutcomesOnly(t *testing.T) {
 	entered := make(chan struct{})
 	release := make(chan struct{})
 	var once sync.Once
-	j.mu.Lock()
-	j.testHookWrite = func(int) {
+	j.rlog.SetWriteHook(func(int) error {
 		once.Do(func() {
 			close(entered)
 			<-release
 		})
-	}
-	j.mu.Unlock()
+		return nil
+	})
 	wait := j.finishLater(outcome(1, rejected))
 	done := make(chan error, 1)
 	go func() { done <- wait() }()
@@ -814,10 +797,8 @@ func TestJournalWriteFailure(t *testing.T) {
 	if err := j.begin(1, b.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
-	// The log breaks under the journal.
-	j.mu.Lock()
-	j.f.Close()
-	j.mu.Unlock()
+	// The disk fails every write from now on.
+	j.rlog.SetWriteHook(func(int) error { return errors.New("disk on fire") })
 	if err := j.begin(2, b.clock.Now()); err == nil {
 		t.Fatal("begin(2) on a broken log = nil, want an error")
 	}
@@ -948,25 +929,26 @@ func TestJournalMigrationInterrupted(t *testing.T) {
 	}
 }
 
-// FuzzJournalReplay feeds arbitrary bytes to the log reader: it never
-// panics, and whatever it accepts re-encodes to a log it reads the same.
+// FuzzJournalReplay feeds arbitrary bytes to the journal's log reader: it
+// never panics, and whatever it accepts re-encodes to a log it reads the
+// same.
 func FuzzJournalReplay(f *testing.F) {
 	start := time.Date(2026, 11, 21, 1, 0, 0, 0, time.UTC)
 	raw, err := proto.Marshal(outcome(3, succeeded))
 	if err != nil {
 		f.Fatal(err)
 	}
-	valid := appendRecord(nil, 'B', 1, start, start, nil)
-	valid = appendRecord(valid, 'F', 3, start, start, raw)
-	valid = appendRecord(valid, 'A', 2, start, start, nil)
-	valid = appendRecord(valid, kindForget, 2, time.Time{}, start, nil)
+	valid := recordlog.AppendRecord(nil, encodeEntry('B', 1, start, start, nil))
+	valid = recordlog.AppendRecord(valid, encodeEntry('F', 3, start, start, raw))
+	valid = recordlog.AppendRecord(valid, encodeEntry('A', 2, start, start, nil))
+	valid = recordlog.AppendRecord(valid, encodeEntry(kindForget, 2, time.Time{}, start, nil))
 	f.Add(valid)
 	f.Add(valid[:len(valid)-3])
-	f.Add([]byte{recMagic0, recMagic1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0})
+	f.Add([]byte{0xB7, 0x4A, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		j := &journal{log: slog.New(slog.DiscardHandler), now: time.Now, recs: make(map[int64]*record)}
-		scanLog(data, j.replay, func(int, error) {})
+		j := &journal{recs: make(map[int64]*record)}
+		recordlog.Scan(data, func(body []byte, _ int) { _ = j.replay(body) })
 		var again []byte
 		for id, rec := range j.recs {
 			var d []byte
@@ -976,10 +958,14 @@ func FuzzJournalReplay(f *testing.F) {
 					t.Fatal(err)
 				}
 			}
-			again = appendRecord(again, kindOf[rec.state], id, rec.start, rec.updated, d)
+			again = recordlog.AppendRecord(again, encodeEntry(kindOf[rec.state], id, rec.start, rec.updated, d))
 		}
-		j2 := &journal{log: slog.New(slog.DiscardHandler), now: time.Now, recs: make(map[int64]*record)}
-		damage := scanLog(again, j2.replay, func(off int, err error) { t.Errorf("re-encoded record at %d rejected: %v", off, err) })
+		j2 := &journal{recs: make(map[int64]*record)}
+		damage := recordlog.Scan(again, func(body []byte, off int) {
+			if err := j2.replay(body); err != nil {
+				t.Errorf("re-encoded record at %d rejected: %v", off, err)
+			}
+		})
 		if len(damage) != 0 {
 			t.Errorf("re-encoded log has damage %v", damage)
 		}

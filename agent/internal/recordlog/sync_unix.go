@@ -1,0 +1,15 @@
+//go:build unix
+
+package recordlog
+
+import "os"
+
+// syncDir flushes a directory's entries (a rename) to stable storage.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
