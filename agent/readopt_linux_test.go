@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -116,10 +118,11 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // exitRecorded reports whether the runner of version v has recorded the
-// exit of attempt id.
+// exit of attempt id, and not had it confirmed yet.
 func exitRecorded(stateDir string, v int, id int64) bool {
-	_, err := os.Stat(filepath.Join(stateDir, "r"+strconv.Itoa(v), "att", strconv.FormatInt(id, 10)+".exit"))
-	return err == nil
+	recs, _ := runner.Recorded(stateDir, v)
+	rec, ok := recs[id]
+	return ok && rec.Exited
 }
 
 // pidOf returns the pid from a TaskStarted and makes sure the process is
@@ -232,7 +235,7 @@ func TestExitWhileNoAgentIsReportedByTheNextOne(t *testing.T) {
 
 	done()
 	waitGone(t, child)
-	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, 1, 211) })
+	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, runner.ProtocolVersion, 211) })
 
 	b.start(t, b.config())
 	s2 := b.srv.session(t)
@@ -249,7 +252,7 @@ func TestExitWhileNoAgentIsReportedByTheNextOne(t *testing.T) {
 		t.Errorf("Hello.unacked[0] = %v, want 211 SUCCEEDED with Status=done and stderr tail %q", tf, "finished alone\n")
 	}
 	// Journaled: the runner forgot it and exits once idle.
-	waitFor(t, "the exit record is removed", func() bool { return !exitRecorded(b.stateDir, 1, 211) })
+	waitFor(t, "the exit record is removed", func() bool { return !exitRecorded(b.stateDir, runner.ProtocolVersion, 211) })
 	s2.ack(t, 211)
 	b.logs.wait(t, "outcomes acknowledged")
 	if pids := runnerPids(t, b.stateDir); len(pids) != 1 || pids[0] != runnerPid {
@@ -273,7 +276,7 @@ func TestTimeoutHoldsWhileTheAgentIsDown(t *testing.T) {
 	// Nobody but the runner is there to stop the tree.
 	waitGone(t, child)
 	waitGone(t, gc)
-	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, 1, 221) })
+	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, runner.ProtocolVersion, 221) })
 
 	b.start(t, b.config())
 	s2 := b.srv.session(t)
@@ -455,4 +458,130 @@ func TestRunFailsWithoutARunner(t *testing.T) {
 	} else {
 		a2.release()
 	}
+}
+
+func init() {
+	// hold-lock plays a live runner of protocol version 1: it holds the
+	// lock file BATON_TEST_LOCK until BATON_TEST_RELEASE exists.
+	platformChildren["hold-lock"] = func() int {
+		f, err := os.OpenFile(os.Getenv("BATON_TEST_LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		lk := syscall.Flock_t{Type: syscall.F_WRLCK}
+		if err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Println("locked")
+		for {
+			if _, err := os.Stat(os.Getenv("BATON_TEST_RELEASE")); err == nil {
+				return 0
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// writeV1Record writes rec as a runner of protocol version 1 kept it: a
+// file of its own in the attempt directory.
+func writeV1Record(t *testing.T, stateDir string, rec *runner.Record) {
+	t.Helper()
+	attDir := filepath.Join(stateDir, "r1", "att")
+	if err := os.MkdirAll(attDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := strconv.FormatInt(rec.ID, 10) + ".run"
+	if rec.Exited {
+		name = strconv.FormatInt(rec.ID, 10) + ".exit"
+	}
+	tmp := filepath.Join(attDir, name+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(attDir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestChildrenOfAVersion1RunnerAreCollected upgrades from an agent whose
+// runner kept a file per record: the new agent reports the exits and
+// orphans of a dead version 1 runner, watches the child of a live one
+// until its exit file appears, and confirms each by removing its files.
+func TestChildrenOfAVersion1RunnerAreCollected(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	start := time.Now().Add(-time.Minute).UTC()
+	// A dead version 1 runner left an exit and an orphan.
+	writeV1Record(t, b.stateDir, &runner.Record{ID: 261, Pid: 1 << 22, Start: start, Exited: true, End: start.Add(time.Second),
+		ExitCode: 4, Err: "exit status 4", StderrTail: []byte("old exit\n"), StderrBytes: 9})
+	writeV1Record(t, b.stateDir, &runner.Record{ID: 262, Pid: 1 << 22, Start: start})
+
+	b.start(t, b.config())
+	s := b.srv.session(t)
+	got := map[int64]string{}
+	for _, tf := range s.hello.GetUnacked() {
+		got[tf.GetAttemptId()] = fmt.Sprintf("%v %d %s %q", tf.GetOutcome(), tf.GetExitCode(), tf.GetError(), tf.GetStderrTail())
+	}
+	want := map[int64]string{
+		261: fmt.Sprintf("%v 4 exit status 4 %q", failed, "old exit\n"),
+		262: fmt.Sprintf("%v -1 %s %q", failed, runner.LostRunnerKilled, ""),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Hello.unacked mismatch (-want +got):\n%s", diff)
+	}
+	waitFor(t, "the version 1 record files are removed", func() bool {
+		recs, err := runner.Recorded(b.stateDir, 1)
+		return err == nil && len(recs) == 0
+	})
+}
+
+func TestChildOfALiveVersion1RunnerIsWatched(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release, done := releaseFile(t)
+	lockPath := filepath.Join(b.stateDir, "r1", "lock")
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command(b.exe)
+	holder.Env = append(os.Environ(), "BATON_TEST_CHILD=hold-lock", "BATON_TEST_LOCK="+lockPath, "BATON_TEST_RELEASE="+release)
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		done()
+		_ = holder.Wait()
+	})
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "locked\n" {
+		t.Fatalf("lock holder said %q, %v; want locked", line, err)
+	}
+	start := time.Now().Add(-time.Second).UTC()
+	writeV1Record(t, b.stateDir, &runner.Record{ID: 271, Pid: holder.Process.Pid, Start: start})
+
+	b.start(t, b.config())
+	s := b.srv.session(t)
+	if r := s.hello.GetRunning(); len(r) != 1 || r[0].GetAttemptId() != 271 {
+		t.Fatalf("Hello.running = %v, want 271", r)
+	}
+	writeV1Record(t, b.stateDir, &runner.Record{ID: 271, Pid: holder.Process.Pid, Start: start, Exited: true,
+		End: time.Now().UTC(), ExitCode: 0, StdoutTail: []byte("done\n"), StdoutBytes: 5})
+	tf, _ := s.finished(t, 271)
+	if tf.GetOutcome() != succeeded || string(tf.GetStdoutTail()) != "done\n" {
+		t.Errorf("TaskFinished = %v, want SUCCEEDED with stdout tail %q", tf, "done\n")
+	}
+	waitFor(t, "the version 1 record files are removed", func() bool {
+		_, err := os.Stat(filepath.Join(b.stateDir, "r1", "att", "271.exit"))
+		return errors.Is(err, os.ErrNotExist)
+	})
 }

@@ -101,9 +101,9 @@ type Client struct {
 	mu        sync.Mutex
 	conn      *cconn // nil while disconnected
 	connected chan struct{}
-	procs     map[int64]*Proc  // children of this version's runner, until they exit
-	otherRecs map[int64]string // attempt dirs of other versions' runners whose records go on Confirm
-	instance  string           // the runner process of the last welcome
+	procs     map[int64]*Proc // children of this version's runner, until they exit
+	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
+	instance  string          // the runner process of the last welcome
 	closed    bool
 }
 
@@ -152,7 +152,7 @@ func Open(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		stop:      make(chan struct{}),
 		connected: make(chan struct{}),
 		procs:     make(map[int64]*Proc),
-		otherRecs: make(map[int64]string),
+		otherRecs: make(map[int64]store),
 	}
 	cc, w, err := c.connect(ctx)
 	if err != nil {
@@ -246,11 +246,11 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 // its exit record may go. Confirming twice, or an unknown id, is harmless.
 func (c *Client) Confirm(id int64) {
 	c.mu.Lock()
-	if attDir, ok := c.otherRecs[id]; ok {
+	if st, ok := c.otherRecs[id]; ok {
 		delete(c.otherRecs, id)
 		c.mu.Unlock()
-		if err := removeRecord(attDir, id); err != nil {
-			c.log.Warn("cannot remove the record of another runner version", slog.Int64("attempt_id", id), slog.Any("error", err))
+		if err := st.confirm(id); err != nil {
+			c.log.Warn("cannot confirm the record of another runner version", slog.Int64("attempt_id", id), slog.Any("error", err))
 		}
 		return
 	}
@@ -709,8 +709,11 @@ func (c *Client) others(at *Attachment) {
 			continue
 		}
 		dir := filepath.Join(c.cfg.StateDir, e.Name())
-		attDir := filepath.Join(dir, attDirName)
-		recs, errs := readRecords(attDir)
+		st := storeOf(dir)
+		if st == nil {
+			continue
+		}
+		recs, errs := st.read()
 		for _, err := range errs {
 			c.log.Error("unreadable record of another runner version; its outcome is lost", slog.Any("error", err))
 		}
@@ -728,21 +731,21 @@ func (c *Client) others(at *Attachment) {
 			switch {
 			case rec.Exited:
 				c.mu.Lock()
-				c.otherRecs[id] = attDir
+				c.otherRecs[id] = st
 				c.mu.Unlock()
 				at.Exited = append(at.Exited, rec)
 			case live:
 				p := newProc(c, id)
 				p.grace = rec.Grace
 				p.setStarted(rec.Pid, rec.PidStart, rec.BootID, rec.Start)
-				p.other = &otherRunner{attDir: attDir, lock: filepath.Join(dir, lockName)}
+				p.other = &otherRunner{store: st, lock: filepath.Join(dir, lockName)}
 				at.Running = append(at.Running, p)
 				c.wg.Add(1)
 				go c.watch(p)
 			default:
 				c.killOrphan(id, rec.Pid, rec.PidStart, rec.BootID)
 				c.mu.Lock()
-				c.otherRecs[id] = attDir
+				c.otherRecs[id] = st
 				c.mu.Unlock()
 				at.Orphaned = append(at.Orphaned, rec)
 			}
@@ -770,15 +773,16 @@ func (c *Client) watch(p *Proc) {
 		}
 		// Read after the lock test: a runner that wrote the exit and then
 		// exited is seen with its exit.
-		rec, err := readRecordOf(p.other.attDir, p.id)
+		recs, errs := p.other.store.read()
+		rec, ok := recs[p.id]
 		switch {
-		case err == nil && rec.Exited:
+		case ok && rec.Exited:
 			c.mu.Lock()
-			c.otherRecs[p.id] = p.other.attDir
+			c.otherRecs[p.id] = p.other.store
 			c.mu.Unlock()
 			p.finish(Result{Record: *rec})
 			return
-		case errors.Is(err, os.ErrNotExist):
+		case !ok && len(errs) == 0:
 			p.lose("outcome unknown: the record of the agent's older runner vanished")
 			return
 		case !live:
@@ -787,7 +791,7 @@ func (c *Client) watch(p *Proc) {
 			p.mu.Unlock()
 			c.killOrphan(p.id, pid, pidStart, boot)
 			c.mu.Lock()
-			c.otherRecs[p.id] = p.other.attDir
+			c.otherRecs[p.id] = p.other.store
 			c.mu.Unlock()
 			p.lose(LostRunnerKilled)
 			return
@@ -797,8 +801,8 @@ func (c *Client) watch(p *Proc) {
 
 // otherRunner locates a child of a runner of another version.
 type otherRunner struct {
-	attDir string
-	lock   string
+	store store
+	lock  string
 
 	mu        sync.Mutex
 	killTimer *time.Timer

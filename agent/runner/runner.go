@@ -38,8 +38,10 @@ import (
 
 // ProtocolVersion is the version of the agent-runner protocol this
 // package speaks. Runners of different versions keep apart: each version
-// has its own directory, lock and socket in the state directory.
-const ProtocolVersion = 1
+// has its own directory, lock and socket in the state directory. Version
+// 1 kept a file per child record (<id>.run, <id>.exit); version 2 keeps
+// them in one record log.
+const ProtocolVersion = 2
 
 const (
 	// DefaultIdleExit is how long a runner with no agent attached, no
@@ -110,14 +112,11 @@ func (r *StartRequest) validate() error {
 	return nil
 }
 
-// Record is one child as the runner keeps it on disk, in the attempt
-// directory of its version: <id>.run is written when the child has
-// started, <id>.exit when it exited (then <id>.run goes), and <id>.exit is
-// removed when the agent confirmed the exit. Two names rather than one
-// file replaced in place: on ext4 a rename over an existing file forces
-// its data out at once, which costs several times more than a fresh name.
-// Agents of other versions read these files, so fields are only ever
-// added.
+// Record is one child as the runner keeps it on disk, in the record log
+// of its version's directory: a record when the child has started, another
+// when it exited, and a confirmation when the agent has journaled the
+// exit (see records.go). Agents of other versions read these records, so
+// fields are only ever added.
 type Record struct {
 	// ID is the attempt id.
 	ID int64 `json:"id"`
@@ -183,8 +182,14 @@ const (
 	lockName    = "lock"
 	sockName    = "sock"
 	sockDirName = "sockdir" // holds the socket's directory when the path would be too long
-	logName     = "log"
-	attDirName  = "att"
+	logName     = "log"     // the runner's own log (text)
+	// recordsName is the record log of the runner's children (version 2
+	// on), and confirmedName where agents of other versions confirm exits
+	// they collected from it.
+	recordsName   = "records"
+	confirmedName = "confirmed"
+	// attDirName holds the record files of a version 1 runner.
+	attDirName = "att"
 	// maxSockPath is below the smallest sun_path of the supported
 	// systems (104 bytes on macOS, 108 on Linux, each with its NUL).
 	maxSockPath = 100
@@ -209,7 +214,11 @@ func versionOf(name string) (int, bool) {
 	return v, true
 }
 
-// Record file suffixes.
+// The runners of protocol version 1 kept each child's record in a file of
+// its own in the attempt directory: <id>.run once the child had started,
+// <id>.exit once it had exited (then <id>.run went), both removed when the
+// exit was confirmed. An agent still reads them to collect the children
+// of such a runner.
 const (
 	runSuffix  = ".run"
 	exitSuffix = ".exit"
@@ -223,32 +232,7 @@ func exitPath(attDir string, id int64) string {
 	return filepath.Join(attDir, strconv.FormatInt(id, 10)+exitSuffix)
 }
 
-// writeRecord writes rec's file (<id>.exit once exited, <id>.run before)
-// atomically; with fsync it is flushed to stable storage too.
-func writeRecord(attDir string, rec *Record, fsync bool) error {
-	data, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encode record %d: %w", rec.ID, err)
-	}
-	path := runPath(attDir, rec.ID)
-	if rec.Exited {
-		path = exitPath(attDir, rec.ID)
-	}
-	if err := writeFileAtomic(path, data, fsync); err != nil {
-		return fmt.Errorf("write record %d: %w", rec.ID, err)
-	}
-	return nil
-}
-
-// removeRun deletes id's running record once its exit is recorded.
-func removeRun(attDir string, id int64) error {
-	if err := os.Remove(runPath(attDir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove record %d: %w", id, err)
-	}
-	return nil
-}
-
-// removeRecord deletes id's records; missing ones are not an error.
+// removeRecord deletes id's record files; missing ones are not an error.
 func removeRecord(attDir string, id int64) error {
 	return errors.Join(
 		ignoreNotExist(os.Remove(exitPath(attDir, id))),
@@ -262,29 +246,9 @@ func ignoreNotExist(err error) error {
 	return err
 }
 
-// hasRecord reports whether any record of id is left.
-func hasRecord(attDir string, id int64) bool {
-	for _, p := range []string{exitPath(attDir, id), runPath(attDir, id)} {
-		if _, err := os.Stat(p); err == nil || !errors.Is(err, os.ErrNotExist) {
-			return true
-		}
-	}
-	return false
-}
-
-// readRecordOf reads id's record: the exit record when there is one, else
-// the running record. It returns an error wrapping os.ErrNotExist when
-// there is neither.
-func readRecordOf(attDir string, id int64) (*Record, error) {
-	rec, err := readRecord(exitPath(attDir, id), id)
-	if errors.Is(err, os.ErrNotExist) {
-		rec, err = readRecord(runPath(attDir, id), id)
-	}
-	return rec, err
-}
-
-// readRecords loads every record in attDir. Temp files left by a crash are
-// removed; bad files are returned as errors next to the good records.
+// readRecords loads every record file in attDir. Temp files left by a
+// crash are removed; bad files are returned as errors next to the good
+// records.
 func readRecords(attDir string) (map[int64]*Record, []error) {
 	entries, err := os.ReadDir(attDir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -310,7 +274,7 @@ func readRecords(attDir string) (map[int64]*Record, []error) {
 		if old, seen := recs[id]; seen && old.Exited {
 			continue // the exit record wins over the running one
 		}
-		rec, err := readRecord(path, id)
+		rec, err := readRecordFile(path, id)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -326,7 +290,7 @@ func readRecords(attDir string) (map[int64]*Record, []error) {
 	return recs, errs
 }
 
-func readRecord(path string, id int64) (*Record, error) {
+func readRecordFile(path string, id int64) (*Record, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read record %d: %w", id, err)

@@ -189,9 +189,9 @@ func TestChildLifecycleAcrossClients(t *testing.T) {
 	c2.Confirm(2)
 	c2.Close()
 	waitGone(t, runner)
-	recs, errs := readRecords(filepath.Join(versionDir(b.stateDir, ProtocolVersion), attDirName))
-	if len(recs) != 0 || len(errs) != 0 {
-		t.Errorf("records left after confirming: %v %v", recs, errs)
+	recs, err := Recorded(b.stateDir, ProtocolVersion)
+	if len(recs) != 0 || err != nil {
+		t.Errorf("records left after confirming: %v %v", recs, err)
 	}
 }
 

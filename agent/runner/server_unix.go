@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/batonhq/baton/agent/internal/recordlog"
 	"github.com/batonhq/baton/agent/process"
 )
 
@@ -28,7 +30,12 @@ const (
 	// outputBudget is how many bytes of output may wait for the agent
 	// before the children's output is held back.
 	outputBudget = 256 << 10
+	// copyBufSize is the buffer a child's stream is read with.
+	copyBufSize = 32 << 10
 )
+
+// copyBufs recycles the buffers children's streams are read with.
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
 
 // serverConfig configures a runner process.
 type serverConfig struct {
@@ -75,10 +82,15 @@ type ratt struct {
 type server struct {
 	cfg      serverConfig
 	log      *slog.Logger
-	attDir   string
+	dir      string // this version's directory
 	instance string
 	changed  chan struct{}
 	wg       sync.WaitGroup
+	records  *recordlog.Log
+	// confirmedOff is how far the confirmation file of agents of other
+	// versions has been read; only waitIdle's goroutine uses it after
+	// load.
+	confirmedOff int64
 
 	mu      sync.Mutex
 	conn    *sconn // the attached agent, nil when none
@@ -102,13 +114,13 @@ func serve(ctx context.Context, cfg serverConfig) error {
 	s := &server{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		attDir:   filepath.Join(dir, attDirName),
+		dir:      dir,
 		instance: rand.Text(),
 		changed:  make(chan struct{}, 1),
 		atts:     make(map[int64]*ratt),
 		open:     make(map[net.Conn]struct{}),
 	}
-	if err := os.MkdirAll(s.attDir, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create runner dir: %w", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
@@ -119,7 +131,14 @@ func serve(ctx context.Context, cfg serverConfig) error {
 	if err := lockFile(lock); err != nil {
 		return err
 	}
-	s.load()
+	if err := s.load(); err != nil {
+		return err
+	}
+	defer func() {
+		if err := s.records.Close(); err != nil {
+			s.log.Error("cannot close the record log", slog.Any("error", err))
+		}
+	}()
 	ln, cleanup, err := listen(dir)
 	if err != nil {
 		return err
@@ -179,17 +198,44 @@ func serve(ctx context.Context, cfg serverConfig) error {
 		_ = p.Kill()
 	}
 	s.wg.Wait()
+	s.foreignConfirms()
+	s.mu.Lock()
+	left := len(s.atts)
+	s.mu.Unlock()
+	if left == 0 {
+		// Every confirmation in it is applied.
+		_ = os.Remove(filepath.Join(dir, confirmedName))
+	}
 	s.log.Info("runner stopped")
 	return nil
 }
 
-// load takes over the records of an earlier runner process: exits not yet
-// confirmed, and children that were running when it was killed.
-func (s *server) load() {
-	recs, errs := readRecords(s.attDir)
-	for _, err := range errs {
-		s.log.Error("unreadable record; its outcome is lost", slog.Any("error", err))
+// load opens the record log and takes over the records of an earlier
+// runner process: exits not yet confirmed, and children that were running
+// when it was killed.
+func (s *server) load() error {
+	recs := recordSet{}
+	rl, err := recordlog.Open(filepath.Join(s.dir, recordsName), recordlog.Options{
+		Header:   recordsHeader,
+		Classify: classifyRecord,
+		Logger:   s.log,
+	}, recs.replay)
+	if err != nil {
+		return fmt.Errorf("open records: %w", err)
 	}
+	s.records = rl
+	ids, next, err := readConfirmed(filepath.Join(s.dir, confirmedName), 0)
+	if err != nil {
+		s.log.Warn("cannot read confirmations of other agent versions", slog.Any("error", err))
+	}
+	s.confirmedOff = next
+	for _, id := range ids {
+		if _, ok := recs[id]; ok {
+			delete(recs, id)
+			s.recordConfirmed(id)
+		}
+	}
+	s.records.Flush()
 	for id, rec := range recs {
 		a := &ratt{id: id, rec: *rec, state: attExited}
 		if !rec.Exited {
@@ -197,6 +243,44 @@ func (s *server) load() {
 			s.log.Warn("child of a killed runner: its outcome is unknown", slog.Int64("attempt_id", id), slog.Int("pid", rec.Pid))
 		}
 		s.atts[id] = a
+	}
+	return nil
+}
+
+// record appends rec's record of the given kind to the record log and
+// waits until it is written (and flushed, with fsync).
+func (s *server) record(kind byte, rec *Record, fsync bool) error {
+	body, err := encodeRecord(kind, rec.ID, rec)
+	if err != nil {
+		return err
+	}
+	return s.records.Queue(fsync, body).Wait()
+}
+
+// recordConfirmed queues the record that forgets attempt id; nobody waits
+// for it (a lost confirmation only makes the exit be listed once more).
+func (s *server) recordConfirmed(id int64) {
+	body, err := encodeRecord(recConfirmed, id, nil)
+	if err == nil {
+		s.records.Queue(false, body)
+	}
+}
+
+// foreignConfirms applies the confirmations agents of other versions
+// appended to the confirmation file since it was last read.
+func (s *server) foreignConfirms() {
+	path := filepath.Join(s.dir, confirmedName)
+	if st, err := os.Stat(path); err != nil || st.Size() == s.confirmedOff {
+		return
+	}
+	ids, next, err := readConfirmed(path, s.confirmedOff)
+	if err != nil {
+		s.log.Warn("cannot read confirmations of other agent versions", slog.Any("error", err))
+		return
+	}
+	s.confirmedOff = next
+	if len(ids) > 0 {
+		s.confirm(ids)
 	}
 }
 
@@ -265,6 +349,7 @@ func (s *server) waitIdle(ctx context.Context) {
 			s.mu.Unlock()
 			return
 		case <-tick.C:
+			s.foreignConfirms()
 		case <-s.changed:
 		}
 		s.mu.Lock()
@@ -282,26 +367,9 @@ func (s *server) waitIdle(ctx context.Context) {
 }
 
 // idleLocked reports whether no agent is attached, no child runs and no
-// exit waits for confirmation. An exit whose record an agent removed
-// itself (one of another version) counts as confirmed.
+// exit waits for confirmation.
 func (s *server) idleLocked() bool {
-	if s.conn != nil {
-		return false
-	}
-	idle := true
-	for id, a := range s.atts {
-		switch a.state {
-		case attStarting, attRunning:
-			return false
-		default:
-			if !hasRecord(s.attDir, id) {
-				delete(s.atts, id)
-				continue
-			}
-			idle = false
-		}
-	}
-	return idle
+	return s.conn == nil && len(s.atts) == 0
 }
 
 func (s *server) notify() {
@@ -371,6 +439,7 @@ func (s *server) serveConn(nc net.Conn) {
 		s.log.Error("cannot encode welcome", slog.Any("error", err))
 		c.close()
 	}
+	c.flush()
 	if old != nil {
 		old.close()
 	}
@@ -378,11 +447,6 @@ func (s *server) serveConn(nc net.Conn) {
 	s.log.Info("agent attached", slog.Int("running", len(w.Running)), slog.Int("exits", len(w.Exits)),
 		slog.Int("orphans", len(w.Orphans)))
 
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		c.writeLoop()
-	}()
 	err = s.readLoop(c, br)
 	c.close()
 	s.mu.Lock()
@@ -448,17 +512,20 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 	}
 }
 
-// reply sends a control frame to the attached agent, if any.
-func (s *server) replyLocked(f *frame) {
+// replyLocked queues a control frame for the attached agent, if any, and
+// returns its connection, to be flushed once mu is released; nil when no
+// agent is attached.
+func (s *server) replyLocked(f *frame) *sconn {
 	if s.conn == nil {
-		return
+		return nil
 	}
 	b, err := encodeJSON(f)
 	if err != nil {
 		s.log.Error("cannot encode message", slog.Any("error", err))
-		return
+		return nil
 	}
 	s.conn.control(b)
+	return s.conn
 }
 
 // start starts a child and records it.
@@ -466,8 +533,9 @@ func (s *server) start(req *StartRequest) {
 	log := s.log.With(slog.Int64("attempt_id", req.ID))
 	fail := func(msg string) {
 		s.mu.Lock()
-		s.replyLocked(&frame{Started: &started{ID: req.ID, Err: msg}})
+		c := s.replyLocked(&frame{Started: &started{ID: req.ID, Err: msg}})
 		s.mu.Unlock()
+		c.flush()
 	}
 	if err := req.validate(); err != nil {
 		fail(err.Error())
@@ -493,8 +561,9 @@ func (s *server) start(req *StartRequest) {
 	if err != nil {
 		s.mu.Lock()
 		delete(s.atts, req.ID)
-		s.replyLocked(&frame{Started: &started{ID: req.ID, Err: err.Error()}})
+		c := s.replyLocked(&frame{Started: &started{ID: req.ID, Err: err.Error()}})
 		s.mu.Unlock()
+		c.flush()
 		s.notify()
 		return
 	}
@@ -505,7 +574,7 @@ func (s *server) start(req *StartRequest) {
 	}
 	// Without the record a later runner cannot tell the agent about this
 	// child if this runner is killed; the agent still knows its pid.
-	if err := writeRecord(s.attDir, &rec, false); err != nil {
+	if err := s.record(recStarted, &rec, false); err != nil {
 		log.Warn("cannot record started child", slog.Any("error", err))
 	}
 
@@ -516,8 +585,9 @@ func (s *server) start(req *StartRequest) {
 	}
 	pending := a.pending
 	a.pending = nil
-	s.replyLocked(&frame{Started: &started{ID: req.ID, Pid: rec.Pid, PidStart: pidStart, BootID: rec.BootID, Start: rec.Start}})
+	c := s.replyLocked(&frame{Started: &started{ID: req.ID, Pid: rec.Pid, PidStart: pidStart, BootID: rec.BootID, Start: rec.Start}})
 	s.mu.Unlock()
+	c.flush()
 	if pending != nil {
 		s.apply(a, pending)
 	}
@@ -546,17 +616,18 @@ func (s *server) wait(a *ratt) {
 	rec.StderrTail, rec.StderrBytes = a.errs.tail()
 	// Durable before anyone is told: an agent killed now learns the exit
 	// from the record.
-	if err := writeRecord(s.attDir, &rec, a.req.Fsync); err != nil {
+	if err := s.record(recExited, &rec, a.req.Fsync); err != nil {
 		s.log.Error("cannot record exit; it is only told to the attached agent",
 			slog.Int64("attempt_id", a.id), slog.Any("error", err))
-	} else if err := removeRun(s.attDir, a.id); err != nil {
-		s.log.Warn("cannot remove running record", slog.Int64("attempt_id", a.id), slog.Any("error", err))
 	}
 	s.mu.Lock()
 	a.rec, a.state, a.proc = rec, attExited, nil
-	s.replyLocked(&frame{Exit: &rec})
+	c := s.replyLocked(&frame{Exit: &rec})
 	s.mu.Unlock()
-	s.notify()
+	c.flush()
+	if c == nil {
+		s.notify()
+	}
 }
 
 // timeout stops a's child unless the agent asked for a signal first.
@@ -615,22 +686,25 @@ func (s *server) apply(a *ratt, sig *signal) {
 	}
 }
 
-// confirm forgets exits the agent has journaled and removes their records.
+// confirm forgets exits the agent has journaled and records that in the
+// background. Only a runner with no agent attached may become idle by it,
+// so only then is its idle wait woken.
 func (s *server) confirm(ids []int64) {
+	s.mu.Lock()
 	for _, id := range ids {
-		s.mu.Lock()
 		a := s.atts[id]
-		if a != nil && (a.state == attStarting || a.state == attRunning) {
-			s.mu.Unlock()
+		if a == nil || a.state == attStarting || a.state == attRunning {
 			continue
 		}
 		delete(s.atts, id)
-		s.mu.Unlock()
-		if err := removeRecord(s.attDir, id); err != nil {
-			s.log.Warn("cannot remove confirmed record", slog.Int64("attempt_id", id), slog.Any("error", err))
-		}
+		s.recordConfirmed(id)
 	}
-	s.notify()
+	attached := s.conn != nil
+	s.mu.Unlock()
+	s.records.Flush()
+	if !attached {
+		s.notify()
+	}
 }
 
 // streamSink is a child's stdout or stderr in the runner: it keeps the
@@ -661,22 +735,50 @@ func (w *streamSink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// ReadFrom copies the child's stream to w with a recycled buffer, so that
+// a child costs no fresh buffer per stream (os/exec copies through
+// io.Copy, which uses ReadFrom).
+func (w *streamSink) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBufs.Get().(*[copyBufSize]byte)
+	defer copyBufs.Put(buf)
+	var total int64
+	for {
+		n, err := r.Read(buf[:])
+		if n > 0 {
+			_, _ = w.Write(buf[:n])
+			total += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 func (w *streamSink) tail() ([]byte, int64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return lastBytes(w.buf), w.total
 }
 
-// sconn is an attached agent's connection. Frames go out in order through
-// one writer goroutine; output waits while outputBudget bytes of output
-// are queued, control frames never wait.
+// sconn is an attached agent's connection. Frames go out in the order
+// they are queued. There is no writer goroutine: whoever queues a frame
+// while no write is in progress writes the queue itself (flush), so a
+// frame costs no hand-off between goroutines. Output waits while
+// outputBudget bytes of output are queued; control frames never wait to
+// be queued, and are queued under the server's lock and flushed after it
+// is released.
 type sconn struct {
 	nc net.Conn
 
 	mu       sync.Mutex
-	cond     *sync.Cond
+	cond     *sync.Cond // broadcast when output was written or the conn closed
 	queue    [][]byte
+	spare    [][]byte
 	outBytes int
+	writing  bool
 	closed   bool
 }
 
@@ -686,52 +788,47 @@ func newSconn(nc net.Conn) *sconn {
 	return c
 }
 
+// control queues a control frame; the caller flushes it.
 func (c *sconn) control(b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		return
+	if !c.closed {
+		c.queue = append(c.queue, b)
 	}
-	c.queue = append(c.queue, b)
-	c.cond.Broadcast()
 }
 
+// output queues an output frame, waiting while too much output is
+// queued, and flushes.
 func (c *sconn) output(b []byte) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for c.outBytes >= outputBudget && !c.closed {
 		c.cond.Wait()
 	}
 	if c.closed {
+		c.mu.Unlock()
 		return
 	}
 	c.queue = append(c.queue, b)
 	c.outBytes += len(b)
-	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.flush()
 }
 
-func (c *sconn) close() {
+// flush writes what is queued, unless another goroutine is writing (it
+// writes it then). It may block on a full socket. c may be nil.
+func (c *sconn) flush() {
+	if c == nil {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed = true
-		c.nc.Close()
-		c.cond.Broadcast()
+	if c.writing {
+		return
 	}
-}
-
-func (c *sconn) writeLoop() {
-	for {
-		c.mu.Lock()
-		for len(c.queue) == 0 && !c.closed {
-			c.cond.Wait()
-		}
-		if c.closed {
-			c.mu.Unlock()
-			return
-		}
+	c.writing = true
+	for len(c.queue) > 0 && !c.closed {
 		batch := c.queue
-		c.queue = nil
+		c.queue = c.spare[:0]
 		c.mu.Unlock()
 		out := 0
 		for _, b := range batch {
@@ -741,13 +838,29 @@ func (c *sconn) writeLoop() {
 		}
 		bufs := net.Buffers(batch)
 		_, err := bufs.WriteTo(c.nc)
+		clear(batch)
 		c.mu.Lock()
+		c.spare = batch[:0]
 		c.outBytes -= out
 		c.cond.Broadcast()
-		c.mu.Unlock()
 		if err != nil {
-			c.close()
-			return
+			c.closeLocked()
 		}
+	}
+	c.writing = false
+}
+
+func (c *sconn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked()
+}
+
+func (c *sconn) closeLocked() {
+	if !c.closed {
+		c.closed = true
+		c.queue = nil
+		c.nc.Close()
+		c.cond.Broadcast()
 	}
 }

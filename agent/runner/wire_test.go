@@ -4,7 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/batonhq/baton/agent/internal/recordlog"
 )
 
 func TestFrameRoundTrip(t *testing.T) {
@@ -125,7 +127,27 @@ func FuzzFrames(f *testing.F) {
 	})
 }
 
-func TestRecords(t *testing.T) {
+// writeV1Record writes rec's record file as a runner of protocol version
+// 1 did: <id>.run while running, <id>.exit once exited.
+func writeV1Record(t *testing.T, attDir string, rec *Record) {
+	t.Helper()
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := runPath(attDir, rec.ID)
+	if rec.Exited {
+		path = exitPath(attDir, rec.ID)
+	}
+	if err := os.MkdirAll(attDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestV1RecordFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	start := time.Date(2026, 11, 21, 1, 0, 0, 0, time.UTC)
@@ -136,9 +158,7 @@ func TestRecords(t *testing.T) {
 		exited, running,
 		{ID: 12, Pid: 345, Start: start}, // the running record an exit record overrides
 	} {
-		if err := writeRecord(dir, rec, true); err != nil {
-			t.Fatal(err)
-		}
+		writeV1Record(t, dir, rec)
 	}
 	// Leftovers of a crash and foreign files.
 	for name, content := range map[string]string{
@@ -153,37 +173,119 @@ func TestRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	recs, errs := readRecords(dir)
+	st := fileStore{attDir: dir}
+	recs, errs := st.read()
 	if diff := cmp.Diff(map[int64]*Record{12: exited, 16: running}, recs); diff != "" {
-		t.Errorf("readRecords mismatch (-want +got):\n%s", diff)
+		t.Errorf("read mismatch (-want +got):\n%s", diff)
 	}
 	if len(errs) != 3 {
-		t.Errorf("readRecords errors = %v, want one for each bad record", errs)
+		t.Errorf("read errors = %v, want one for each bad record", errs)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "15.exit.123.tmp")); !os.IsNotExist(err) {
 		t.Errorf("temp file not removed: %v", err)
 	}
-	if got, err := readRecordOf(dir, 12); err != nil || !got.Exited {
-		t.Errorf("readRecordOf(12) = %+v, %v; want the exit record", got, err)
+	for range 2 {
+		if err := st.confirm(12); err != nil {
+			t.Errorf("confirm(12) = %v, want nil also the second time", err)
+		}
 	}
-	if err := removeRun(dir, 12); err != nil {
-		t.Fatal(err)
+	if recs, _ := st.read(); recs[12] != nil {
+		t.Errorf("record 12 still read after confirm: %+v", recs[12])
 	}
-	if !hasRecord(dir, 12) {
-		t.Error("hasRecord(12) = false with its exit record left")
+}
+
+func TestRecordLog(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2026, 11, 21, 1, 0, 0, 0, time.UTC)
+	running := &Record{ID: 5, Pid: 50, PidStart: 9, BootID: "boot", Start: start, Timeout: time.Minute}
+	exited := &Record{ID: 6, Pid: 60, Start: start, Exited: true, ExitCode: 1, Err: "exit status 1", StderrTail: []byte("e\xff")}
+	body := func(kind byte, id int64, rec *Record) []byte {
+		b, err := encodeRecord(kind, id, rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	}
-	if err := removeRecord(dir, 12); err != nil {
-		t.Fatal(err)
-	}
-	if err := removeRecord(dir, 12); err != nil {
-		t.Errorf("removing a removed record = %v, want nil", err)
-	}
-	if hasRecord(dir, 12) {
-		t.Error("hasRecord(12) = true after removeRecord")
-	}
-	if _, err := readRecordOf(dir, 12); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("readRecordOf(12) after removal = %v, want ErrNotExist", err)
-	}
+	t.Run("replay", func(t *testing.T) {
+		t.Parallel()
+		set := recordSet{}
+		for _, b := range [][]byte{
+			body(recStarted, 5, running),
+			body(recStarted, 6, &Record{ID: 6, Pid: 60, Start: start}),
+			body(recExited, 6, exited),
+			body(recStarted, 7, &Record{ID: 7}),
+			body(recConfirmed, 7, nil),
+		} {
+			if err := set.replay(b); err != nil {
+				t.Fatalf("replay: %v", err)
+			}
+		}
+		if diff := cmp.Diff(recordSet{5: running, 6: exited}, set); diff != "" {
+			t.Errorf("replayed set mismatch (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("invalid records", func(t *testing.T) {
+		t.Parallel()
+		for name, b := range map[string][]byte{
+			"short":                  {recStarted, 0, 0},
+			"zero id":                body(recConfirmed, 0, nil)[:9],
+			"unknown kind":           append([]byte{'Q'}, body(recConfirmed, 1, nil)[1:]...),
+			"not json":               append(body(recConfirmed, 1, nil)[:9:9], "{"...),
+			"id mismatch":            body(recStarted, 2, &Record{ID: 3}),
+			"exit without exited":    body(recExited, 4, &Record{ID: 4}),
+			"confirmation with body": append(body(recConfirmed, 1, nil), '{'),
+		} {
+			if err := (recordSet{}).replay(b); err == nil {
+				t.Errorf("replay of the %s record = nil, want an error", name)
+			}
+			if _, a := classifyRecord(b); a != recordlog.Skip {
+				t.Errorf("classifyRecord of the %s record = %v, want Skip", name, a)
+			}
+		}
+	})
+	t.Run("store of another version", func(t *testing.T) {
+		t.Parallel()
+		stateDir := t.TempDir()
+		dir := versionDir(stateDir, 9)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		data := []byte(recordsHeader)
+		for _, b := range [][]byte{body(recStarted, 5, running), body(recExited, 6, exited), []byte("junk")} {
+			data = recordlog.AppendRecord(data, b)
+		}
+		if err := os.WriteFile(filepath.Join(dir, recordsName), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := Recorded(stateDir, 9)
+		if err == nil {
+			t.Error("Recorded with an invalid record = nil error, want one")
+		}
+		if diff := cmp.Diff(map[int64]*Record{5: running, 6: exited}, recs); diff != "" {
+			t.Errorf("Recorded mismatch (-want +got):\n%s", diff)
+		}
+		st := storeOf(dir)
+		if _, ok := st.(logStore); !ok {
+			t.Fatalf("storeOf = %T, want logStore", st)
+		}
+		if err := st.confirm(6); err != nil {
+			t.Fatal(err)
+		}
+		recs, _ = st.read()
+		if _, ok := recs[6]; ok || recs[5] == nil {
+			t.Errorf("after confirming 6, read = %v, want only 5", recs)
+		}
+		ids, next, err := readConfirmed(filepath.Join(dir, confirmedName), 0)
+		if err != nil || len(ids) != 1 || ids[0] != 6 {
+			t.Errorf("readConfirmed = %v, %v; want [6]", ids, err)
+		}
+		if ids, _, _ := readConfirmed(filepath.Join(dir, confirmedName), next); len(ids) != 0 {
+			t.Errorf("readConfirmed from %d = %v, want nothing new", next, ids)
+		}
+		if recs, err := Recorded(stateDir, 10); recs != nil || err != nil {
+			t.Errorf("Recorded of a version without a directory = %v, %v; want nothing", recs, err)
+		}
+	})
 }
 
 func TestAppendTail(t *testing.T) {

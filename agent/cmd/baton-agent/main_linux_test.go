@@ -5,11 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -60,7 +62,7 @@ func processAlive(pid int) bool {
 // runnerPid returns the pid of the runner of state: the holder of its lock.
 func runnerPid(t *testing.T, state string) int {
 	t.Helper()
-	f, err := os.Open(filepath.Join(state, "r1", "lock"))
+	f, err := os.Open(filepath.Join(state, "r"+strconv.Itoa(runner.ProtocolVersion), "lock"))
 	if err != nil {
 		t.Fatal(err)
 	}
