@@ -60,6 +60,9 @@ const (
 // defaultHeartbeat is used when a Welcome names no heartbeat interval.
 const defaultHeartbeat = 10 * time.Second
 
+// maxSpareOutputs bounds the empty output files kept for reuse.
+const maxSpareOutputs = 256
+
 // errStateDirInUse is returned by New when another agent holds the state
 // directory.
 var errStateDirInUse = errors.New("state dir is in use by another agent process")
@@ -123,6 +126,7 @@ type Agent struct {
 	bootID   string
 	env      []string
 	outDir   string
+	outputs  *outputFiles
 	journal  *journal
 	release  func() // unlocks the state dir
 	cwd      string // the children's working directory when the task names none
@@ -228,6 +232,7 @@ func New(cfg Config) (*Agent, error) {
 		bootID:    rand.Text(),
 		env:       env,
 		outDir:    outDir,
+		outputs:   newOutputFiles(outDir, min(cfg.Slots, maxSpareOutputs)),
 		journal:   j,
 		release:   release,
 		cwd:       cwd,

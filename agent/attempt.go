@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -508,10 +507,10 @@ func (a *Agent) outPath(id int64) string {
 	return filepath.Join(a.outDir, strconv.FormatInt(id, 10))
 }
 
-// removeOutput removes attempt id's $BATON_OUTPUT file once its outcome is
-// journaled.
+// removeOutput releases attempt id's $BATON_OUTPUT file once its outcome
+// is journaled.
 func (a *Agent) removeOutput(id int64) {
-	if err := os.Remove(a.outPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := a.outputs.release(a.outPath(id)); err != nil {
 		a.log.Warn("cannot remove output file", slog.Int64("attempt_id", id), slog.Any("error", err))
 	}
 }
@@ -570,7 +569,7 @@ func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 	}
 
 	outPath := a.outPath(att.id)
-	if err := os.WriteFile(outPath, nil, 0o600); err != nil {
+	if err := a.outputs.create(outPath); err != nil {
 		return nil, fmt.Errorf("create output file: %w", err)
 	}
 
