@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,12 +106,19 @@ type Client struct {
 	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
 	instance  string          // the runner process of the last welcome
 	closed    bool
+	// baseEnv is the environment runners this client starts get, and
+	// baseID its envDigest.
+	baseEnv []string
+	baseID  string
 }
 
 // cconn is one connection to the runner.
 type cconn struct {
 	nc net.Conn
 	br *bufio.Reader
+	// envBase says the runner's environment is the client's base
+	// environment: starts may send only what follows it.
+	envBase bool
 }
 
 // write sends one frame; the caller holds Client.mu.
@@ -153,7 +161,12 @@ func Open(ctx context.Context, cfg ClientConfig) (*Client, error) {
 		connected: make(chan struct{}),
 		procs:     make(map[int64]*Proc),
 		otherRecs: make(map[int64]store),
+		baseEnv:   cfg.Env,
 	}
+	if c.baseEnv == nil {
+		c.baseEnv = os.Environ()
+	}
+	c.baseID = envDigest(c.baseEnv)
 	cc, w, err := c.connect(ctx)
 	if err != nil {
 		return nil, err
@@ -193,10 +206,6 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 	}
 	p := newProc(c, req.ID)
 	p.sink, p.grace = sink, req.Grace
-	b, err := encodeJSON(&frame{Start: req})
-	if err != nil {
-		return nil, err
-	}
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -217,6 +226,11 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 	if _, ok := c.procs[req.ID]; ok {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("runner: attempt %d is already running", req.ID)
+	}
+	b, err := encodeJSON(&frame{Start: c.startMsg(req, c.conn)})
+	if err != nil {
+		c.mu.Unlock()
+		return nil, err
 	}
 	c.procs[req.ID] = p
 	// Written under mu, so a reattach sees either no request or a sent
@@ -240,6 +254,18 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		return nil, errors.New(startErr)
 	}
 	return p, nil
+}
+
+// startMsg returns req as sent on cc: when the runner's environment is
+// the base environment and req's starts with it, only the rest is sent.
+func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
+	base := c.baseEnv
+	if !cc.envBase || len(req.Env) < len(base) || !slices.Equal(req.Env[:len(base)], base) {
+		return &startMsg{StartRequest: req}
+	}
+	short := *req
+	short.Env = req.Env[len(base):]
+	return &startMsg{StartRequest: &short, EnvBase: true}
 }
 
 // Confirm tells the runner that the outcome of attempt id is journaled:
@@ -621,7 +647,7 @@ func (c *Client) dial() (*cconn, *welcome, error) {
 		return nil, nil, errors.New("read welcome: not a welcome of this protocol version")
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &cconn{nc: nc, br: br}, f.Welcome, nil
+	return &cconn{nc: nc, br: br, envBase: f.Welcome.EnvDigest == c.baseID}, f.Welcome, nil
 }
 
 // spawn starts a runner process and waits until it listens. It returns

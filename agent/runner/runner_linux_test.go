@@ -10,11 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/batonhq/baton/agent/process"
 )
@@ -49,6 +52,7 @@ type testBundle struct {
 	stateDir string
 	exe      string
 	attached chan *Attachment
+	env      []string // the runner's environment; nil is the test's
 }
 
 func setup(t *testing.T) *testBundle {
@@ -63,10 +67,14 @@ func setup(t *testing.T) *testBundle {
 // open opens a client that starts the test binary as its runner.
 func (b *testBundle) open(t *testing.T) *Client {
 	t.Helper()
+	env := b.env
+	if env == nil {
+		env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	}
 	c, err := Open(t.Context(), ClientConfig{
 		StateDir: b.stateDir,
 		Command:  []string{b.exe, "runner"},
-		Env:      append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
+		Env:      env,
 		IdleExit: 100 * time.Millisecond,
 		Attached: func(_ *Client, at *Attachment) { b.attached <- at },
 	})
@@ -409,4 +417,73 @@ func TestOpenValidates(t *testing.T) {
 			t.Errorf("Open(%+v) = nil error, want one", cfg)
 		}
 	}
+}
+
+// TestChildEnvironment checks that a child gets exactly the environment
+// asked for, whether the start sends only what follows the runner's own
+// environment (a runner started with the client's) or all of it (a
+// runner started by a client with another environment).
+func TestChildEnvironment(t *testing.T) {
+	t.Parallel()
+	envPath, err := exec.LookPath("env")
+	if err != nil {
+		t.Skip("no env command")
+	}
+	b := setup(t)
+	b.env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "TEST_BASE=first")
+	run := func(t *testing.T, c *Client, id int64, env []string) (sentBase bool) {
+		t.Helper()
+		req := &StartRequest{ID: id, Path: envPath, Argv: []string{"env"}, Env: env, Dir: "/"}
+		c.mu.Lock()
+		sentBase = c.startMsg(req, c.conn).EnvBase
+		c.mu.Unlock()
+		out := &captured{}
+		p, err := c.Start(t.Context(), req, out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := result(t, p); res.ExitCode != 0 {
+			t.Fatalf("env exited %d: %s", res.ExitCode, res.Err)
+		}
+		got := strings.Split(strings.TrimSuffix(out.text(Stdout), "\n"), "\n")
+		if diff := cmp.Diff(env, got); diff != "" {
+			t.Errorf("child environment mismatch (-want +got):\n%s", diff)
+		}
+		c.Confirm(id)
+		return sentBase
+	}
+
+	c := b.open(t)
+	b.attachment(t)
+	if !run(t, c, 1, append(slices.Clip(b.env), "TEST_TASK=one")) {
+		t.Error("a start on the runner this client started sent the whole environment, want only the rest")
+	}
+	if run(t, c, 2, []string{"ONLY=this"}) {
+		t.Error("a start whose environment does not begin with the base sent only a part")
+	}
+	// Kept busy, the runner is still there for a client with another
+	// environment.
+	sleeper, err := c.Start(t.Context(), shell(3, "exec sleep 60"), &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runner := b.runnerPid(t)
+	c.Close()
+	b.env = append(slices.Clip(b.env), "TEST_OTHER=second")
+	c2 := b.open(t)
+	at := b.attachment(t)
+	if got := b.runnerPid(t); got != runner {
+		t.Fatalf("runner pid %d, want the same runner %d", got, runner)
+	}
+	if run(t, c2, 4, append(slices.Clip(b.env), "TEST_TASK=four")) {
+		t.Error("a start on a runner with another environment sent only a part")
+	}
+	if len(at.Running) != 1 || at.Running[0].ID() != sleeper.ID() {
+		t.Fatalf("Attachment.Running = %+v, want the sleeper", at.Running)
+	}
+	if err := at.Running[0].Kill(""); err != nil {
+		t.Fatal(err)
+	}
+	result(t, at.Running[0])
+	c2.Confirm(3)
 }

@@ -82,7 +82,9 @@ type ratt struct {
 type server struct {
 	cfg      serverConfig
 	log      *slog.Logger
-	dir      string // this version's directory
+	env      []string // the runner's environment, the base of children's
+	envID    string   // its envDigest
+	dir      string   // this version's directory
 	instance string
 	changed  chan struct{}
 	wg       sync.WaitGroup
@@ -115,11 +117,13 @@ func serve(ctx context.Context, cfg serverConfig) error {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		dir:      dir,
+		env:      os.Environ(),
 		instance: rand.Text(),
 		changed:  make(chan struct{}, 1),
 		atts:     make(map[int64]*ratt),
 		open:     make(map[net.Conn]struct{}),
 	}
+	s.envID = envDigest(s.env)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create runner dir: %w", err)
 	}
@@ -460,7 +464,7 @@ func (s *server) serveConn(nc net.Conn) {
 
 // welcomeLocked lists what the runner holds.
 func (s *server) welcomeLocked() *welcome {
-	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance}
+	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID}
 	for _, a := range s.atts {
 		rec := a.rec
 		switch a.state {
@@ -497,10 +501,17 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 		}
 		switch {
 		case f.Start != nil:
+			req := f.Start.StartRequest
+			if req == nil {
+				return errors.New("start message without a request")
+			}
+			if f.Start.EnvBase {
+				req.Env = append(slices.Clip(s.env), req.Env...)
+			}
 			s.wg.Add(1)
 			go func() {
 				defer s.wg.Done()
-				s.start(f.Start)
+				s.start(req)
 			}()
 		case f.Signal != nil:
 			s.signal(f.Signal)

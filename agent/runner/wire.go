@@ -2,7 +2,9 @@ package runner
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,13 +31,13 @@ const (
 
 // frame is one control message; exactly one field is set.
 type frame struct {
-	Hello   *hello        `json:"hello,omitempty"`
-	Welcome *welcome      `json:"welcome,omitempty"`
-	Start   *StartRequest `json:"start,omitempty"`
-	Started *started      `json:"started,omitempty"`
-	Exit    *Record       `json:"exit,omitempty"`
-	Signal  *signal       `json:"signal,omitempty"`
-	Confirm *confirm      `json:"confirm,omitempty"`
+	Hello   *hello    `json:"hello,omitempty"`
+	Welcome *welcome  `json:"welcome,omitempty"`
+	Start   *startMsg `json:"start,omitempty"`
+	Started *started  `json:"started,omitempty"`
+	Exit    *Record   `json:"exit,omitempty"`
+	Signal  *signal   `json:"signal,omitempty"`
+	Confirm *confirm  `json:"confirm,omitempty"`
 	// Error ends the connection: the runner refuses the agent.
 	Error string `json:"error,omitempty"`
 }
@@ -60,6 +62,28 @@ type welcome struct {
 	// Orphans are children of an earlier runner process of this state
 	// directory that was killed, not yet confirmed.
 	Orphans []*Record `json:"orphans,omitempty"`
+	// EnvDigest identifies the runner's own environment (envDigest).
+	EnvDigest string `json:"env_digest,omitempty"`
+}
+
+// startMsg is a start request on the wire (agent -> runner). With
+// EnvBase, Env holds only the entries that follow the runner's own
+// environment, which the runner puts first: an agent's children share the
+// agent's environment, the runner was started with it, and sending it
+// with every start would cost more than some children do.
+type startMsg struct {
+	*StartRequest
+	EnvBase bool `json:"env_base,omitempty"`
+}
+
+// envDigest identifies an environment: a hash of its entries in order.
+func envDigest(env []string) string {
+	h := sha256.New()
+	for _, kv := range env {
+		h.Write([]byte(kv))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
 }
 
 // started answers a start (runner -> agent): the child runs, or Err says

@@ -18,7 +18,10 @@ import (
 
 func TestFrameRoundTrip(t *testing.T) {
 	t.Parallel()
-	want := &frame{Start: &StartRequest{ID: 7, Argv: []string{"dtexec", "/F", "a b"}, Env: []string{"A=1"}, Dir: "/", Timeout: time.Minute}}
+	want := &frame{Start: &startMsg{
+		StartRequest: &StartRequest{ID: 7, Argv: []string{"dtexec", "/F", "a b"}, Env: []string{"A=1"}, Dir: "/", Timeout: time.Minute},
+		EnvBase:      true,
+	}}
 	b, err := encodeJSON(want)
 	if err != nil {
 		t.Fatal(err)
