@@ -33,6 +33,9 @@ type logStream struct {
 	// emit delivers a chunk; it may block (backpressure on the child) and
 	// may drop the chunk when no session is connected.
 	emit func(*batonv1.LogChunk)
+	// onPending, if set, is called (with mu held) when the open stream
+	// holds data not yet emitted.
+	onPending func()
 
 	mu      sync.Mutex
 	open    bool   // chunks may be emitted (after TaskStarted)
@@ -108,6 +111,9 @@ func (l *logStream) writeLocked(p []byte) {
 		for len(l.pending) >= logChunkSize {
 			l.emitLocked(logChunkSize)
 		}
+		if len(l.pending) > 0 && l.onPending != nil {
+			l.onPending()
+		}
 	}
 }
 
@@ -176,15 +182,22 @@ func (l *logStream) lastBytes() []byte {
 type attemptLogs struct {
 	stdout *logStream
 	stderr *logStream
-	stop   chan struct{}
-	done   chan struct{}
+
+	// mu guards the flush timer. It is taken with a stream's lock held,
+	// never the other way round.
+	mu       sync.Mutex
+	timer    *time.Timer // armed while output waits to be flushed
+	finished bool
 }
 
 func newAttemptLogs(attemptID int64, emit func(*batonv1.LogChunk)) *attemptLogs {
-	return &attemptLogs{
+	l := &attemptLogs{
 		stdout: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDOUT, emit: emit},
 		stderr: &logStream{attemptID: attemptID, stream: batonv1.LogStream_LOG_STREAM_STDERR, emit: emit},
 	}
+	l.stdout.onPending = l.arm
+	l.stderr.onPending = l.arm
+	return l
 }
 
 // Output implements runner.Sink.
@@ -197,36 +210,43 @@ func (l *attemptLogs) Output(stream runner.Stream, offset int64, data []byte) {
 	}
 }
 
-// start opens both streams and flushes them every logFlushInterval until
-// finish.
+// start opens both streams: from now on pending output is flushed within
+// logFlushInterval, until finish. A child that writes nothing costs no
+// timer.
 func (l *attemptLogs) start() {
 	l.stdout.setOpen()
 	l.stderr.setOpen()
-	l.stop = make(chan struct{})
-	l.done = make(chan struct{})
-	go func() {
-		defer close(l.done)
-		t := time.NewTicker(logFlushInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				l.stdout.flush()
-				l.stderr.flush()
-			case <-l.stop:
-				return
-			}
-		}
-	}()
+}
+
+// arm makes sure a flush is due within logFlushInterval.
+func (l *attemptLogs) arm() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.timer != nil || l.finished {
+		return
+	}
+	l.timer = time.AfterFunc(logFlushInterval, l.flushDue)
+}
+
+// flushDue flushes both streams when the timer fires.
+func (l *attemptLogs) flushDue() {
+	l.mu.Lock()
+	l.timer = nil
+	l.mu.Unlock()
+	l.stdout.flush()
+	l.stderr.flush()
 }
 
 // finish stops the periodic flush and flushes what is left. Call it after
 // the child's output has been read to the end.
 func (l *attemptLogs) finish() {
-	if l.stop != nil {
-		close(l.stop)
-		<-l.done
+	l.mu.Lock()
+	l.finished = true
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
 	}
+	l.mu.Unlock()
 	l.stdout.setOpen()
 	l.stderr.setOpen()
 }
