@@ -307,7 +307,7 @@ func (a *Agent) stopAttempt(ctx context.Context, att *attempt, why *stopReason, 
 }
 
 // runAttempt runs att to its outcome, journals the outcome, reports it and
-// confirms it to the runner.
+// then confirms it to the runner.
 func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	defer a.wg.Done()
 	st := att.task
@@ -328,18 +328,22 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	s := a.sess
 	a.mu.Unlock()
 	notify(a.changed)
-	if err != nil {
-		log.ErrorContext(ctx, "journal: cannot record outcome; it is kept in memory only", slog.Any("error", err))
-	} else {
-		// Journaled: the runner may forget the exit, the output file may go.
-		a.runner.confirm(att.id)
+	if err == nil {
+		// Journaled: the output file may go.
 		a.removeOutput(att.id)
 	}
-	log.InfoContext(ctx, "attempt finished", slog.String("outcome", tf.GetOutcome().String()),
-		slog.Int("exit_code", int(tf.GetExitCode())), slog.String("error", tf.GetError()))
 	if s != nil {
 		s.send(finishedMsg(tf))
 	}
+	if err != nil {
+		log.ErrorContext(ctx, "journal: cannot record outcome; it is kept in memory only", slog.Any("error", err))
+	} else {
+		// The runner may forget the exit. Told after the outcome is on
+		// its way, which does not need it.
+		a.runner.confirm(att.id)
+	}
+	log.InfoContext(ctx, "attempt finished", slog.String("outcome", tf.GetOutcome().String()),
+		slog.Int("exit_code", int(tf.GetExitCode())), slog.String("error", tf.GetError()))
 }
 
 // execute records the attempt in the journal, starts its child, waits for

@@ -583,12 +583,6 @@ func (s *server) start(req *StartRequest) {
 		ID: req.ID, Pid: p.Pid(), PidStart: pidStart, BootID: bootID(), Start: time.Now(),
 		Timeout: req.Timeout, Grace: req.Grace,
 	}
-	// Without the record a later runner cannot tell the agent about this
-	// child if this runner is killed; the agent still knows its pid.
-	if err := s.record(recStarted, &rec, false); err != nil {
-		log.Warn("cannot record started child", slog.Any("error", err))
-	}
-
 	s.mu.Lock()
 	a.proc, a.rec, a.state = p, rec, attRunning
 	if req.Timeout > 0 {
@@ -599,6 +593,13 @@ func (s *server) start(req *StartRequest) {
 	c := s.replyLocked(&frame{Started: &started{ID: req.ID, Pid: rec.Pid, PidStart: pidStart, BootID: rec.BootID, Start: rec.Start}})
 	s.mu.Unlock()
 	c.flush()
+	// Recorded after the agent was told, off its path: without the
+	// record a later runner cannot tell the agent about this child if
+	// this runner is killed, but the agent knows its pid and start time
+	// from the reply. The exit record of this goroutine comes after it.
+	if err := s.record(recStarted, &rec, false); err != nil {
+		log.Warn("cannot record started child", slog.Any("error", err))
+	}
 	if pending != nil {
 		s.apply(a, pending)
 	}
