@@ -51,6 +51,10 @@ type Spec struct {
 	// child exited, in case a descendant outside its process group keeps
 	// the pipes open. Defaults to DefaultWaitDelay.
 	WaitDelay time.Duration
+	// OnExit, if set, is called once Done is closed, on the goroutine that
+	// waited for the child, so a caller can act on the exit without a
+	// goroutine of its own waiting on Done. It must not block for long.
+	OnExit func()
 }
 
 // Result is how a child process ended.
@@ -68,10 +72,11 @@ type Result struct {
 // Process is a started child process. Its methods are safe for concurrent
 // use.
 type Process struct {
-	cmd  *exec.Cmd
-	pid  int
-	sys  sysState
-	done chan struct{}
+	cmd    *exec.Cmd
+	pid    int
+	sys    sysState
+	done   chan struct{}
+	onExit func()
 
 	mu        sync.Mutex
 	exited    bool // the child exited and its group was killed: signal nothing more
@@ -97,7 +102,7 @@ func Start(spec Spec) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start process: %w", err)
 	}
-	p := &Process{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{})}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, done: make(chan struct{}), onExit: spec.OnExit}
 	if err := p.sys.started(cmd.Process.Pid); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
@@ -191,4 +196,7 @@ func (p *Process) wait() {
 	}
 	p.result = res
 	close(p.done)
+	if p.onExit != nil {
+		p.onExit()
+	}
 }

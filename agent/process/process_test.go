@@ -188,3 +188,40 @@ func TestArgvEnvDir(t *testing.T) {
 		t.Errorf("child saw %s, want %s", x, want)
 	}
 }
+
+func TestOnExitRunsAfterDone(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan process.Result, 1)
+	var p *process.Process
+	ready := make(chan struct{})
+	p, err = process.Start(process.Spec{
+		Argv: []string{exe},
+		Env:  childEnv("BATON_TEST_CHILD=exit", "BATON_TEST_EXIT=5"),
+		OnExit: func() {
+			<-ready
+			select {
+			case <-p.Done():
+				got <- p.Result()
+			default:
+				t.Error("OnExit ran before Done was closed")
+				got <- process.Result{}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	close(ready)
+	select {
+	case res := <-got:
+		if res.ExitCode != 5 {
+			t.Errorf("Result in OnExit: exit code %d, want 5", res.ExitCode)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatalf("OnExit not called within %s", waitTimeout)
+	}
+}

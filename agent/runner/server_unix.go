@@ -76,6 +76,10 @@ type ratt struct {
 	timedOut  bool    // the runner's timeout stopped it first
 	reason    string  // the first signal's reason
 	pending   *signal // a signal that arrived while starting
+	// startDone and exitSeen say start has told the agent and the child
+	// has exited; whichever comes second handles the exit.
+	startDone bool
+	exitSeen  bool
 }
 
 // server is a runner process's state.
@@ -565,11 +569,16 @@ func (s *server) start(req *StartRequest) {
 	s.atts[req.ID] = a
 	s.mu.Unlock()
 
+	// The exit is handled on the goroutine that reaps the child, or here
+	// if the child exits before the agent has been told it started.
+	s.wg.Add(1)
 	p, err := process.Start(process.Spec{
 		Path: req.Path, Argv: req.Argv, Env: req.Env, Dir: req.Dir,
 		Stdout: a.out, Stderr: a.errs,
+		OnExit: func() { s.exitSeen(a, false) },
 	})
 	if err != nil {
+		s.wg.Done()
 		s.mu.Lock()
 		delete(s.atts, req.ID)
 		c := s.replyLocked(&frame{Started: &started{ID: req.ID, Err: err.Error()}})
@@ -603,12 +612,29 @@ func (s *server) start(req *StartRequest) {
 	if pending != nil {
 		s.apply(a, pending)
 	}
-	s.wait(a)
+	s.exitSeen(a, true)
 }
 
-// wait waits for a's child to exit, records the exit and tells the agent.
-func (s *server) wait(a *ratt) {
-	<-a.proc.Done()
+// exitSeen is called when start has told the agent about a's child
+// (fromStart) and when the child has exited; the second call handles the
+// exit.
+func (s *server) exitSeen(a *ratt, fromStart bool) {
+	s.mu.Lock()
+	if fromStart {
+		a.startDone = true
+	} else {
+		a.exitSeen = true
+	}
+	second := a.startDone && a.exitSeen
+	s.mu.Unlock()
+	if second {
+		s.exited(a)
+	}
+}
+
+// exited records the exit of a's child and tells the agent.
+func (s *server) exited(a *ratt) {
+	defer s.wg.Done()
 	res := a.proc.Result()
 	end := time.Now()
 	s.mu.Lock()
