@@ -8,16 +8,26 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 )
 
 // procStart returns when process pid started, in clock ticks after boot
 // (field 22 of /proc/<pid>/stat). Together with the boot id it tells a
 // process from a later one that reuses its pid.
 func procStart(pid int) (uint64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	// One read into a buffer on the stack: it runs for every child, and
+	// the line is well below 2 KiB (a 16-byte name and 52 numbers).
+	var buf [2048]byte
+	fd, err := syscall.Open("/proc/"+strconv.Itoa(pid)+"/stat", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
 	}
+	n, err := syscall.Read(fd, buf[:])
+	syscall.Close(fd)
+	if err != nil {
+		return 0, err
+	}
+	data := buf[:max(n, 0)]
 	// The command name (field 2) is in parentheses and may hold spaces or
 	// parentheses itself: the fields after it start at the last ')'.
 	i := bytes.LastIndexByte(data, ')')
