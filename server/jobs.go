@@ -17,8 +17,9 @@ import (
 // jobService implements batonv1.JobServiceServer.
 type jobService struct {
 	batonv1.UnimplementedJobServiceServer
-	st  store.Store
-	log *slog.Logger
+	st    store.Store
+	log   *slog.Logger
+	specs *specCache
 }
 
 // parseJob parses, validates and compiles a job file.
@@ -104,13 +105,9 @@ func (s *jobService) DeleteJob(ctx context.Context, req *batonv1.DeleteJobReques
 
 // graphOf compiles a stored job for its task summary; nil if it cannot.
 func (s *jobService) graphOf(j *store.Job) *engine.Graph {
-	spec, err := job.Decode(j.Spec)
+	_, g, err := s.specs.get(j)
 	if err != nil {
 		s.log.Warn("stored job does not decode", slog.String("job", j.Name), slog.Int("version", j.Version), slog.Any("error", err))
-		return nil
-	}
-	g, err := engine.Compile(spec)
-	if err != nil {
 		return nil
 	}
 	return g

@@ -42,6 +42,7 @@ type runService struct {
 	sched  *scheduler.Scheduler
 	log    *slog.Logger
 	logCap int64
+	specs  *specCache
 	// stopping is closed when batond shuts down; watchers end then.
 	stopping <-chan struct{}
 }
@@ -60,7 +61,7 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, notFound(err, "job %q", req.GetJob()))
 	}
-	spec, err := job.Decode(j.Spec)
+	spec, _, err := s.specs.get(j)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, fmt.Errorf("decode job %q: %w", j.Name, err))
 	}

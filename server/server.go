@@ -161,10 +161,11 @@ func (s *Server) Addrs() Addrs {
 // reconnect to the next batond), and in-flight calls get ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
 	stopping := make(chan struct{})
-	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping}
+	specs := &specCache{}
+	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping, specs: specs}
 	register := func(g *grpc.Server) {
 		batonv1.RegisterAgentServiceServer(g, dispatch.NewService(s.sched, s.log))
-		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log})
+		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: specs})
 		batonv1.RegisterRunServiceServer(g, runs)
 		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log})
 	}

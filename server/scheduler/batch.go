@@ -72,6 +72,10 @@ func (s *Scheduler) event(e *store.Event) {
 // commit writes the batch in one transaction, then runs its effects.
 func (s *Scheduler) commit(ctx context.Context) error {
 	s.writeReady()
+	// A commit is short and runs to its end even during shutdown. A
+	// context that cannot be cancelled also spares database/sql a watcher
+	// goroutine for every row-returning statement of the transaction.
+	ctx = context.WithoutCancel(ctx)
 	b := s.b
 	if b.empty() {
 		return nil
