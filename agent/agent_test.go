@@ -139,6 +139,8 @@ func TestChildSeesArgvEnvAndDir(t *testing.T) {
 	if filepath.Dir(outputFile) != filepath.Join(b.stateDir, "output") {
 		t.Errorf("BATON_OUTPUT = %q, want a file in %s", outputFile, filepath.Join(b.stateDir, "output"))
 	}
+	// Removed before the attempt's last log line.
+	b.logs.wait(t, "attempt finished", "attempt_id", "42")
 	if _, err := os.Stat(outputFile); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("output file %s still exists after the attempt: %v", outputFile, err)
 	}

@@ -328,18 +328,15 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	s := a.sess
 	a.mu.Unlock()
 	notify(a.changed)
-	if err == nil {
-		// Journaled: the output file may go.
-		a.removeOutput(att.id)
-	}
 	if s != nil {
 		s.send(finishedMsg(tf))
 	}
 	if err != nil {
 		log.ErrorContext(ctx, "journal: cannot record outcome; it is kept in memory only", slog.Any("error", err))
 	} else {
-		// The runner may forget the exit. Told after the outcome is on
-		// its way, which does not need it.
+		// Journaled: the output file may go and the runner may forget the
+		// exit. Done once the outcome is on its way, which needs neither.
+		a.removeOutput(att.id)
 		a.runner.confirm(att.id)
 	}
 	log.InfoContext(ctx, "attempt finished", slog.String("outcome", tf.GetOutcome().String()),

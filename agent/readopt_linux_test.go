@@ -198,9 +198,10 @@ func TestChildOutlivesKilledAgentAndIsReadopted(t *testing.T) {
 	if got := string(tf.GetStdoutTail()); got != "working\n" {
 		t.Errorf("stdout_tail = %q, want %q", got, "working\n")
 	}
-	if _, err := os.Stat(filepath.Join(b.stateDir, "output", "201")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("output file of 201 still exists after its outcome was journaled: %v", err)
-	}
+	waitFor(t, "the output file of 201 is removed", func() bool {
+		_, err := os.Stat(filepath.Join(b.stateDir, "output", "201"))
+		return errors.Is(err, os.ErrNotExist)
+	})
 
 	// The other re-adopted child obeys a cancel.
 	s2.cancelTask(t, &batonv1.CancelTask{AttemptId: 202, Reason: "bye"})
