@@ -90,10 +90,13 @@ type Config struct {
 	// SIGKILL when a task is cancelled or times out and StartTask or
 	// CancelTask names no grace. Defaults to DefaultKillGrace.
 	KillGrace time.Duration
-	// Fsync makes the journal flush every record to stable storage. By
-	// default records are replaced atomically but not flushed: they survive
-	// an agent crash but maybe not a power loss. With Fsync they survive
-	// both, at the cost of a few disk flushes per attempt.
+	// Fsync makes the journal flush its records to stable storage before
+	// it acts on them: an attempt's start record before the child starts,
+	// its outcome before it is reported (records that arrive together share
+	// one flush), and the runner flushes each exit record. By default
+	// records are appended but not flushed: they survive an agent crash but
+	// maybe not a power loss. With Fsync they survive both, at the cost of
+	// a disk flush or two per attempt.
 	Fsync bool
 	// Env is the base environment of every child as key=value pairs; each
 	// StartTask's env and the BATON_* variables are added to it. Nil means
