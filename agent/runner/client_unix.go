@@ -166,7 +166,7 @@ func Open(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if c.baseEnv == nil {
 		c.baseEnv = os.Environ()
 	}
-	c.baseID = envDigest(c.baseEnv)
+	c.baseID = envDigest(dedupEnv(c.baseEnv))
 	cc, w, err := c.connect(ctx)
 	if err != nil {
 		return nil, err

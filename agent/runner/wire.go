@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -74,6 +76,26 @@ type welcome struct {
 type startMsg struct {
 	*StartRequest
 	EnvBase bool `json:"env_base,omitempty"`
+}
+
+// dedupEnv returns env with only the last entry of each name, where it
+// stands, as os/exec passes an environment on: the runner's environment
+// is the deduplicated one its agent gave it.
+func dedupEnv(env []string) []string {
+	seen := make(map[string]bool, len(env))
+	out := make([]string, 0, len(env))
+	for i := len(env) - 1; i >= 0; i-- {
+		name, _, ok := strings.Cut(env[i], "=")
+		if ok && name != "" {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+		}
+		out = append(out, env[i])
+	}
+	slices.Reverse(out)
+	return out
 }
 
 // envDigest identifies an environment: a hash of its entries in order.

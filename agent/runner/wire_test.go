@@ -331,3 +331,11 @@ func TestVersionOf(t *testing.T) {
 		t.Errorf("versionDir = %q", got)
 	}
 }
+
+func TestDedupEnv(t *testing.T) {
+	t.Parallel()
+	got := dedupEnv([]string{"A=1", "B=2", "A=3", "=C", "junk", "B=", "D=4"})
+	if want := []string{"A=3", "=C", "junk", "B=", "D=4"}; !cmp.Equal(want, got) {
+		t.Errorf("dedupEnv = %q, want %q", got, want)
+	}
+}
