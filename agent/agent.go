@@ -239,7 +239,7 @@ func New(cfg Config) (*Agent, error) {
 		journal:   j,
 		release:   release,
 		cwd:       cwd,
-		retryBase: time.Second,
+		retryBase: 100 * time.Millisecond,
 		attempts:  make(map[int64]*attempt),
 		reporting: make(map[int64]int),
 		drainCh:   make(chan struct{}),

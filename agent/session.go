@@ -21,8 +21,10 @@ import (
 )
 
 const (
-	// maxBackoffShift caps the reconnect backoff at retryBase << 6 (64 s).
-	maxBackoffShift = 6
+	// maxBackoffShift caps the reconnect backoff at retryBase << 4 (1.6 s
+	// with the default base): a restarted control plane is reached within
+	// that, and a refused connection costs both sides almost nothing.
+	maxBackoffShift = 4
 	// welcomeTimeout is how long a session waits for the Welcome.
 	welcomeTimeout = 30 * time.Second
 	// minHeartbeat bounds a Welcome's heartbeat interval from below.
