@@ -46,6 +46,10 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/keepalive"
+
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -327,7 +331,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.WarnContext(ctx, "journal: cannot close", slog.Any("error", err))
 		}
 	}()
-	conn, err := client.Dial(a.cfg.Server)
+	// gRPC's own reconnect backoff (1 s growing to 2 min by default) would
+	// hold a stream back long after the control plane is up again; keep
+	// it as short as the session loop's.
+	conn, err := client.Dial(a.cfg.Server,
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		// Notice a dead control plane (or a cut network) without waiting
+		// for TCP: ping after 30 s of silence.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
 	if err != nil {
 		return fmt.Errorf("dial control plane: %w", err)
 	}
