@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 
@@ -200,4 +201,73 @@ func TestRestartedForEachFinishes(t *testing.T) {
 	h := newHarness(t, forEachJob, insts...)
 	h.finishItem("fe", 1, S)
 	h.want(map[string]store.InstanceState{"fe": S, "after": R})
+}
+
+// TestForEachTenThousandItems runs a 10,000-item loop through the engine:
+// five poison items fail the task without stopping the others, and a
+// restart reruns exactly those five.
+func TestForEachTenThousandItems(t *testing.T) {
+	t.Parallel()
+	const n = 10_000
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	src := `
+name: big
+params: {ids: "[` + strings.Join(ids, ",") + `]"}
+tasks:
+  - {name: fe, for_each: {param: ids}, max_parallel: 20, run: [x, '${{ item }}']}
+  - {name: after, needs: [{task: fe, status: completed}], run: [x]}
+`
+	g := compileYAML(t, src)
+	r, err := NewRun(g, g.Spec.Params, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var items int
+	for _, c := range r.Start() {
+		items += len(c.Items)
+	}
+	if items != n {
+		t.Fatalf("expanded %d items, want %d", items, n)
+	}
+	poison := map[int]bool{7: true, 1234: true, 5000: true, 8888: true, 9999: true}
+	for i := range n {
+		state := S
+		if poison[i] {
+			state = F
+		}
+		r.Done(0, i, state, nil, "")
+	}
+	if got := r.State(0); got != F {
+		t.Fatalf("for-each task after 5 poison items = %s, want failed", got)
+	}
+	if got := r.State(1); got != R {
+		t.Errorf("completed-edge downstream = %s, want ready", got)
+	}
+	insts := []Instance{plain("fe", F), plain("after", S)}
+	for i := range n {
+		state := S
+		if poison[i] {
+			state = F
+		}
+		insts = append(insts, itemOf("fe", i, state))
+	}
+	resets, err := Restart(g, insts, RestartFailed, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rerun := 0
+	for _, rs := range resets {
+		if rs.Item != store.NoItem {
+			rerun++
+			if !poison[rs.Item] {
+				t.Errorf("restart reruns item %d, which succeeded", rs.Item)
+			}
+		}
+	}
+	if rerun != len(poison) {
+		t.Errorf("restart reruns %d items, want %d", rerun, len(poison))
+	}
 }
