@@ -1,6 +1,9 @@
 package store
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // RunState is the state of a run.
 type RunState string
@@ -269,4 +272,71 @@ type Lease struct {
 	Holder    string
 	Token     int64
 	ExpiresAt time.Time
+}
+
+// Valid reports whether s is a run state.
+func (s RunState) Valid() bool {
+	switch s {
+	case RunQueued, RunRunning, RunCancelling, RunSucceeded, RunFailed, RunCancelled:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is an instance state.
+func (s InstanceState) Valid() bool {
+	switch s {
+	case InstancePending, InstanceReady, InstanceDispatched, InstanceRunning, InstanceSucceeded,
+		InstanceFailed, InstanceSkipped, InstanceBlocked, InstanceCancelled, InstanceLost:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is an attempt state.
+func (s AttemptState) Valid() bool { return s.Live() || s.Outcome() || s == AttemptLost }
+
+// Outcome reports whether s is an outcome an agent reports: succeeded,
+// failed, timed_out or cancelled.
+func (s AttemptState) Outcome() bool {
+	switch s {
+	case AttemptSucceeded, AttemptFailed, AttemptTimedOut, AttemptCancelled:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether k is an attempt kind.
+func (k AttemptKind) Valid() bool {
+	switch k {
+	case AttemptFirst, AttemptRetry, AttemptRestart, AttemptReplacement:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is an agent state.
+func (s AgentState) Valid() bool {
+	switch s {
+	case AgentConnected, AgentDisconnected, AgentLost:
+		return true
+	}
+	return false
+}
+
+// CheckStates returns an error naming field unless states is non-empty and
+// every state is valid. Backends use it to refuse bad input.
+func CheckStates[S interface {
+	~string
+	Valid() bool
+}](field string, states []S) error {
+	if len(states) == 0 {
+		return fmt.Errorf("%s is empty", field)
+	}
+	for _, s := range states {
+		if !s.Valid() {
+			return fmt.Errorf("%s: unknown state %q", field, s)
+		}
+	}
+	return nil
 }

@@ -20,7 +20,7 @@ func (s *Store) AgentUpsert(ctx context.Context, p *store.AgentUpsertParams) err
 		return errors.New("agent upsert: name is empty")
 	case a.Slots < 0:
 		return fmt.Errorf("agent upsert %s: slots %d is negative", a.Name, a.Slots)
-	case !validAgentState(a.State):
+	case !a.State.Valid():
 		return fmt.Errorf("agent upsert %s: state %q: want connected, disconnected or lost", a.Name, a.State)
 	}
 	err := s.write(ctx, func(tx *Store) error {

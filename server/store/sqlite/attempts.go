@@ -62,7 +62,7 @@ var readyOnly = stateSet([]store.InstanceState{store.InstanceReady})
 func (s *Store) AttemptClaim(ctx context.Context, p *store.AttemptClaimParams) (*store.Attempt, error) {
 	from := readyOnly
 	if len(p.From) > 0 {
-		if err := checkStates("from", p.From, validInstanceState); err != nil {
+		if err := store.CheckStates("from", p.From); err != nil {
 			return nil, fmt.Errorf("attempt claim of instance %d: %w", p.InstanceID, err)
 		}
 		from = stateSet(p.From)
@@ -109,7 +109,7 @@ func checkClaim(p *store.AttemptClaimParams) error {
 	if p.Agent == "" {
 		return errors.New("agent is empty")
 	}
-	if !validKind(p.Kind) {
+	if !p.Kind.Valid() {
 		return fmt.Errorf("kind %q: want first, retry, restart or replacement", p.Kind)
 	}
 	if p.Restart < 0 || p.Restart > store.MaxRestart {
@@ -276,7 +276,7 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 	if p.Agent == "" {
 		return nil, fmt.Errorf("attempt finish %d: agent is empty", p.ID)
 	}
-	if !validOutcome(p.State) {
+	if !p.State.Outcome() {
 		return nil, fmt.Errorf("attempt finish %d: state %q: want succeeded, failed, timed_out or cancelled", p.ID, p.State)
 	}
 	outputs := encodeMap(p.Outputs)

@@ -113,10 +113,10 @@ const transitionInstance = `
 // InstanceTransition moves an instance between states; see
 // [store.Store.InstanceTransition].
 func (s *Store) InstanceTransition(ctx context.Context, p *store.InstanceTransitionParams) error {
-	if err := checkStates("from", p.From, validInstanceState); err != nil {
+	if err := store.CheckStates("from", p.From); err != nil {
 		return fmt.Errorf("instance transition %d: %w", p.ID, err)
 	}
-	if !validInstanceState(p.To) {
+	if !p.To.Valid() {
 		return fmt.Errorf("instance transition %d: to: unknown state %q", p.ID, p.To)
 	}
 	var outputs any

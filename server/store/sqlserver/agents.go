@@ -73,7 +73,7 @@ func (s *Store) AgentUpsert(ctx context.Context, p *store.AgentUpsertParams) err
 		return errors.New("agent upsert: agent is nil")
 	case a.Slots < 0 || a.Slots > math.MaxInt32:
 		return fmt.Errorf("agent upsert %s: slots %d is out of range", a.Name, a.Slots)
-	case !validAgentState(a.State):
+	case !a.State.Valid():
 		return fmt.Errorf("agent upsert %s: state %q: want connected, disconnected or lost", a.Name, a.State)
 	}
 	if err := checkKey("agent upsert: name", a.Name, false); err != nil {

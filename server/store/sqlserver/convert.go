@@ -9,8 +9,6 @@ import (
 	"unicode/utf16"
 
 	mssql "github.com/microsoft/go-mssqldb"
-
-	"github.com/batonhq/baton/server/store"
 )
 
 // Conversions between domain values and columns. Times are DATETIME2(3)
@@ -146,63 +144,6 @@ func stateSet[S ~string](states []S) string {
 		b.WriteByte('|')
 	}
 	return b.String()
-}
-
-func validRunState(s store.RunState) bool {
-	switch s {
-	case store.RunQueued, store.RunRunning, store.RunCancelling,
-		store.RunSucceeded, store.RunFailed, store.RunCancelled:
-		return true
-	}
-	return false
-}
-
-func validInstanceState(s store.InstanceState) bool {
-	switch s {
-	case store.InstancePending, store.InstanceReady, store.InstanceDispatched, store.InstanceRunning,
-		store.InstanceSucceeded, store.InstanceFailed, store.InstanceSkipped, store.InstanceBlocked,
-		store.InstanceCancelled, store.InstanceLost:
-		return true
-	}
-	return false
-}
-
-func validOutcome(s store.AttemptState) bool {
-	switch s {
-	case store.AttemptSucceeded, store.AttemptFailed, store.AttemptTimedOut, store.AttemptCancelled:
-		return true
-	}
-	return false
-}
-
-func validKind(k store.AttemptKind) bool {
-	switch k {
-	case store.AttemptFirst, store.AttemptRetry, store.AttemptRestart, store.AttemptReplacement:
-		return true
-	}
-	return false
-}
-
-func validAgentState(s store.AgentState) bool {
-	switch s {
-	case store.AgentConnected, store.AgentDisconnected, store.AgentLost:
-		return true
-	}
-	return false
-}
-
-// checkStates returns an error naming field unless states is non-empty and
-// every state is valid.
-func checkStates[S ~string](field string, states []S, valid func(S) bool) error {
-	if len(states) == 0 {
-		return fmt.Errorf("%s is empty", field)
-	}
-	for _, s := range states {
-		if !valid(s) {
-			return fmt.Errorf("%s: unknown state %q", field, s)
-		}
-	}
-	return nil
 }
 
 // checkKey returns an error naming field when v is empty (unless optional)

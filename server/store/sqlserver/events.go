@@ -131,9 +131,9 @@ func checkEvent(e *store.Event) error {
 		return fmt.Errorf("item %d is out of range", e.Item)
 	case e.RunState != "" && e.InstanceState != "":
 		return errors.New("both run state and instance state are set")
-	case e.RunState != "" && !validRunState(e.RunState):
+	case e.RunState != "" && !e.RunState.Valid():
 		return fmt.Errorf("run state %q is unknown", e.RunState)
-	case e.InstanceState != "" && !validInstanceState(e.InstanceState):
+	case e.InstanceState != "" && !e.InstanceState.Valid():
 		return fmt.Errorf("instance state %q is unknown", e.InstanceState)
 	}
 	if err := checkKey("task", e.Task, true); err != nil {

@@ -230,7 +230,7 @@ func (s *Store) RunList(ctx context.Context, p *store.RunListParams) ([]*store.R
 	}
 	states := ""
 	if len(p.States) > 0 {
-		if err := checkStates("states", p.States, validRunState); err != nil {
+		if err := store.CheckStates("states", p.States); err != nil {
 			return nil, fmt.Errorf("run list: %w", err)
 		}
 		states = stateSet(p.States)
@@ -261,10 +261,10 @@ func (s *Store) RunList(ctx context.Context, p *store.RunListParams) ([]*store.R
 
 // RunTransition moves a run between states; see [store.Store.RunTransition].
 func (s *Store) RunTransition(ctx context.Context, p *store.RunTransitionParams) (*store.Run, error) {
-	if err := checkStates("from", p.From, validRunState); err != nil {
+	if err := store.CheckStates("from", p.From); err != nil {
 		return nil, fmt.Errorf("run transition %d: %w", p.ID, err)
 	}
-	if !validRunState(p.To) {
+	if !p.To.Valid() {
 		return nil, fmt.Errorf("run transition %d: to: unknown state %q", p.ID, p.To)
 	}
 	var r *store.Run
