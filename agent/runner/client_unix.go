@@ -53,6 +53,12 @@ type Attachment struct {
 	// unknown. Those that could be identified safely (pid and start time)
 	// have had their process group killed.
 	Orphaned []*Record
+	// Instance identifies the runner process attached to when it takes
+	// start requests over exactly, as Client.Instance does; empty
+	// otherwise. An attempt whose start request an earlier agent process
+	// sent to runner Instance after journaling it with Instance, and that
+	// this attachment does not list, was never started and never will be.
+	Instance string
 }
 
 // ClientConfig configures a Client.
@@ -105,6 +111,7 @@ type Client struct {
 	procs     map[int64]*Proc // children of this version's runner, until they exit
 	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
 	instance  string          // the runner process of the last welcome
+	exact     bool            // that runner takes start requests over exactly (welcome.ExactStarts)
 	closed    bool
 	// baseEnv is the environment runners this client starts get, and
 	// baseID its envDigest.
@@ -266,6 +273,28 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 	short := *req
 	short.Env = req.Env[len(base):]
 	return &startMsg{StartRequest: &short, EnvBase: true}
+}
+
+// Instance identifies the runner process the client is attached to (or
+// was last attached to, while it attaches again) when that runner takes
+// start requests over exactly; it is empty for a runner that does not.
+//
+// Such a runner lists in the welcome of every later connection each
+// child it may still start, run or report, and drops a start request
+// that arrives on a connection another one has replaced. So when an
+// agent records an attempt with the Instance it read before sending the
+// attempt's start request, and a later attachment to the runner of that
+// Instance (Attachment.Instance) does not list the attempt, the request
+// never started a child and never will: the attempt may be started anew.
+// The request cannot have gone to another runner: a later runner of the
+// state directory only starts once this one has died.
+func (c *Client) Instance() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.exact {
+		return ""
+	}
+	return c.instance
 }
 
 // Confirm tells the runner that the outcome of attempt id is journaled:
@@ -447,16 +476,24 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	at := &Attachment{}
 	type lostProc struct {
 		p         *Proc
-		unstarted bool // the same runner never got the request
+		unstarted bool // the same runner never took the request over
 	}
 	var lost []lostProc
 	var finished []*Proc
 	var results []Result
 	var resend [][]byte
 
+	exact := w.ExactStarts && w.Instance != "" && len(w.Instance) <= MaxInstanceLen
+	if exact {
+		at.Instance = w.Instance
+	}
 	c.mu.Lock()
-	sameRunner := c.instance != "" && c.instance == w.Instance
-	c.instance = w.Instance
+	// A child this client asked the same exact runner to start that the
+	// welcome does not list was never taken over, so it never starts. Any
+	// other child the welcome does not list is lost: its runner died, or
+	// (a runner that is not exact) it may have started after the welcome.
+	sameExact := exact && c.exact && c.instance == w.Instance
+	c.instance, c.exact = w.Instance, exact
 	seen := make(map[int64]bool)
 	for _, r := range w.Running {
 		seen[r.ID] = true
@@ -508,7 +545,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 		p.mu.Lock()
 		pending := p.pid == 0
 		p.mu.Unlock()
-		lost = append(lost, lostProc{p: p, unstarted: sameRunner && pending})
+		lost = append(lost, lostProc{p: p, unstarted: sameExact && pending})
 	}
 	c.conn = cc
 	close(c.connected)
@@ -892,6 +929,10 @@ func (p *Proc) SetSink(s Sink) {
 	defer p.mu.Unlock()
 	p.sink = s
 }
+
+// Started is closed once the child's pid is known (Pid), or once it is
+// known that it never will be (Done is closed then).
+func (p *Proc) Started() <-chan struct{} { return p.startedCh }
 
 // Done is closed once the child's outcome is known: it exited, it could
 // not start, or its runner was lost.

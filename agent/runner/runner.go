@@ -170,6 +170,9 @@ type Result struct {
 	Lost string
 }
 
+// MaxInstanceLen bounds the runner identities Client.Instance returns.
+const MaxInstanceLen = 64
+
 // ErrUnavailable is returned when a start request did not reach a runner:
 // nothing was started.
 var ErrUnavailable = errors.New("runner unavailable; nothing was started")

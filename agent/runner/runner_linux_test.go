@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/batonhq/baton/agent/internal/crashpoint"
 	"github.com/batonhq/baton/agent/process"
 )
 
@@ -487,4 +488,159 @@ func TestChildEnvironment(t *testing.T) {
 	}
 	result(t, at.Running[0])
 	c2.Confirm(3)
+}
+
+// waitFile waits until path exists.
+func waitFile(t *testing.T, path string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not created within %s", path, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, not synchronising
+	}
+}
+
+// replaceAgent attaches a bare connection to the runner, as another agent
+// process would, which replaces the client's, and closes it.
+func replaceAgent(t *testing.T, c *Client) {
+	t.Helper()
+	path, err := c.sockPath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	hi, err := encodeJSON(&frame{Hello: &hello{Version: ProtocolVersion}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(hi); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(waitTimeout))
+	kind, body, err := readFrame(bufio.NewReader(nc))
+	if err != nil || kind != kindJSON {
+		t.Fatalf("welcome: kind %q, %v", kind, err)
+	}
+	f, err := decodeJSON(body)
+	if err != nil || f.Welcome == nil || !f.Welcome.ExactStarts {
+		t.Fatalf("welcome = %+v, %v; want an exact runner's welcome", f, err)
+	}
+}
+
+// TestStartOfAReplacedConnectionNeverRuns holds the runner after it read a
+// start request and before it took it over, while another connection
+// replaces the client's: the client, attached again to the same runner,
+// finds the attempt unlisted and reports it unavailable (nothing ran), and
+// the runner drops the request when it goes on. The attempt then starts
+// once.
+func TestStartOfAReplacedConnectionNeverRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hold := holdSpec{Point: crashpoint.RunnerReceived, ID: 1, Dir: t.TempDir()}
+	b.env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", hold.env(t))
+	c := b.open(t)
+	first := b.attachment(t)
+	if first.Instance == "" || c.Instance() != first.Instance {
+		t.Fatalf("Attachment.Instance = %q, Client.Instance = %q; want the same runner identity", first.Instance, c.Instance())
+	}
+	marker := filepath.Join(t.TempDir(), "ran")
+	req := shell(1, "echo ran >> "+marker)
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(t.Context(), req, &captured{})
+		started <- err
+	}()
+	waitFile(t, filepath.Join(hold.Dir, "held"))
+	replaceAgent(t, c)
+
+	// The client attaches again; the runner is the same and does not list
+	// the attempt.
+	if again := b.attachment(t); again.Instance != first.Instance || len(again.Running) != 0 {
+		t.Errorf("second Attachment = {instance %q, running %d}, want {%q, 0}", again.Instance, len(again.Running), first.Instance)
+	}
+	select {
+	case err := <-started:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("Start while its connection was replaced = %v, want ErrUnavailable", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return")
+	}
+	hold.release(t)
+	logPath := filepath.Join(versionDir(b.stateDir, ProtocolVersion), logName)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		data, _ := os.ReadFile(logPath)
+		if bytes.Contains(data, []byte("dropping a start request of a replaced agent connection")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the runner did not drop the request within %s:\n%s", waitTimeout, data)
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition, not synchronising
+	}
+
+	p, err := c.Start(t.Context(), req, &captured{})
+	if err != nil {
+		t.Fatalf("Start after the dropped request = %v, want nil", err)
+	}
+	if res := result(t, p); res.ExitCode != 0 {
+		t.Errorf("Result = %+v, want exit 0", res)
+	}
+	c.Confirm(1)
+	data, err := os.ReadFile(marker)
+	if err != nil || string(data) != "ran\n" {
+		t.Errorf("the child ran %q (%v), want once", data, err)
+	}
+}
+
+// TestStartBeingForkedIsListed holds the runner after it took a start
+// request over and before it forked the child, while another connection
+// replaces the client's: the client, attached again, finds the attempt
+// listed as running and learns its pid and exit.
+func TestStartBeingForkedIsListed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hold := holdSpec{Point: crashpoint.RunnerForking, ID: 1, Dir: t.TempDir()}
+	b.env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", hold.env(t))
+	c := b.open(t)
+	b.attachment(t)
+	type startResult struct {
+		p   *Proc
+		err error
+	}
+	started := make(chan startResult, 1)
+	go func() {
+		p, err := c.Start(t.Context(), shell(1, "echo out; exit 4"), &captured{})
+		started <- startResult{p, err}
+	}()
+	waitFile(t, filepath.Join(hold.Dir, "held"))
+	replaceAgent(t, c)
+	// The client's own child, still being started, is not adopted again.
+	if again := b.attachment(t); len(again.Running) != 0 {
+		t.Errorf("second Attachment.Running = %d children, want none: the client has a Proc for it", len(again.Running))
+	}
+	hold.release(t)
+	var sr startResult
+	select {
+	case sr = <-started:
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return")
+	}
+	if sr.err != nil {
+		t.Fatalf("Start = %v, want the child started", sr.err)
+	}
+	if res := result(t, sr.p); res.ExitCode != 4 || string(res.StdoutTail) != "out\n" || res.Lost != "" {
+		t.Errorf("Result = %+v, want exit 4 with stdout tail %q", res, "out\n")
+	}
+	c.Confirm(1)
 }

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/batonhq/baton/agent/internal/crashpoint"
 	"github.com/batonhq/baton/agent/internal/recordlog"
 	"github.com/batonhq/baton/agent/process"
 )
@@ -468,7 +469,7 @@ func (s *server) serveConn(nc net.Conn) {
 
 // welcomeLocked lists what the runner holds.
 func (s *server) welcomeLocked() *welcome {
-	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID}
+	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID, ExactStarts: true}
 	for _, a := range s.atts {
 		rec := a.rec
 		switch a.state {
@@ -489,7 +490,8 @@ func (s *server) welcomeLocked() *welcome {
 	return w
 }
 
-// readLoop handles the agent's requests until the connection breaks.
+// readLoop handles the requests of the agent on c until the connection
+// breaks.
 func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 	for {
 		kind, body, err := readFrame(br)
@@ -512,11 +514,14 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 			if f.Start.EnvBase {
 				req.Env = append(slices.Clip(s.env), req.Env...)
 			}
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				s.start(req)
-			}()
+			crashpoint.Reach(crashpoint.RunnerReceived, req.ID)
+			if a := s.accept(c, req); a != nil {
+				s.wg.Add(1)
+				go func() {
+					defer s.wg.Done()
+					s.start(a)
+				}()
+			}
 		case f.Signal != nil:
 			s.signal(f.Signal)
 		case f.Confirm != nil:
@@ -543,32 +548,67 @@ func (s *server) replyLocked(f *frame) *sconn {
 	return s.conn
 }
 
-// start starts a child and records it.
-func (s *server) start(req *StartRequest) {
+// accept takes over a start request read from c, or refuses it, and
+// returns the child to start (nil when refused). It is where the agent
+// hands an attempt over to the runner:
+//
+//   - The request is taken over under s.mu, where welcomes are made too,
+//     and only while c is the attached connection. From then on the child
+//     is in s.atts until the agent confirms its exit: every later welcome
+//     lists it, as running while it is still being started.
+//   - A request read from a connection that another one has replaced
+//     (the agent that sent it died, or reconnected) is dropped: the
+//     welcome of the replacing connection did not list it, so the agent
+//     holding that connection may start the attempt itself.
+//
+// So an attempt an agent sent to this runner that a welcome of this
+// runner does not list never started and never will (welcome.ExactStarts).
+func (s *server) accept(c *sconn, req *StartRequest) *ratt {
 	log := s.log.With(slog.Int64("attempt_id", req.ID))
-	fail := func(msg string) {
-		s.mu.Lock()
-		c := s.replyLocked(&frame{Started: &started{ID: req.ID, Err: msg}})
-		s.mu.Unlock()
-		c.flush()
+	refuse := func(msg string) *ratt {
+		b, err := encodeJSON(&frame{Started: &started{ID: req.ID, Err: msg}})
+		if err != nil {
+			return nil
+		}
+		c.control(b)
+		// Written off the read loop, which must not wait for the agent.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			c.flush()
+		}()
+		return nil
 	}
 	if err := req.validate(); err != nil {
-		fail(err.Error())
-		return
+		return refuse(err.Error())
+	}
+	s.mu.Lock()
+	switch _, known := s.atts[req.ID]; {
+	case s.closing:
+		s.mu.Unlock()
+		return refuse("the runner is stopping")
+	case s.conn != c:
+		s.mu.Unlock()
+		log.Info("dropping a start request of a replaced agent connection; the attempt is not started")
+		return refuse("the agent connection was replaced before the runner read the request")
+	case known:
+		s.mu.Unlock()
+		log.Warn("refusing a second start of an attempt")
+		return refuse(fmt.Sprintf("attempt %d is already known to the runner", req.ID))
 	}
 	a := &ratt{id: req.ID, req: req, state: attStarting}
 	a.out = &streamSink{s: s, id: req.ID, stream: Stdout}
 	a.errs = &streamSink{s: s, id: req.ID, stream: Stderr}
-	s.mu.Lock()
-	if _, ok := s.atts[req.ID]; ok {
-		s.mu.Unlock()
-		log.Warn("refusing a second start of an attempt")
-		fail(fmt.Sprintf("attempt %d is already known to the runner", req.ID))
-		return
-	}
 	s.atts[req.ID] = a
 	s.mu.Unlock()
+	return a
+}
 
+// start starts a's child, which accept took over, and records it.
+func (s *server) start(a *ratt) {
+	req := a.req
+	log := s.log.With(slog.Int64("attempt_id", req.ID))
+	crashpoint.Reach(crashpoint.RunnerForking, req.ID)
 	// The exit is handled on the goroutine that reaps the child, or here
 	// if the child exits before the agent has been told it started.
 	s.wg.Add(1)
