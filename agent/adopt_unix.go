@@ -16,6 +16,11 @@ import (
 // while no agent held them, and children of a runner that was killed. It
 // runs on every attach, before the runner delivers anything else.
 func (a *Agent) attached(r childRunner, at *runner.Attachment) {
+	a.mu.Lock()
+	if !a.attachedOnce {
+		a.attachedOnce, a.firstRunner = true, at.Instance
+	}
+	a.mu.Unlock()
 	for _, p := range at.Running {
 		a.adopt(r, p)
 	}

@@ -148,9 +148,13 @@ type Agent struct {
 	runnerPoll    time.Duration
 	localChildren bool
 
-	mu       sync.Mutex
-	sess     *session           // the current session, nil while disconnected
-	attempts map[int64]*attempt // accepted attempts whose outcome is not yet journaled
+	mu   sync.Mutex
+	sess *session // the current session, nil while disconnected
+	// firstRunner is the Attachment.Instance of the first attachment to
+	// the runner, set once (attachedOnce) before reconcile reads it.
+	firstRunner  string
+	attachedOnce bool
+	attempts     map[int64]*attempt // accepted attempts whose outcome is not yet journaled
 	// reporting counts, by attempt id, outcomes being journaled that are
 	// not in attempts; their goroutines send them once journaled.
 	reporting map[int64]int
@@ -476,15 +480,17 @@ func (a *Agent) waitAcked(ctx context.Context, loopErr <-chan error) (fatal erro
 }
 
 // reconcile finishes what attaching to the runner began: attempts the
-// journal says were running that no runner knows of become tombstones
-// (their outcome is unknown and they must not start again), and output
-// files of attempts that are not running any more are removed.
+// journal holds as started that the runner did not list are settled
+// (journal.settleStarted: never started, so they may start when the
+// control plane sends them again, or of unknown outcome, so they never
+// start again), and output files of attempts that are not running any
+// more are removed.
 func (a *Agent) reconcile(ctx context.Context) {
 	a.mu.Lock()
-	a.journal.abandonStarted(func(id int64) bool {
+	a.journal.settleStarted(func(id int64) bool {
 		_, running := a.attempts[id]
 		return running
-	})
+	}, a.firstRunner)
 	running := make(map[string]bool, len(a.attempts))
 	for id := range a.attempts {
 		running[strconv.FormatInt(id, 10)] = true

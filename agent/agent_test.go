@@ -699,7 +699,7 @@ func TestAttemptRunningAtCrashIsNeverRestarted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := j.begin(111, time.Now()); err != nil {
+	if err := j.begin(111, time.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.close(); err != nil {
@@ -743,7 +743,7 @@ func TestUnackedBeyondHelloBudgetFollowAsMessages(t *testing.T) {
 	}
 	const n = 24 // about 64 KiB each: well over the Hello budget
 	for id := int64(1); id <= n; id++ {
-		if err := j.begin(id, time.Now()); err != nil {
+		if err := j.begin(id, time.Now(), ""); err != nil {
 			t.Fatal(err)
 		}
 		tf := outcome(id, succeeded)

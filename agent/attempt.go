@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/batonhq/baton/agent/internal/crashpoint"
 	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -28,6 +29,9 @@ const runnerStartWait = 10 * time.Second
 // childRunner is where the agent's children run: the runner process on
 // Unix, the agent process itself on Windows.
 type childRunner interface {
+	// instance identifies the runner process starts go to, when it
+	// takes them over exactly (runner.Client.Instance); empty otherwise.
+	instance() string
 	// start starts a child; its output goes to sink. An error wrapping
 	// runner.ErrUnavailable means nothing was started.
 	start(ctx context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error)
@@ -323,6 +327,7 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 	// Journaled before it leaves a.attempts: until then a Hello lists it
 	// as running, not as an outcome, and it is sent below.
 	err := a.journal.finish(tf)
+	crashpoint.Reach(crashpoint.AgentFinished, att.id)
 	a.mu.Lock()
 	delete(a.attempts, att.id)
 	s := a.sess
@@ -345,6 +350,54 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 
 // execute records the attempt in the journal, starts its child, waits for
 // it and returns the outcome.
+//
+// An attempt is handed from the agent to the runner (on Unix) in steps,
+// each of which leaves enough behind for the next agent process to tell,
+// should this one be killed right after it, whether the child may start
+// or what its outcome is. R is the runner process the agent is attached
+// to, A' the next agent process, which attaches to the runner (R, or a
+// new one if R is gone) before it talks to the control plane.
+//
+//  1. Accepted: the attempt is in a.attempts only. Killed here, A' knows
+//     nothing of it; the control plane sends the StartTask again (A' does
+//     not list it) and A' starts it: it never started.
+//  2. Begun: the journal holds it as started on R (journal.begin with
+//     R's identity, runner.Client.Instance, when R takes starts over
+//     exactly). Killed here, or before R took the request over (3), R's
+//     welcome to A' does not list it; A' finds it recorded with the very
+//     runner it attached to, so it never started and never will
+//     (journal.settleStarted drops the record), and A' starts it when the
+//     control plane sends it again. Recorded with a runner that is gone
+//     since, or with none, the outcome is unknown: it becomes a
+//     tombstone (abandoned) and a repeated StartTask is answered FAILED.
+//  3. Sent: the start request is on R's socket. R takes it over only
+//     while this agent's connection is the attached one; once A' has
+//     attached, R drops it. Either R lists it to A' (4) or it never
+//     starts (2).
+//  4. Taken over: R holds it (it is forking the child). R lists it to A'
+//     as running, without a pid yet; A' re-adopts it, learns the pid from
+//     R's reply and reports its real exit.
+//  5. Started: R has forked the child, told the attached agent its pid
+//     and appended its start record. A' re-adopts it from the welcome and
+//     reports its real exit. Should R die too, the next runner lists it
+//     from R's records as an orphan (its outcome unknown, its process
+//     group killed when it can be identified); if R died before its start
+//     record was written, nobody lists it and the journal makes it
+//     abandoned (2).
+//  6. Exited: R has recorded the exit, then told the agent. A' gets it in
+//     the welcome, journals the outcome and reports it.
+//  7. Finished: the journal holds the outcome until the control plane
+//     acknowledges it (listed in every Hello); then the agent confirms
+//     the exit to R, which forgets it.
+//  8. Acknowledged: a tombstone keeps the id, so a repeated StartTask
+//     starts nothing (journalRetention, journalMaxTombstones).
+//
+// While this agent lives, a broken connection to R is handled the same
+// way by the runner client: a start the same runner does not list was
+// never taken over (the attempt is REJECTED: nothing ran), one a new
+// runner does not list is lost (FAILED, outcome unknown). With children
+// in the agent process (Windows) the journal holds no runner identity: a
+// child dies with the agent, so step 2 always leads to a tombstone.
 func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *batonv1.TaskFinished {
 	end := func(outcome batonv1.AttemptOutcome, msg string) *batonv1.TaskFinished {
 		return &batonv1.TaskFinished{
@@ -357,13 +410,15 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 		}
 	}
 
-	if err := a.journal.begin(att.id, att.received); err != nil {
+	crashpoint.Reach(crashpoint.AgentAccepted, att.id)
+	if err := a.journal.begin(att.id, att.received, a.runner.instance()); err != nil {
 		// Without the record a restarted agent might start the attempt
 		// again, so it must not start. Nothing ran: the control plane may
 		// place it elsewhere.
 		log.ErrorContext(ctx, "journal: cannot record attempt; rejecting it", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "agent cannot record the attempt: "+err.Error())
 	}
+	crashpoint.Reach(crashpoint.AgentBegun, att.id)
 	req, err := a.prepare(att)
 	if err != nil {
 		log.WarnContext(ctx, "cannot start attempt", slog.Any("error", err))
@@ -388,6 +443,7 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 		log.WarnContext(ctx, "child could not start", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
+	crashpoint.Reach(crashpoint.AgentStarted, att.id)
 	att.mu.Lock()
 	att.proc = p
 	att.started = p.StartTime()
@@ -422,15 +478,44 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	return a.outcome(att, p.Result(), logs)
 }
 
-// await waits for a re-adopted child and returns its outcome.
+// await waits for a re-adopted child and returns its outcome. A child the
+// runner was still starting when it was adopted is announced once its pid
+// is known.
 func (a *Agent) await(ctx context.Context, att *attempt) *batonv1.TaskFinished {
 	att.mu.Lock()
 	p, logs := att.proc, att.logs
 	att.mu.Unlock()
+	if sp, ok := p.(startedProc); ok && p.Pid() <= 0 {
+		select {
+		case <-sp.Started():
+			a.announce(att)
+		case <-p.Done():
+		}
+	}
 	<-p.Done()
 	res := p.Result()
 	a.log.InfoContext(ctx, "re-adopted child ended", slog.Int64("attempt_id", att.id), slog.Int("exit_code", res.ExitCode))
 	return a.outcome(att, res, logs)
+}
+
+// startedProc is a proc that says when its pid becomes known, as a
+// runner.Proc adopted while the runner was still starting it does.
+type startedProc interface {
+	Started() <-chan struct{}
+}
+
+// announce sends the TaskStarted of a re-adopted child whose pid has
+// become known since it was adopted, unless a Hello's backlog announced it
+// already.
+func (a *Agent) announce(att *attempt) {
+	att.mu.Lock()
+	if st := att.proc.StartTime(); !st.IsZero() {
+		att.started = st
+	}
+	att.mu.Unlock()
+	if ts := att.announcement(); ts != nil {
+		a.send(&batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: ts}})
+	}
 }
 
 // outcome turns how att's child ended into its TaskFinished: the exit, the

@@ -9,11 +9,13 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/batonhq/baton/agent/internal/recordlog"
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -21,6 +23,16 @@ import (
 // abandoned attempt id, so that a StartTask repeated within that window is
 // still ignored.
 const journalRetention = 24 * time.Hour
+
+// journalMaxTombstones bounds the tombstones of acknowledged attempts the
+// journal keeps, in memory and in its log: beyond it the oldest go before
+// their retention ends, so that a sustained high rate of attempts cannot
+// grow the journal without limit. That weakens nothing: the control plane
+// sends a StartTask again only for an attempt it holds as dispatched and
+// not started, never for one whose outcome it acknowledged. Tombstones of
+// abandoned attempts, which it may still send, are not bounded by count
+// (there are at most a few per agent restart).
+const journalMaxTombstones = 200_000
 
 // journalPruneEvery limits how often acknowledgements trigger a prune.
 const journalPruneEvery = time.Minute
@@ -60,6 +72,11 @@ type record struct {
 	start   time.Time
 	updated time.Time
 	outcome *batonv1.TaskFinished // finished and rejected only
+	// runner identifies the runner process the attempt was handed to
+	// (runner.Client.Instance) for a started record; empty when that
+	// runner does not take starts over exactly, or for a record of an
+	// earlier version.
+	runner string
 	// written says the write that carries the record has ended,
 	// successfully or not (a failed outcome is still reported by this
 	// process). Only written outcomes are listed by unacked: an outcome
@@ -79,12 +96,22 @@ type record struct {
 // fsync a record survives an agent crash once its write returned; with
 // fsync it also survives a power loss. A journal is safe for concurrent
 // use.
+//
+// Tombstones (acknowledged and abandoned attempts) are kept for
+// journalRetention; tombstones of acknowledged attempts are also bounded
+// by count (journalMaxTombstones), the oldest going first.
 type journal struct {
-	dir   string
-	fsync bool
-	log   *slog.Logger
-	now   func() time.Time
-	rlog  *recordlog.Log
+	dir      string
+	fsync    bool
+	log      *slog.Logger
+	now      func() time.Time
+	rlog     *recordlog.Log
+	maxTombs int
+	// evicted is the latest update time (Unix nanoseconds) of an
+	// acknowledged attempt's tombstone evicted by count; every tombstone
+	// of an acknowledged attempt updated at or before it is evicted, so
+	// compaction drops such records from the log. Zero: none.
+	evicted atomic.Int64
 
 	// mu orders state changes: a change and the queueing of its record
 	// happen under it, so the log holds them in the same order.
@@ -92,6 +119,32 @@ type journal struct {
 	recs      map[int64]*record
 	lastPrune time.Time
 	closed    bool
+	// tombs indexes the tombstones of acknowledged attempts by update
+	// time, oldest first from tombHead on; an entry whose attempt's
+	// record has gone or changed since is skipped. nTombs counts those
+	// tombstones in recs.
+	tombs    []tomb
+	tombHead int
+	nTombs   int
+	// abandoned holds the ids of abandoned attempts, for the prune; an id
+	// whose record is no longer abandoned is skipped.
+	abandoned map[int64]struct{}
+}
+
+// tomb is an entry of journal.tombs.
+type tomb struct {
+	id      int64
+	updated int64 // Unix nanoseconds
+}
+
+// journalLimits are the journal's sizes; a zero field takes its default.
+// Tests lower them.
+type journalLimits struct {
+	// compactMin is the log's compaction threshold
+	// (recordlog.Options.CompactMin).
+	compactMin int64
+	// maxTombstones defaults to journalMaxTombstones.
+	maxTombstones int
 }
 
 // openJournal loads the journal in dir, creating dir if needed. Damaged
@@ -99,22 +152,26 @@ type journal struct {
 // them; journal files of the format before the log (one JSON file per
 // attempt) are migrated into the log and removed. Records of attempts
 // that were running when the previous agent process stopped stay as they
-// are until abandonStarted: the runner may still run them.
+// are until settleStarted: the runner may still run them.
 func openJournal(dir string, fsync bool, log *slog.Logger, now func() time.Time) (*journal, error) {
-	return openJournalMin(dir, fsync, log, now, 0)
+	return openJournalWith(dir, fsync, log, now, journalLimits{})
 }
 
-// openJournalMin is openJournal with the log's compaction threshold
-// (recordlog.Options.CompactMin; zero is its default); tests lower it.
-func openJournalMin(dir string, fsync bool, log *slog.Logger, now func() time.Time, compactMin int64) (*journal, error) {
+// openJournalWith is openJournal with other limits.
+func openJournalWith(dir string, fsync bool, log *slog.Logger, now func() time.Time, lim journalLimits) (*journal, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create journal dir: %w", err)
 	}
-	j := &journal{dir: dir, fsync: fsync, log: log, now: now, recs: make(map[int64]*record)}
+	j := &journal{
+		dir: dir, fsync: fsync, log: log, now: now,
+		maxTombs:  cmp.Or(lim.maxTombstones, journalMaxTombstones),
+		recs:      make(map[int64]*record),
+		abandoned: make(map[int64]struct{}),
+	}
 	rlog, err := recordlog.Open(filepath.Join(dir, journalLogName), recordlog.Options{
 		Header:     journalHeader,
-		Classify:   classify(now),
-		CompactMin: compactMin,
+		Classify:   j.classify,
+		CompactMin: lim.compactMin,
 		Logger:     log.With(slog.String("component", "journal")),
 	}, j.replay)
 	if err != nil {
@@ -131,6 +188,7 @@ func openJournalMin(dir string, fsync bool, log *slog.Logger, now func() time.Ti
 	}
 	j.mu.Lock()
 	j.pruneLocked()
+	j.evictLocked()
 	j.mu.Unlock()
 	return j, nil
 }
@@ -142,10 +200,11 @@ func (j *journal) replay(body []byte) error {
 		return err
 	}
 	if e.kind == kindForget {
-		delete(j.recs, e.id)
+		j.dropLocked(e.id)
 		return nil
 	}
-	j.recs[e.id] = &record{state: stateOf[e.kind], start: e.start, updated: e.updated, outcome: e.outcome, written: true}
+	j.setLocked(e.id, &record{state: stateOf[e.kind], start: e.start, updated: e.updated, outcome: e.outcome,
+		runner: e.runner, written: true})
 	return nil
 }
 
@@ -172,15 +231,33 @@ func (j *journal) migrate(legacy map[string]legacyEntry) error {
 	return j.removeLegacy(legacy)
 }
 
-// abandonStarted turns the record of every attempt still marked started,
-// except those running reports true for, into a tombstone: an earlier
-// agent process stopped while it ran and no runner knows of it, so its
-// outcome is unknown, and it must not start again.
-func (j *journal) abandonStarted(running func(id int64) bool) {
+// settleStarted decides, once the agent process has attached to its
+// runner, what became of each attempt an earlier agent process recorded
+// as started and running does not report true for (the runner did not
+// list it). attached is the Instance of that first attachment (empty when
+// the runner does not take starts over exactly, or children run in the
+// agent process).
+//
+//   - An attempt recorded with runner attached was handed to that very
+//     runner, which lists every start request it took over: it never
+//     started, and never will. Its record goes, and the attempt starts
+//     when the control plane sends it again.
+//   - Any other (recorded with a runner that has died since, or with none)
+//     may have started a child that nobody can report: its outcome is
+//     unknown. Its record becomes a tombstone (abandoned), so that it
+//     never starts, and a repeated StartTask is answered FAILED.
+func (j *journal) settleStarted(running func(id int64) bool, attached string) {
 	j.mu.Lock()
 	var p *recordlog.Pending
 	for id, rec := range j.recs {
 		if rec.state != stateStarted || running(id) {
+			continue
+		}
+		if rec.runner != "" && rec.runner == attached {
+			j.log.Info("journal: attempt was recorded but never started; it starts when the control plane sends it again",
+				slog.Int64("attempt_id", id))
+			j.dropLocked(id)
+			p = j.rlog.Queue(j.fsync, encodeEntry(kindForget, id, time.Time{}, j.now(), nil))
 			continue
 		}
 		j.log.Warn("journal: attempt was running when the agent stopped; its outcome is unknown",
@@ -192,7 +269,7 @@ func (j *journal) abandonStarted(running func(id int64) bool) {
 		return
 	}
 	if err := p.Wait(); err != nil {
-		j.log.Warn("journal: cannot record abandoned attempts", slog.Any("error", err))
+		j.log.Warn("journal: cannot record what became of started attempts", slog.Any("error", err))
 	}
 }
 
@@ -208,11 +285,16 @@ func (j *journal) lookup(id int64) (state recordState, outcome *batonv1.TaskFini
 	return rec.state, rec.outcome, true
 }
 
-// begin records that the attempt is about to start and returns once the
-// record is written (and flushed, with fsync). It returns errAttemptSeen
-// when the id is already known, and an error when the record could not be
-// written; the child must not start in either case.
-func (j *journal) begin(id int64, start time.Time) error {
+// begin records that the attempt is about to be handed to the runner
+// identified by runnerID (runner.Client.Instance; empty when unknown) and
+// returns once the record is written (and flushed, with fsync). It
+// returns errAttemptSeen when the id is already known, and an error when
+// the record could not be written; the child must not start in either
+// case.
+func (j *journal) begin(id int64, start time.Time, runnerID string) error {
+	if len(runnerID) > runner.MaxInstanceLen {
+		runnerID = ""
+	}
 	j.mu.Lock()
 	old, ok := j.recs[id]
 	if ok && old.state != stateRejected {
@@ -223,7 +305,7 @@ func (j *journal) begin(id int64, start time.Time) error {
 		j.mu.Unlock()
 		return errJournalClosed
 	}
-	rec := &record{state: stateStarted, start: start, updated: j.now()}
+	rec := &record{state: stateStarted, start: start, updated: j.now(), runner: runnerID}
 	p := j.queueLocked(id, rec)
 	j.mu.Unlock()
 	err := p.Wait()
@@ -233,9 +315,9 @@ func (j *journal) begin(id int64, start time.Time) error {
 	if err != nil && j.recs[id] == rec {
 		// Not recorded: the attempt does not start, and may start later.
 		if ok {
-			j.recs[id] = old
+			j.setLocked(id, old)
 		} else {
-			delete(j.recs, id)
+			j.dropLocked(id)
 		}
 	}
 	if err != nil {
@@ -276,7 +358,7 @@ func (j *journal) finishLater(tf *batonv1.TaskFinished) (wait func() error) {
 	}
 	if encErr != nil || j.closed {
 		rec.written = true
-		j.recs[id] = rec
+		j.setLocked(id, rec)
 		err := cmp.Or(encErr, errJournalClosed)
 		return func() error { return fmt.Errorf("journal outcome of attempt %d: %w", id, err) }
 	}
@@ -308,17 +390,18 @@ func (j *journal) ack(ids []int64) {
 		}
 		switch rec.state {
 		case stateRejected:
-			delete(j.recs, id)
+			j.dropLocked(id)
 			j.rlog.Queue(j.fsync, encodeEntry(kindForget, id, time.Time{}, j.now(), nil))
 			queued = true
 		case stateFinished:
-			j.queueLocked(id, &record{state: stateAcked, start: rec.start, updated: j.now()})
+			j.queueLocked(id, &record{state: stateAcked, start: rec.start, updated: j.tombTimeLocked()})
 			queued = true
 		}
 	}
 	if j.now().Sub(j.lastPrune) >= journalPruneEvery {
 		j.pruneLocked()
 	}
+	j.evictLocked()
 	if queued {
 		j.rlog.Flush()
 	}
@@ -370,30 +453,138 @@ func (j *journal) close() error {
 func (j *journal) pruneLocked() {
 	now := j.now()
 	j.lastPrune = now
-	for id, rec := range j.recs {
-		if rec.state != stateAcked && rec.state != stateAbandoned {
-			continue
+	// Tombstones of acknowledged attempts are in update order; stop at
+	// the first that is young enough.
+	limit := unixNano(now.Add(-journalRetention))
+	for j.tombHead < len(j.tombs) && j.tombs[j.tombHead].updated <= limit {
+		j.dropTombLocked(j.popTombLocked())
+	}
+	for id := range j.abandoned {
+		rec, ok := j.recs[id]
+		switch {
+		case !ok || rec.state != stateAbandoned:
+			delete(j.abandoned, id)
+		case now.Sub(rec.updated) >= journalRetention:
+			j.dropLocked(id)
+			delete(j.abandoned, id)
 		}
-		if now.Sub(rec.updated) >= journalRetention {
-			delete(j.recs, id)
+	}
+}
+
+// evictLocked forgets the oldest tombstones of acknowledged attempts
+// beyond maxTombs, with any others of the same update time, and raises
+// evicted so that the next compaction drops their records from the log.
+func (j *journal) evictLocked() {
+	cut := int64(0)
+	for j.nTombs > j.maxTombs && j.tombHead < len(j.tombs) {
+		t := j.popTombLocked()
+		if j.dropTombLocked(t) {
+			cut = t.updated
 		}
+	}
+	if cut == 0 {
+		return
+	}
+	for j.tombHead < len(j.tombs) && j.tombs[j.tombHead].updated <= cut {
+		j.dropTombLocked(j.popTombLocked())
+	}
+	if cut > j.evicted.Load() {
+		j.evicted.Store(cut)
+	}
+}
+
+// tombTimeLocked returns the update time of a new tombstone of an
+// acknowledged attempt: now, or the newest such tombstone's time if the
+// clock went back since, so that tombstones are evicted in the order they
+// were made and a new one is never among those already evicted.
+func (j *journal) tombTimeLocked() time.Time {
+	now := j.now()
+	floor := j.evicted.Load() + 1
+	if n := len(j.tombs); n > j.tombHead {
+		floor = max(floor, j.tombs[n-1].updated)
+	}
+	if unixNano(now) < floor {
+		return time.Unix(0, floor).UTC()
+	}
+	return now
+}
+
+// popTombLocked removes and returns the oldest entry of tombs.
+func (j *journal) popTombLocked() tomb {
+	t := j.tombs[j.tombHead]
+	j.tombHead++
+	if j.tombHead == len(j.tombs) {
+		j.tombs, j.tombHead = j.tombs[:0], 0
+	} else if j.tombHead >= 1024 && j.tombHead >= len(j.tombs)/2 {
+		n := copy(j.tombs, j.tombs[j.tombHead:])
+		j.tombs, j.tombHead = j.tombs[:n], 0
+	}
+	return t
+}
+
+// dropTombLocked forgets the tombstone t stands for, if it is still in
+// recs, and reports whether it was.
+func (j *journal) dropTombLocked(t tomb) bool {
+	rec, ok := j.recs[t.id]
+	if !ok || rec.state != stateAcked || unixNano(rec.updated) != t.updated {
+		return false
+	}
+	j.dropLocked(t.id)
+	return true
+}
+
+// setLocked makes rec attempt id's record, keeping the tombstone indexes.
+func (j *journal) setLocked(id int64, rec *record) {
+	j.dropLocked(id)
+	j.recs[id] = rec
+	switch rec.state {
+	case stateAcked:
+		j.nTombs++
+		t := tomb{id: id, updated: unixNano(rec.updated)}
+		live := j.tombs[j.tombHead:]
+		if n := len(live); n == 0 || live[n-1].updated <= t.updated {
+			j.tombs = append(j.tombs, t)
+			break
+		}
+		// Out of order (a replayed log, or a clock that went back).
+		i, _ := slices.BinarySearchFunc(live, t.updated, func(e tomb, u int64) int {
+			return cmp.Compare(e.updated, u+1) // after equal times
+		})
+		j.tombs = slices.Insert(j.tombs, j.tombHead+i, t)
+	case stateAbandoned:
+		j.abandoned[id] = struct{}{}
+	}
+}
+
+// dropLocked forgets attempt id's record; its index entries are skipped
+// from now on.
+func (j *journal) dropLocked(id int64) {
+	if old, ok := j.recs[id]; ok {
+		if old.state == stateAcked {
+			j.nTombs--
+		}
+		delete(j.recs, id)
 	}
 }
 
 // queueLocked makes rec attempt id's record and queues its write.
 func (j *journal) queueLocked(id int64, rec *record) *recordlog.Pending {
 	var data []byte
-	if rec.outcome != nil {
+	switch {
+	case rec.outcome != nil:
 		d, err := proto.Marshal(rec.outcome)
 		if err == nil {
 			data = d
 		}
+	case rec.state == stateStarted:
+		data = []byte(rec.runner)
 	}
 	return j.queueDataLocked(id, rec, data)
 }
 
-// queueDataLocked is queueLocked with the outcome already encoded.
-func (j *journal) queueDataLocked(id int64, rec *record, outcome []byte) *recordlog.Pending {
-	j.recs[id] = rec
-	return j.rlog.Queue(j.fsync, encodeEntry(kindOf[rec.state], id, rec.start, rec.updated, outcome))
+// queueDataLocked is queueLocked with the record's tail (the encoded
+// outcome, or the runner of a started record) already encoded.
+func (j *journal) queueDataLocked(id int64, rec *record, tail []byte) *recordlog.Pending {
+	j.setLocked(id, rec)
+	return j.rlog.Queue(j.fsync, encodeEntry(kindOf[rec.state], id, rec.start, rec.updated, tail))
 }

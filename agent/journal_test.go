@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/batonhq/baton/agent/internal/recordlog"
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -49,6 +50,7 @@ type journalBundle struct {
 	logger     *slog.Logger
 	fsync      bool
 	compactMin int64
+	maxTombs   int
 }
 
 // setupJournal returns a bundle and a func that opens the bundle's journal
@@ -64,7 +66,8 @@ func setupJournal(t *testing.T) (*journalBundle, func(t *testing.T) *journal) {
 	}
 	open := func(t *testing.T) *journal {
 		t.Helper()
-		j, err := openJournalMin(b.dir, b.fsync, b.logger, b.clock.Now, b.compactMin)
+		j, err := openJournalWith(b.dir, b.fsync, b.logger, b.clock.Now,
+			journalLimits{compactMin: b.compactMin, maxTombstones: b.maxTombs})
 		if err != nil {
 			t.Fatalf("openJournal: %v", err)
 		}
@@ -141,11 +144,11 @@ func TestJournalLifecycleSurvivesReopen(t *testing.T) {
 	j := open(t)
 	start := b.clock.Now()
 	for _, id := range []int64{1, 2, 3} {
-		if err := j.begin(id, start); err != nil {
+		if err := j.begin(id, start, ""); err != nil {
 			t.Fatalf("begin(%d): %v", id, err)
 		}
 	}
-	if err := j.begin(1, start); err != errAttemptSeen {
+	if err := j.begin(1, start, ""); err != errAttemptSeen {
 		t.Errorf("begin(1) again = %v, want errAttemptSeen", err)
 	}
 	tf1, tf2 := outcome(1, failed), outcome(2, succeeded)
@@ -160,7 +163,7 @@ func TestJournalLifecycleSurvivesReopen(t *testing.T) {
 	// Attempt 3 was running when "the agent stopped", and no runner
 	// knows of it.
 	j = open(t)
-	j.abandonStarted(func(int64) bool { return false })
+	j.settleStarted(func(int64) bool { return false }, "")
 	b.logs.wait(t, "journal: attempt was running when the agent stopped; its outcome is unknown", "attempt_id", "3")
 	if diff := cmp.Diff([]*batonv1.TaskFinished{tf1}, j.unacked(), protocmp.Transform()); diff != "" {
 		t.Errorf("unacked after reopen mismatch (-want +got):\n%s", diff)
@@ -169,7 +172,7 @@ func TestJournalLifecycleSurvivesReopen(t *testing.T) {
 		if !seen(j, id) {
 			t.Errorf("seen(%d) = false after reopen, want true", id)
 		}
-		if err := j.begin(id, start); err != errAttemptSeen {
+		if err := j.begin(id, start, ""); err != errAttemptSeen {
 			t.Errorf("begin(%d) after reopen = %v, want errAttemptSeen", id, err)
 		}
 	}
@@ -209,7 +212,7 @@ func TestJournalRejectedIsNotSeen(t *testing.T) {
 		t.Error("acked rejection still in the journal after reopen")
 	}
 	// Placed here again later, it may start.
-	if err := j.begin(5, b.clock.Now()); err != nil {
+	if err := j.begin(5, b.clock.Now(), ""); err != nil {
 		t.Errorf("begin(5) after an acked rejection = %v, want nil", err)
 	}
 	// A rejection after the begin (the runner was unavailable) means
@@ -227,7 +230,7 @@ func TestJournalPrunesOldTombstones(t *testing.T) {
 	b, open := setupJournal(t)
 	j := open(t)
 	for _, id := range []int64{1, 2} {
-		if err := j.begin(id, b.clock.Now()); err != nil {
+		if err := j.begin(id, b.clock.Now(), ""); err != nil {
 			t.Fatal(err)
 		}
 		if err := j.finish(outcome(id, succeeded)); err != nil {
@@ -253,7 +256,7 @@ func TestJournalPrunesOldTombstones(t *testing.T) {
 	}
 
 	// A prune through ack, then a compaction: the record leaves the log.
-	if err := j.begin(3, b.clock.Now()); err != nil {
+	if err := j.begin(3, b.clock.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.finish(outcome(3, succeeded)); err != nil {
@@ -284,7 +287,7 @@ func TestJournalFsync(t *testing.T) {
 	b, open := setupJournal(t)
 	b.fsync = true
 	j := open(t)
-	if err := j.begin(1, time.Now()); err != nil {
+	if err := j.begin(1, time.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.finish(outcome(1, succeeded)); err != nil {
@@ -319,7 +322,7 @@ type journalOp struct {
 func scriptedHistory(start time.Time) []journalOp {
 	begin := func(id int64) journalOp {
 		return journalOp{fmt.Sprintf("begin %d", id), func(t *testing.T, j *journal) {
-			if err := j.begin(id, start); err != nil {
+			if err := j.begin(id, start, ""); err != nil {
 				t.Fatalf("begin(%d): %v", id, err)
 			}
 		}}
@@ -341,9 +344,17 @@ func scriptedHistory(start time.Time) []journalOp {
 		begin(1), begin(2), finish(1, succeeded), finish(9, rejected), begin(3),
 		ack(1, 9), finish(2, failed), begin(4), finish(4, rejected),
 		{"abandon 3", func(t *testing.T, j *journal) {
-			j.abandonStarted(func(id int64) bool { return id != 3 })
+			j.settleStarted(func(id int64) bool { return id != 3 }, "")
 		}},
 		ack(2, 4), begin(5),
+		{"begin 6 on runner r1", func(t *testing.T, j *journal) {
+			if err := j.begin(6, start, "r1"); err != nil {
+				t.Fatalf("begin(6): %v", err)
+			}
+		}},
+		{"settle 6: never started on r1", func(t *testing.T, j *journal) {
+			j.settleStarted(func(id int64) bool { return id != 6 }, "r1")
+		}},
 	}
 }
 
@@ -431,7 +442,7 @@ func TestJournalTornTailIsLogged(t *testing.T) {
 	t.Parallel()
 	b, open := setupJournal(t)
 	j := open(t)
-	if err := j.begin(1, b.clock.Now()); err != nil {
+	if err := j.begin(1, b.clock.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.finish(outcome(1, succeeded)); err != nil {
@@ -463,7 +474,7 @@ func TestJournalSkipsCorruptRecords(t *testing.T) {
 	j := open(t)
 	var ends []int
 	for _, id := range []int64{1, 2, 3} {
-		if err := j.begin(id, b.clock.Now()); err != nil {
+		if err := j.begin(id, b.clock.Now(), ""); err != nil {
 			t.Fatal(err)
 		}
 		ends = append(ends, len(logFile(t, b.dir)))
@@ -576,7 +587,7 @@ func TestJournalCompacts(t *testing.T) {
 	big.StdoutTail = []byte(strings.Repeat("x", 2000))
 	const n = 200
 	for id := int64(1); id <= n; id++ {
-		if err := j.begin(id, b.clock.Now()); err != nil {
+		if err := j.begin(id, b.clock.Now(), ""); err != nil {
 			t.Fatal(err)
 		}
 		tf := outcome(id, succeeded)
@@ -623,7 +634,7 @@ func TestJournalConcurrentUse(t *testing.T) {
 				wg.Go(func() {
 					for i := range per {
 						id := int64(w*per + i + 1)
-						if err := j.begin(id, time.Now()); err != nil {
+						if err := j.begin(id, time.Now(), ""); err != nil {
 							t.Errorf("begin(%d): %v", id, err)
 							return
 						}
@@ -681,10 +692,10 @@ func TestJournalGroupCommit(t *testing.T) {
 
 	const n = 6
 	errs := make(chan error, n+1)
-	go func() { errs <- j.begin(1, time.Now()) }()
+	go func() { errs <- j.begin(1, time.Now(), "") }()
 	<-entered
 	for id := int64(2); id <= n+1; id++ {
-		go func() { errs <- j.begin(id, time.Now()) }()
+		go func() { errs <- j.begin(id, time.Now(), "") }()
 	}
 	// A begin queues its record under the journal's lock, in the step
 	// that makes its attempt known.
@@ -722,7 +733,7 @@ func TestJournalAckDoesNotWaitForTheDisk(t *testing.T) {
 	t.Parallel()
 	b, open := setupJournal(t)
 	j := open(t)
-	if err := j.begin(1, b.clock.Now()); err != nil {
+	if err := j.begin(1, b.clock.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.finish(outcome(1, succeeded)); err != nil {
@@ -739,7 +750,7 @@ func TestJournalAckDoesNotWaitForTheDisk(t *testing.T) {
 		return nil
 	})
 	began := make(chan error, 1)
-	go func() { began <- j.begin(2, b.clock.Now()) }()
+	go func() { began <- j.begin(2, b.clock.Now(), "") }()
 	<-entered
 	j.ack([]int64{1}) // must not block behind the held write
 	if state, _, _ := j.lookup(1); state != stateAcked {
@@ -794,12 +805,12 @@ func TestJournalWriteFailure(t *testing.T) {
 	t.Parallel()
 	b, open := setupJournal(t)
 	j := open(t)
-	if err := j.begin(1, b.clock.Now()); err != nil {
+	if err := j.begin(1, b.clock.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	// The disk fails every write from now on.
 	j.rlog.SetWriteHook(func(int) error { return errors.New("disk on fire") })
-	if err := j.begin(2, b.clock.Now()); err == nil {
+	if err := j.begin(2, b.clock.Now(), ""); err == nil {
 		t.Fatal("begin(2) on a broken log = nil, want an error")
 	}
 	if seen(j, 2) {
@@ -907,7 +918,7 @@ func TestJournalMigrationInterrupted(t *testing.T) {
 	t.Parallel()
 	b, open := setupJournal(t)
 	j := open(t)
-	if err := j.begin(1, b.clock.Now()); err != nil {
+	if err := j.begin(1, b.clock.Now(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := j.finish(outcome(1, succeeded)); err != nil {
@@ -980,4 +991,170 @@ func FuzzJournalReplay(f *testing.F) {
 func seen(j *journal, id int64) bool {
 	state, _, ok := j.lookup(id)
 	return ok && state != stateRejected
+}
+
+func TestJournalSettleStarted(t *testing.T) {
+	t.Parallel()
+	b, open := setupJournal(t)
+	j := open(t)
+	start := b.clock.Now()
+	for id, r := range map[int64]string{1: "r1", 2: "r2", 3: "", 4: "r1"} {
+		if err := j.begin(id, start, r); err != nil {
+			t.Fatalf("begin(%d): %v", id, err)
+		}
+	}
+	// An identity longer than a runner's is not kept.
+	if err := j.begin(5, start, strings.Repeat("x", runner.MaxInstanceLen+1)); err != nil {
+		t.Fatalf("begin(5): %v", err)
+	}
+	closeJournal(t, j)
+
+	// The next agent process attached to runner r1, which runs 4 and
+	// does not list 1: 1 never started. 2 was handed to a runner that is
+	// gone, 3 and 5 to one whose identity is unknown: their outcome is
+	// unknown.
+	j = open(t)
+	j.settleStarted(func(id int64) bool { return id == 4 }, "r1")
+	b.logs.wait(t, "journal: attempt was recorded but never started; it starts when the control plane sends it again", "attempt_id", "1")
+	want := snapshot{2: "abandoned", 3: "abandoned", 4: "started", 5: "abandoned"}
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after settleStarted mismatch (-want +got):\n%s", diff)
+	}
+	closeJournal(t, j)
+	j = open(t)
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after reopen mismatch (-want +got):\n%s", diff)
+	}
+	// 1 may start now, the others not.
+	if err := j.begin(1, b.clock.Now(), "r1"); err != nil {
+		t.Errorf("begin(1) after it was found never started = %v, want nil", err)
+	}
+	for _, id := range []int64{2, 3, 4, 5} {
+		if err := j.begin(id, b.clock.Now(), "r1"); err != errAttemptSeen {
+			t.Errorf("begin(%d) = %v, want errAttemptSeen", id, err)
+		}
+	}
+	// A settle without an attached exact runner abandons what is left.
+	j.settleStarted(func(int64) bool { return false }, "")
+	if state, _, _ := j.lookup(1); state != stateAbandoned {
+		t.Errorf("attempt 1 after a settle with no runner identity = %q, want abandoned", state)
+	}
+}
+
+// ackAttempt runs attempt id through begin, finish and ack, one second
+// of the bundle's clock after the last.
+func ackAttempt(t *testing.T, b *journalBundle, j *journal, id int64) {
+	t.Helper()
+	b.clock.Add(time.Second)
+	if err := j.begin(id, b.clock.Now(), "r1"); err != nil {
+		t.Fatalf("begin(%d): %v", id, err)
+	}
+	if err := j.finish(outcome(id, succeeded)); err != nil {
+		t.Fatalf("finish(%d): %v", id, err)
+	}
+	j.ack([]int64{id})
+}
+
+func TestJournalBoundsTombstones(t *testing.T) {
+	t.Parallel()
+	b, open := setupJournal(t)
+	b.maxTombs = 5
+	j := open(t)
+	// An abandoned attempt and an unacknowledged outcome are not
+	// tombstones the bound may drop.
+	if err := j.begin(100, b.clock.Now(), ""); err != nil {
+		t.Fatal(err)
+	}
+	j.settleStarted(func(int64) bool { return false }, "")
+	if err := j.begin(101, b.clock.Now(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.finish(outcome(101, failed)); err != nil {
+		t.Fatal(err)
+	}
+	for id := int64(1); id <= 8; id++ {
+		ackAttempt(t, b, j, id)
+	}
+	want := snapshot{4: "acked", 5: "acked", 6: "acked", 7: "acked", 8: "acked",
+		100: "abandoned", 101: "finished/ATTEMPT_OUTCOME_FAILED"}
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after 8 acks with room for 5 tombstones mismatch (-want +got):\n%s", diff)
+	}
+	// The evicted tombstones leave the log with its next compaction.
+	flush(t, j)
+	if err := j.rlog.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	for id := int64(1); id <= 3; id++ {
+		if bytes.Contains(logFile(t, b.dir), encodeEntry(kindOf[stateAcked], id, time.Time{}, time.Time{}, nil)[:9]) {
+			t.Errorf("the evicted tombstone of attempt %d is still in the log after a compaction", id)
+		}
+	}
+	closeJournal(t, j)
+	j = open(t)
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after reopen mismatch (-want +got):\n%s", diff)
+	}
+
+	// A clock that went back: the new tombstone is kept, through a
+	// compaction and a reopen, and the oldest goes instead.
+	b.clock.Add(-time.Hour)
+	ackAttempt(t, b, j, 9)
+	flush(t, j)
+	if err := j.rlog.Compact(); err != nil {
+		t.Fatal(err)
+	}
+	closeJournal(t, j)
+	j = open(t)
+	want = snapshot{5: "acked", 6: "acked", 7: "acked", 8: "acked", 9: "acked",
+		100: "abandoned", 101: "finished/ATTEMPT_OUTCOME_FAILED"}
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after a clock step back mismatch (-want +got):\n%s", diff)
+	}
+	closeJournal(t, j)
+
+	// Reopened with room for 2, the oldest go at once.
+	b.maxTombs = 2
+	j = open(t)
+	want = snapshot{8: "acked", 9: "acked", 100: "abandoned", 101: "finished/ATTEMPT_OUTCOME_FAILED"}
+	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
+		t.Errorf("state after reopening with room for 2 mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestJournalPruneAndBoundAtScale keeps the tombstone index consistent
+// over many attempts: the count stays at the bound, pruning by age takes
+// what is old, and what is kept survives a reopen.
+func TestJournalPruneAndBoundAtScale(t *testing.T) {
+	t.Parallel()
+	b, open := setupJournal(t)
+	b.maxTombs = 1000
+	j := open(t)
+	for id := int64(1); id <= 5000; id++ {
+		ackAttempt(t, b, j, id)
+		if id%997 == 0 {
+			// Now and then an ack arrives out of order in time.
+			b.clock.Add(-3 * time.Second)
+		}
+	}
+	j.mu.Lock()
+	n, tombs := j.nTombs, len(j.recs)
+	j.mu.Unlock()
+	if n != 1000 || tombs != 1000 {
+		t.Errorf("tombstones = %d (records %d) after 5000 acks, want 1000", n, tombs)
+	}
+	for id := int64(4001); id <= 5000; id++ {
+		if !seen(j, id) {
+			t.Fatalf("attempt %d, among the newest 1000, is not seen", id)
+		}
+	}
+	// A day later they all go.
+	b.clock.Add(journalRetention)
+	j.mu.Lock()
+	j.pruneLocked()
+	n, tombs = j.nTombs, len(j.recs)
+	j.mu.Unlock()
+	if n != 0 || tombs != 0 {
+		t.Errorf("tombstones = %d (records %d) after the retention, want none", n, tombs)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/batonhq/baton/agent/internal/recordlog"
+	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -18,8 +19,11 @@ import (
 //	id       8 bytes  attempt id, big-endian
 //	start    8 bytes  when the attempt started, Unix nanoseconds (0: unknown)
 //	updated  8 bytes  when the record was written, Unix nanoseconds
-//	outcome  the rest: the TaskFinished in protobuf binary, for finished
-//	         and rejected records only
+//	tail     the rest: for finished and rejected records the TaskFinished
+//	         in protobuf binary; for started records the identity of the
+//	         runner process the attempt was handed to (at most
+//	         runner.MaxInstanceLen bytes, none when unknown: records of
+//	         earlier versions have none); nothing for the others
 //
 // Replaying the log in order, the last record of an attempt wins and a
 // forget record drops the attempt.
@@ -31,7 +35,8 @@ const (
 )
 
 // kindForget drops an attempt from the journal: its REJECTED outcome was
-// acknowledged and nothing ran.
+// acknowledged and nothing ran, or it was recorded as started but its
+// runner never took it over (journal.settleStarted).
 const kindForget = 'D'
 
 // Record kinds on disk, by state.
@@ -58,17 +63,18 @@ type journalEntry struct {
 	start   time.Time
 	updated time.Time
 	outcome *batonv1.TaskFinished // finished and rejected only
+	runner  string                // started only
 }
 
-// encodeEntry returns the record body of an attempt's state; outcome is
-// the encoded TaskFinished, if any.
-func encodeEntry(kind byte, id int64, start, updated time.Time, outcome []byte) []byte {
-	buf := make([]byte, 0, recFixedLen+len(outcome))
+// encodeEntry returns the record body of an attempt's state; tail is the
+// encoded TaskFinished or the runner identity, if any.
+func encodeEntry(kind byte, id int64, start, updated time.Time, tail []byte) []byte {
+	buf := make([]byte, 0, recFixedLen+len(tail))
 	buf = append(buf, kind)
 	buf = binary.BigEndian.AppendUint64(buf, uint64(id))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(unixNano(start)))
 	buf = binary.BigEndian.AppendUint64(buf, uint64(unixNano(updated)))
-	return append(buf, outcome...)
+	return append(buf, tail...)
 }
 
 // decodeEntry decodes and checks a record body.
@@ -103,6 +109,11 @@ func decodeEntry(body []byte) (journalEntry, error) {
 			return journalEntry{}, fmt.Errorf("attempt %d: the outcome names attempt %d", e.id, tf.GetAttemptId())
 		}
 		e.outcome = &tf
+	case state == stateStarted:
+		if len(rest) > runner.MaxInstanceLen {
+			return journalEntry{}, fmt.Errorf("attempt %d: runner identity of %d bytes is too long", e.id, len(rest))
+		}
+		e.runner = string(rest)
 	default:
 		if len(rest) != 0 {
 			return journalEntry{}, fmt.Errorf("attempt %d: %s record with an outcome", e.id, state)
@@ -113,20 +124,22 @@ func decodeEntry(body []byte) (journalEntry, error) {
 
 // classify tells the record log's compaction what a record body is worth:
 // its attempt, kept unless it forgets the attempt or is a tombstone past
-// the retention; an invalid record is skipped.
-func classify(now func() time.Time) func(body []byte) (int64, recordlog.Action) {
-	return func(body []byte) (int64, recordlog.Action) {
-		e, err := decodeEntry(body)
-		switch {
-		case err != nil:
-			return 0, recordlog.Skip
-		case e.kind == kindForget:
-			return e.id, recordlog.Drop
-		case (e.kind == kindOf[stateAcked] || e.kind == kindOf[stateAbandoned]) && now().Sub(e.updated) >= journalRetention:
-			return e.id, recordlog.Drop
-		}
-		return e.id, recordlog.Keep
+// the retention or evicted by count; an invalid record is skipped.
+func (j *journal) classify(body []byte) (int64, recordlog.Action) {
+	e, err := decodeEntry(body)
+	if err != nil {
+		return 0, recordlog.Skip
 	}
+	acked := e.kind == kindOf[stateAcked]
+	switch cut := j.evicted.Load(); {
+	case e.kind == kindForget:
+		return e.id, recordlog.Drop
+	case acked && cut > 0 && unixNano(e.updated) <= cut:
+		return e.id, recordlog.Drop
+	case (acked || e.kind == kindOf[stateAbandoned]) && j.now().Sub(e.updated) >= journalRetention:
+		return e.id, recordlog.Drop
+	}
+	return e.id, recordlog.Keep
 }
 
 func unixNano(t time.Time) int64 {

@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/batonhq/baton/agent/internal/crashpoint"
 	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
@@ -29,17 +30,81 @@ import (
 // instead of the tests, like buildkite's internal/process/main_test.go.
 // Started with the argument "runner" it is the agents' runner, as
 // baton-agent is.
+//
+// An agent or runner process of a test stops at a crash point when
+// BATON_TEST_CRASH says so (installCrashHook).
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "runner" {
+		installCrashHook()
 		os.Exit(runner.Main(os.Args[2:], os.Stderr))
 	}
 	if b := os.Getenv("BATON_TEST_CHILD"); b != "" {
 		os.Exit(child(b))
 	}
 	if spec := os.Getenv("BATON_TEST_AGENT"); spec != "" {
+		installCrashHook()
 		os.Exit(agentMain(spec))
 	}
 	goleak.VerifyTestMain(m)
+}
+
+// crashEnv names the variable holding a crashSpec in JSON.
+const crashEnv = "BATON_TEST_CRASH"
+
+// crashSpec stops a process of the test binary (an agent or a runner)
+// when attempt ID reaches crash point Point: it kills itself with SIGKILL
+// there or, with HoldDir, creates HoldDir/held and waits until
+// HoldDir/release exists.
+type crashSpec struct {
+	Point   string
+	ID      int64
+	HoldDir string
+}
+
+// env returns the environment entry that passes spec on.
+func (spec crashSpec) env(t testing.TB) string {
+	t.Helper()
+	b, err := json.Marshal(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crashEnv + "=" + string(b)
+}
+
+// installCrashHook installs the crash hook BATON_TEST_CRASH describes, if
+// any.
+func installCrashHook() {
+	v := os.Getenv(crashEnv)
+	if v == "" {
+		return
+	}
+	var spec crashSpec
+	if err := json.Unmarshal([]byte(v), &spec); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", crashEnv, err)
+		os.Exit(2)
+	}
+	crashpoint.Set(func(point string, id int64) {
+		if point != spec.Point || id != spec.ID {
+			return
+		}
+		if spec.HoldDir == "" {
+			fmt.Fprintf(os.Stderr, "crash point %s of attempt %d: killing this process\n", point, id)
+			if p, err := os.FindProcess(os.Getpid()); err == nil {
+				_ = p.Kill()
+			}
+			time.Sleep(time.Hour) // the signal is on its way
+		}
+		fmt.Fprintf(os.Stderr, "crash point %s of attempt %d: holding\n", point, id)
+		if err := os.WriteFile(filepath.Join(spec.HoldDir, "held"), nil, 0o600); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+		}
+		for {
+			if _, err := os.Stat(filepath.Join(spec.HoldDir, "release")); err == nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // polling for the test's file
+		}
+	})
 }
 
 // child runs one test child behaviour and returns its exit code.

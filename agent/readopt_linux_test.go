@@ -29,8 +29,9 @@ type agentProcess struct {
 }
 
 // startProcess starts an agent process for the bundle's server and state
-// dir; runnerVersion 0 is the current protocol version.
-func (b *testBundle) startProcess(t *testing.T, runnerVersion int) *agentProcess {
+// dir, with env added to its environment (and its runner's, should it
+// start one); runnerVersion 0 is the current protocol version.
+func (b *testBundle) startProcess(t *testing.T, runnerVersion int, env ...string) *agentProcess {
 	t.Helper()
 	spec, err := json.Marshal(agentSpec{Server: b.srv.addr, StateDir: b.stateDir, RunnerVersion: runnerVersion})
 	if err != nil {
@@ -38,6 +39,7 @@ func (b *testBundle) startProcess(t *testing.T, runnerVersion int) *agentProcess
 	}
 	cmd := exec.Command(b.exe)
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "BATON_TEST_AGENT="+string(spec))
+	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -62,10 +64,16 @@ func (b *testBundle) startProcess(t *testing.T, runnerVersion int) *agentProcess
 func (p *agentProcess) kill(t *testing.T) {
 	t.Helper()
 	_ = p.cmd.Process.Kill()
+	p.wait(t)
+}
+
+// wait waits until the agent process has exited.
+func (p *agentProcess) wait(t *testing.T) {
+	t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(waitTimeout):
-		t.Fatalf("agent process %d still running %s after SIGKILL", p.cmd.Process.Pid, waitTimeout)
+		t.Fatalf("agent process %d still running after %s", p.cmd.Process.Pid, waitTimeout)
 	}
 }
 

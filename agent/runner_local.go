@@ -16,8 +16,11 @@ import (
 // ends with the agent, so children do not outlive it.
 type localRunner struct{}
 
-func (localRunner) confirm(int64) {}
-func (localRunner) close()        {}
+// instance is empty: a child of the agent process ends with it, so an
+// attempt recorded as started by an earlier agent process may have run.
+func (localRunner) instance() string { return "" }
+func (localRunner) confirm(int64)    {}
+func (localRunner) close()           {}
 
 func (localRunner) start(_ context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error) {
 	lp := &localProc{timeout: req.Timeout, grace: req.Grace, done: make(chan struct{})}

@@ -64,6 +64,7 @@ func (r *remoteRunner) start(ctx context.Context, req *runner.StartRequest, sink
 	return p, nil
 }
 
+func (r *remoteRunner) instance() string { return r.client().Instance() }
 func (r *remoteRunner) confirm(id int64) { r.client().Confirm(id) }
 func (r *remoteRunner) close()           { r.client().Close() }
 
