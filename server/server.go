@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -88,6 +91,7 @@ type Server struct {
 
 	grpcLis net.Listener
 	httpLis net.Listener
+	metrics *prometheus.Registry
 }
 
 // New validates cfg, opens the listeners and returns a Server ready to Run.
@@ -125,9 +129,12 @@ func New(cfg Config) (*Server, error) {
 				"or --insecure to accept plaintext from other machines", a)
 		}
 	}
+	s.metrics = prometheus.NewRegistry()
+	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	sched, err := scheduler.New(scheduler.Config{
 		Store: cfg.Store, Logger: cfg.Logger, AgentTimeout: cfg.AgentTimeout,
 		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version, Holder: cfg.NodeID,
+		Metrics: scheduler.NewMetrics(s.metrics),
 	})
 	if err != nil {
 		return nil, err
@@ -234,6 +241,7 @@ func (s *Server) Run(ctx context.Context) error {
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte("ok\n"))
 		})
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
 		wg.Add(1)
 		go func() {

@@ -123,6 +123,7 @@ func (in helloInput) apply(s *Scheduler) {
 	}
 	now := time.Now()
 	a.sess, a.bootID = in.sess, h.BootID
+	s.countAgents()
 	a.labels, a.slots, a.version, a.hostname, a.os = h.Labels, h.Slots, h.Version, h.Hostname, h.OS
 	a.draining, a.lost = false, false
 	a.lastSeen, a.connectedAt = now, now
@@ -195,6 +196,7 @@ func (in goneInput) apply(s *Scheduler) {
 		return
 	}
 	a.sess = nil
+	s.countAgents()
 	rec := a.record(store.AgentDisconnected)
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
@@ -244,9 +246,11 @@ func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 		}
 	}
 	name, ttl := a.name, s.leaseTTL()
-	s.write(func(ctx context.Context, tx store.Store) error {
-		_, err := tx.AttemptHeartbeat(ctx, &store.AttemptHeartbeatParams{Agent: name, AttemptIDs: ids, LeaseTTL: ttl})
-		return err
+	s.lazily(func() {
+		s.write(func(ctx context.Context, tx store.Store) error {
+			_, err := tx.AttemptHeartbeat(ctx, &store.AttemptHeartbeatParams{Agent: name, AttemptIDs: ids, LeaseTTL: ttl})
+			return err
+		})
 	})
 }
 
@@ -256,13 +260,29 @@ func (s *Scheduler) started(a *agentRT, m *dispatch.Started) {
 		return
 	}
 	att.state = store.AttemptRunning
+	att.startedAt = m.At
+	// Nothing waits for a start to be durable. It is written with the next
+	// commit that happens anyway, or after lazyDelay; when the attempt's
+	// outcome comes first, the outcome records the start itself and the
+	// start costs no write at all.
+	att.startUnwritten = true
+	s.lazyStarts = append(s.lazyStarts, att)
+	s.armLazy()
 	in := att.inst
-	id, name, ttl, at := att.id, a.name, s.leaseTTL(), m.At
+	in.run.eng.Transition(in.task, in.item, store.InstanceRunning)
+}
+
+// writeStart writes an attempt's start and its instance's move to running.
+func (s *Scheduler) writeStart(att *attemptRT) {
+	if !att.startUnwritten {
+		return
+	}
+	att.startUnwritten = false
+	id, name, ttl, at := att.id, att.agent.name, s.leaseTTL(), att.startedAt
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AttemptStarted(ctx, &store.AttemptStartedParams{ID: id, Agent: name, StartedAt: at, LeaseTTL: ttl})
 	})
-	s.transition(in, store.InstanceRunning, "", nil, id)
-	in.run.eng.Transition(in.task, in.item, store.InstanceRunning)
+	s.transition(att.inst, store.InstanceRunning, "", nil, id)
 }
 
 func (s *Scheduler) logChunk(a *agentRT, m *dispatch.Log) {
@@ -289,6 +309,9 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	}
 	params := finishParams(a.name, f)
 	att := s.live[f.AttemptID]
+	if att != nil && att.agent == a && att.startUnwritten && params.StartedAt.IsZero() {
+		params.StartedAt = att.startedAt
+	}
 	if att == nil || att.agent != a {
 		// Late, repeated or unknown: keep it as history, never as the
 		// outcome of its instance.
@@ -323,6 +346,9 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		_, err := tx.AttemptFinish(ctx, params)
 		return err
 	})
+	if m := s.cfg.Metrics; m != nil {
+		s.after(func() { m.finished.WithLabelValues(string(params.State)).Inc() })
+	}
 	task := r.g.Nodes[in.task].Task
 	errMsg := f.Error
 	exit := params.ExitCode
@@ -363,8 +389,10 @@ func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time
 	return ev
 }
 
-// release detaches a live attempt from its agent and frees its slot.
+// release detaches a live attempt from its agent and frees its slot. A
+// start not yet written is dropped: what ends the attempt records it.
 func (s *Scheduler) release(att *attemptRT) {
+	att.startUnwritten = false
 	delete(s.live, att.id)
 	delete(att.agent.attempts, att)
 	in := att.inst
@@ -402,6 +430,9 @@ func (s *Scheduler) lost(in *instRT, msg string) {
 		})
 	}
 	in.losses++
+	if m := s.cfg.Metrics; m != nil {
+		s.after(m.lost.Inc)
+	}
 	task := r.g.Nodes[in.task].Task
 	if !r.eng.Stopping() && engine.RetryAfterLoss(task, in.losses) {
 		in.kind = store.AttemptReplacement
@@ -440,6 +471,7 @@ func (s *Scheduler) sweep() {
 		if a.sess != nil {
 			a.sess.Close(status.Error(codes.Unavailable, "agent timed out"))
 			a.sess = nil
+			s.countAgents()
 		}
 		s.log.Warn("agent lost", slog.String("agent", a.name), slog.Duration("silent_for", now.Sub(a.lastSeen)),
 			slog.Int("attempts", len(a.attempts)))
@@ -488,3 +520,18 @@ func finishParams(agent string, f *dispatch.Finished) *store.AttemptFinishParams
 
 // validUTF8 turns a child's raw output into text, replacing invalid bytes.
 func validUTF8(b []byte) string { return strings.ToValidUTF8(string(b), "\uFFFD") }
+
+// countAgents updates the connected-agents gauge.
+func (s *Scheduler) countAgents() {
+	m := s.cfg.Metrics
+	if m == nil {
+		return
+	}
+	n := 0
+	for _, a := range s.agents {
+		if a.sess != nil {
+			n++
+		}
+	}
+	m.agents.Set(float64(n))
+}

@@ -69,9 +69,58 @@ func (s *Scheduler) event(e *store.Event) {
 	s.b.touched[e.RunID] = struct{}{}
 }
 
+// lazyDelay bounds how long a write that nothing waits for (an attempt's
+// start, a lease renewal) may wait to ride along with the next commit.
+const lazyDelay = 10 * time.Millisecond
+
+// lazily runs fn with its writes and events collected aside: they are
+// committed with the next batch that commits anyway, or after lazyDelay.
+func (s *Scheduler) lazily(fn func()) {
+	b := s.b
+	s.b = s.lazy
+	fn()
+	s.lazy = s.b
+	s.b = b
+	s.armLazy()
+}
+
+// armLazy makes sure lazy writes are flushed within lazyDelay. One timer at
+// a time: a commit may flush before it fires, and writes made after that
+// wait for this same timer.
+func (s *Scheduler) armLazy() {
+	if s.lazyArmed {
+		return
+	}
+	s.lazyArmed = true
+	s.at(time.Now().Add(lazyDelay), func() {
+		s.lazyArmed = false
+		s.flushLazy()
+	})
+}
+
+// flushLazy moves the lazy writes into the current batch, ahead of its own
+// (they happened first), and writes the starts no outcome superseded.
+func (s *Scheduler) flushLazy() {
+	if l := s.lazy; !l.empty() {
+		s.b.ops = append(l.ops, s.b.ops...)
+		s.b.events = append(l.events, s.b.events...)
+		for id := range l.touched {
+			s.b.touched[id] = struct{}{}
+		}
+		s.lazy = newBatch()
+	}
+	for _, att := range s.lazyStarts {
+		s.writeStart(att)
+	}
+	s.lazyStarts = s.lazyStarts[:0]
+}
+
 // commit writes the batch in one transaction, then runs its effects.
 func (s *Scheduler) commit(ctx context.Context) error {
 	s.writeReady()
+	if !s.b.empty() {
+		s.flushLazy()
+	}
 	// A commit is short and runs to its end even during shutdown. A
 	// context that cannot be cancelled also spares database/sql a watcher
 	// goroutine for every row-returning statement of the transaction.
@@ -81,6 +130,7 @@ func (s *Scheduler) commit(ctx context.Context) error {
 		return nil
 	}
 	if len(b.ops) > 0 || len(b.events) > 0 || len(b.logs) > 0 {
+		start := time.Now()
 		fence := &store.LeaderCheckParams{Name: leaseName, Holder: s.cfg.Holder, Token: s.lease.Token}
 		err := s.st.InTx(ctx, func(tx store.Store) error {
 			// Fenced: a deposed leader's writes fail here.
@@ -107,6 +157,10 @@ func (s *Scheduler) commit(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if m := s.cfg.Metrics; m != nil {
+			m.commit.Observe(time.Since(start).Seconds())
+			m.batch.Observe(float64(len(b.ops) + len(b.events) + len(b.logs)))
+		}
 	}
 	s.b = newBatch()
 	for _, f := range b.effects {
@@ -114,6 +168,9 @@ func (s *Scheduler) commit(ctx context.Context) error {
 	}
 	for id := range b.touched {
 		s.notify.wake(id)
+	}
+	if m := s.cfg.Metrics; m != nil {
+		m.activeRuns.Set(float64(len(s.runs)))
 	}
 	return nil
 }

@@ -120,6 +120,13 @@ func (s *Scheduler) place() {
 		}
 		s.startAttempt(in, bestAgent)
 	}
+	if m := s.cfg.Metrics; m != nil {
+		ready := 0
+		for _, g := range s.glist {
+			ready += len(g.ready)
+		}
+		m.ready.Set(float64(ready))
+	}
 	// Drop empty queues so the list stays short.
 	s.glist = slices.DeleteFunc(s.glist, func(g *group) bool {
 		if len(g.ready) == 0 {
@@ -236,6 +243,9 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	})
 	s.event(ev)
 	s.after(func() {
+		if m := s.cfg.Metrics; m != nil {
+			m.dispatched.Inc()
+		}
 		att.start.AttemptID = att.id
 		s.live[att.id] = att
 		if a.sess != nil {

@@ -57,6 +57,8 @@ type Config struct {
 	// LeaseTTL is how long leadership lasts without renewal; it is renewed
 	// every third of it. Defaults to 15s.
 	LeaseTTL time.Duration
+	// Metrics, when set, receives the scheduler's measurements.
+	Metrics *Metrics
 }
 
 // leaseName is the leader lease the scheduler holds.
@@ -113,17 +115,22 @@ type Scheduler struct {
 	settledOnce sync.Once
 
 	// Owned by the loop.
-	b      *batch
-	local  []input // inputs produced by effects, applied next iteration
-	runs   map[int64]*runRT
-	queued map[int64][]*store.Run // job id -> queued runs, oldest first
-	agents map[string]*agentRT
-	live   map[int64]*attemptRT // live attempts by id
-	groups map[string]*group    // ready queues by selector
-	glist  []*group
-	timers timerHeap
-	graphs graphCache
-	seq    uint64
+	b *batch
+	// lazy holds writes waiting to ride along with the next commit;
+	// lazyArmed says a timer will flush them.
+	lazy       *batch
+	lazyStarts []*attemptRT
+	lazyArmed  bool
+	local      []input // inputs produced by effects, applied next iteration
+	runs       map[int64]*runRT
+	queued     map[int64][]*store.Run // job id -> queued runs, oldest first
+	agents     map[string]*agentRT
+	live       map[int64]*attemptRT // live attempts by id
+	groups     map[string]*group    // ready queues by selector
+	glist      []*group
+	timers     timerHeap
+	graphs     graphCache
+	seq        uint64
 	// cands and candAgents are pickAgent's reusable buffers.
 	cands      []dispatch.Candidate
 	candAgents []*agentRT
@@ -366,6 +373,9 @@ func (s *Scheduler) shutdown() {
 // every non-terminal run is loaded and continues.
 func (s *Scheduler) recover(ctx context.Context) error {
 	s.b = newBatch()
+	s.lazy = newBatch()
+	s.lazyStarts = nil
+	s.lazyArmed = false
 	s.runs = map[int64]*runRT{}
 	s.queued = map[int64][]*store.Run{}
 	s.agents = map[string]*agentRT{}

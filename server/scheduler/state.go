@@ -77,6 +77,10 @@ type attemptRT struct {
 	no    int
 	state store.AttemptState
 	start *dispatch.Start
+	// startedAt is when the child started; startUnwritten says the start
+	// is not written yet (see Scheduler.started).
+	startedAt      time.Time
+	startUnwritten bool
 	// logged counts the output bytes stored so far.
 	logged     int64
 	cancelSent bool
