@@ -2,65 +2,24 @@
 
 package e2e
 
-import (
-	"fmt"
-	"strings"
-	"testing"
-	"time"
-
-	batonv1 "github.com/batonhq/baton/gen/baton/v1"
-)
-
-// These tests fail now and then because of an agent bug: a baton-agent
-// killed with SIGKILL while it is starting a child (the attempt journaled
-// as started, the runner not yet running it, or running it but not yet
-// listing it) leaves a journal record that the next agent process turns
-// into a tombstone. The control plane sends the StartTask again and the
-// agent answers FAILED "the agent stopped while the attempt ran; its
-// outcome is unknown": a child that never ran fails its task, and a child
-// that did run has its real exit discarded by the agent as "exit of an
-// unknown attempt". Run them with `go test -tags pending`.
+import "testing"
 
 // TestCrashResumeAgentKilled is the full chaos test: batond killed three
-// times and one agent killed once, at random points. See runChaos.
+// times and one agent killed once, at random points. See runChaos. Run it
+// with `go test -tags pending`.
+//
+// The agent's side of it passes: an agent killed while starting children
+// loses nothing (TestAgentKilledWhileStarting, and the crash-point tests
+// of package agent). It still fails about one run in ten because of a
+// batond bug: when the agent is killed while its Hello waits for a
+// scheduler that is still loading after a restart, Scheduler.Hello
+// returns the stream's context error but the queued hello is applied
+// afterwards, admitting a session whose stream has ended, and Gone is
+// never called for it (dispatch calls Gone only after Hello accepted). The
+// name stays taken: the restarted agent is refused with ALREADY_EXISTS
+// until --agent-timeout declares the stale session lost, and the children
+// it re-adopted run a second time elsewhere.
 func TestCrashResumeAgentKilled(t *testing.T) {
 	t.Parallel()
 	runChaos(t, true)
-}
-
-// TestAgentKilledWhileStarting kills an agent with SIGKILL six times while
-// it starts many short children, and starts it again each time with the
-// same name and state directory. Every task must succeed: a child that
-// never started can be started, and one that ran has a real outcome.
-func TestAgentKilledWhileStarting(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t)
-	c.agent("victim", 8)
-	c.waitAgents(1)
-	var b strings.Builder
-	b.WriteString("name: churn\ntasks:\n")
-	const tasks = 300
-	for i := range tasks {
-		fmt.Fprintf(&b, "  - {name: t%03d, run: [TASK, sleep, '0.05']}\n", i)
-	}
-	c.apply(b.String())
-	id := c.startRun("churn", nil).GetId()
-	for k := range 6 {
-		waitFor(t, time.Minute, fmt.Sprintf("%d tasks done", 30*(k+1)), func() bool {
-			r, err := c.c.GetRun(t.Context(), id)
-			return err == nil && doneTasks(r) >= 30*(k+1)
-		})
-		c.agents["victim"].kill()
-		c.agent("victim", 8)
-	}
-	run := c.waitState(id, 2*time.Minute, batonv1.RunState_RUN_STATE_SUCCEEDED, batonv1.RunState_RUN_STATE_FAILED)
-	for _, tr := range run.GetTasks() {
-		if tr.GetState() != batonv1.TaskState_TASK_STATE_SUCCEEDED {
-			t.Errorf("%s = %v after %d attempts (%s); the child ran %d times",
-				tr.GetTask(), tr.GetState(), tr.GetAttempts(), tr.GetError(), len(c.markLines(tr.GetTask())))
-		}
-	}
-	if run.GetState() != batonv1.RunState_RUN_STATE_SUCCEEDED {
-		t.Errorf("run = %v (%s), want SUCCEEDED", run.GetState(), run.GetError())
-	}
 }
