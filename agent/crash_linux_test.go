@@ -3,6 +3,7 @@ package agent
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -49,7 +50,7 @@ func fileExists(path string) bool {
 
 // runnerLog returns the runner's own log.
 func runnerLog(stateDir string) string {
-	b, _ := os.ReadFile(filepath.Join(stateDir, "r"+string(rune('0'+runner.ProtocolVersion)), "log"))
+	b, _ := os.ReadFile(filepath.Join(stateDir, "r"+strconv.Itoa(runner.ProtocolVersion), "log"))
 	return string(b)
 }
 

@@ -12,7 +12,11 @@
 // journaled the outcome. Killing or upgrading the agent therefore does not
 // touch the children: the next agent process attaches to the runner,
 // re-adopts the children still running and collects the exits that
-// happened meanwhile.
+// happened meanwhile. The runner takes a start request over as it reads
+// it, and only while the connection it came on is the attached one, so
+// the welcome of a later connection lists every child the runner may
+// still start: an attempt it does not list never starts (see
+// [Client.Instance]).
 //
 // A runner exits on its own once no agent is attached, no child runs and
 // every exit is confirmed, after [DefaultIdleExit]. An agent of another
