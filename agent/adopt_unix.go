@@ -18,7 +18,7 @@ import (
 func (a *Agent) attached(r childRunner, at *runner.Attachment) {
 	a.mu.Lock()
 	if !a.attachedOnce {
-		a.attachedOnce, a.firstRunner = true, at.Instance
+		a.attachedOnce, a.handedOver = true, []string{at.Instance, at.CleanExit}
 	}
 	a.mu.Unlock()
 	for _, p := range at.Running {

@@ -150,9 +150,11 @@ type Agent struct {
 
 	mu   sync.Mutex
 	sess *session // the current session, nil while disconnected
-	// firstRunner is the Attachment.Instance of the first attachment to
-	// the runner, set once (attachedOnce) before reconcile reads it.
-	firstRunner  string
+	// handedOver holds, from the first attachment to the runner, the
+	// runners an attempt journaled as started on them would be listed by
+	// if it had started (Attachment.Instance and CleanExit); set once
+	// (attachedOnce) before reconcile reads it.
+	handedOver   []string
 	attachedOnce bool
 	attempts     map[int64]*attempt // accepted attempts whose outcome is not yet journaled
 	// reporting counts, by attempt id, outcomes being journaled that are
@@ -490,7 +492,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.journal.settleStarted(func(id int64) bool {
 		_, running := a.attempts[id]
 		return running
-	}, a.firstRunner)
+	}, a.handedOver...)
 	running := make(map[string]bool, len(a.attempts))
 	for id := range a.attempts {
 		running[strconv.FormatInt(id, 10)] = true

@@ -363,13 +363,17 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 //     not list it) and A' starts it: it never started.
 //  2. Begun: the journal holds it as started on R (journal.begin with
 //     R's identity, runner.Client.Instance, when R takes starts over
-//     exactly). Killed here, or before R took the request over (3), R's
-//     welcome to A' does not list it; A' finds it recorded with the very
-//     runner it attached to, so it never started and never will
-//     (journal.settleStarted drops the record), and A' starts it when the
-//     control plane sends it again. Recorded with a runner that is gone
-//     since, or with none, the outcome is unknown: it becomes a
-//     tombstone (abandoned) and a repeated StartTask is answered FAILED.
+//     exactly); the request goes to R only (StartRequest.Instance: should
+//     the client be attached to another runner by then, nothing is sent
+//     and the attempt is REJECTED). Killed here, or before R took the
+//     request over (3), R's welcome to A' does not list it; A' finds it
+//     recorded with the very runner it attached to, or with one that has
+//     exited on its own since with nothing left (Attachment.CleanExit), so
+//     it never started and never will (journal.settleStarted drops the
+//     record), and A' starts it when the control plane sends it again.
+//     Recorded with a runner that was killed since, or with none, the
+//     outcome is unknown: it becomes a tombstone (abandoned) and a
+//     repeated StartTask is answered FAILED.
 //  3. Sent: the start request is on R's socket. R takes it over only
 //     while this agent's connection is the attached one; once A' has
 //     attached, R drops it. Either R lists it to A' (4) or it never
@@ -411,7 +415,8 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	}
 
 	crashpoint.Reach(crashpoint.AgentAccepted, att.id)
-	if err := a.journal.begin(att.id, att.received, a.runner.instance()); err != nil {
+	inst := a.runner.instance()
+	if err := a.journal.begin(att.id, att.received, inst); err != nil {
 		// Without the record a restarted agent might start the attempt
 		// again, so it must not start. Nothing ran: the control plane may
 		// place it elsewhere.
@@ -424,6 +429,8 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 		log.WarnContext(ctx, "cannot start attempt", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
+	// Only to the runner the journal names (or, with none named, to any).
+	req.Instance = inst
 	logs := newAttemptLogs(att.id, a.emitLog)
 
 	att.mu.Lock()

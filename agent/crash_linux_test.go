@@ -66,10 +66,12 @@ func TestAgentKilledWhileStarting(t *testing.T) {
 		name  string
 		point string
 		hold  bool // the point is the runner's: hold the runner there while the agent is killed
+		idle  bool // let the runner exit on its own before the next agent starts
 		want  string
 	}{
 		{name: "before the journal", point: crashpoint.AgentAccepted, want: neverStarted},
 		{name: "journaled, request not sent", point: crashpoint.AgentBegun, want: neverStarted},
+		{name: "journaled, request not sent, runner gone idle", point: crashpoint.AgentBegun, idle: true, want: neverStarted},
 		{name: "request not yet read by the runner", point: crashpoint.RunnerReceived, hold: true, want: neverStarted},
 		{name: "runner forking the child", point: crashpoint.RunnerForking, hold: true, want: readopted},
 		{name: "child started, not announced", point: crashpoint.AgentStarted, want: readopted},
@@ -93,11 +95,15 @@ func TestAgentKilledWhileStarting(t *testing.T) {
 			s1 := b.srv.session(t)
 			st := b.crashTask(id, ran, release)
 			s1.startTask(t, st)
+			runnerPid := oneRunner(t, b.stateDir)
 			if tc.hold {
 				waitFor(t, "the runner holds at "+tc.point, func() bool { return fileExists(filepath.Join(spec.HoldDir, "held")) })
 				first.kill(t)
 			} else {
 				first.wait(t)
+			}
+			if tc.idle {
+				waitGone(t, runnerPid)
 			}
 
 			b.start(t, b.config())

@@ -234,26 +234,27 @@ func (j *journal) migrate(legacy map[string]legacyEntry) error {
 // settleStarted decides, once the agent process has attached to its
 // runner, what became of each attempt an earlier agent process recorded
 // as started and running does not report true for (the runner did not
-// list it). attached is the Instance of that first attachment (empty when
-// the runner does not take starts over exactly, or children run in the
-// agent process).
+// list it). listing names the runners that account for every start they
+// took over: the runner attached to (Attachment.Instance), which lists
+// them, and the one that last exited on its own with none left
+// (Attachment.CleanExit); empty names are ignored.
 //
-//   - An attempt recorded with runner attached was handed to that very
-//     runner, which lists every start request it took over: it never
+//   - An attempt recorded with a runner of listing was handed to that
+//     runner only, and is not among what it accounts for: it never
 //     started, and never will. Its record goes, and the attempt starts
 //     when the control plane sends it again.
-//   - Any other (recorded with a runner that has died since, or with none)
-//     may have started a child that nobody can report: its outcome is
-//     unknown. Its record becomes a tombstone (abandoned), so that it
+//   - Any other (recorded with a runner that was killed since, or with
+//     none) may have started a child that nobody can report: its outcome
+//     is unknown. Its record becomes a tombstone (abandoned), so that it
 //     never starts, and a repeated StartTask is answered FAILED.
-func (j *journal) settleStarted(running func(id int64) bool, attached string) {
+func (j *journal) settleStarted(running func(id int64) bool, listing ...string) {
 	j.mu.Lock()
 	var p *recordlog.Pending
 	for id, rec := range j.recs {
 		if rec.state != stateStarted || running(id) {
 			continue
 		}
-		if rec.runner != "" && rec.runner == attached {
+		if rec.runner != "" && slices.Contains(listing, rec.runner) {
 			j.log.Info("journal: attempt was recorded but never started; it starts when the control plane sends it again",
 				slog.Int64("attempt_id", id))
 			j.dropLocked(id)

@@ -998,7 +998,7 @@ func TestJournalSettleStarted(t *testing.T) {
 	b, open := setupJournal(t)
 	j := open(t)
 	start := b.clock.Now()
-	for id, r := range map[int64]string{1: "r1", 2: "r2", 3: "", 4: "r1"} {
+	for id, r := range map[int64]string{1: "r1", 2: "r2", 3: "", 4: "r1", 6: "r0"} {
 		if err := j.begin(id, start, r); err != nil {
 			t.Fatalf("begin(%d): %v", id, err)
 		}
@@ -1010,12 +1010,14 @@ func TestJournalSettleStarted(t *testing.T) {
 	closeJournal(t, j)
 
 	// The next agent process attached to runner r1, which runs 4 and
-	// does not list 1: 1 never started. 2 was handed to a runner that is
+	// does not list 1: 1 never started. r0 exited on its own with nothing
+	// left, so 6 never started either. 2 was handed to a runner that is
 	// gone, 3 and 5 to one whose identity is unknown: their outcome is
 	// unknown.
 	j = open(t)
-	j.settleStarted(func(id int64) bool { return id == 4 }, "r1")
+	j.settleStarted(func(id int64) bool { return id == 4 }, "r1", "r0", "")
 	b.logs.wait(t, "journal: attempt was recorded but never started; it starts when the control plane sends it again", "attempt_id", "1")
+	b.logs.wait(t, "journal: attempt was recorded but never started; it starts when the control plane sends it again", "attempt_id", "6")
 	want := snapshot{2: "abandoned", 3: "abandoned", 4: "started", 5: "abandoned"}
 	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
 		t.Errorf("state after settleStarted mismatch (-want +got):\n%s", diff)

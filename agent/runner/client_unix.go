@@ -59,6 +59,14 @@ type Attachment struct {
 	// sent to runner Instance after journaling it with Instance, and that
 	// this attachment does not list, was never started and never will be.
 	Instance string
+	// CleanExit identifies the runner process of this state directory and
+	// protocol version that last exited on its own (idle, with every
+	// child it had taken over confirmed), during the current boot; empty
+	// if none is known. An attempt an agent journaled with that identity
+	// and then handed to it never started, unless the agent journaled its
+	// outcome. (After a reboot a journal written without fsync may have
+	// lost outcomes the runner had been told were journaled.)
+	CleanExit string
 }
 
 // ClientConfig configures a Client.
@@ -204,8 +212,9 @@ func (c *Client) Close() {
 
 // Start asks the runner to start a child and waits until it has started.
 // Output goes to sink. It returns ErrUnavailable (wrapped) when the
-// request did not reach a runner, another error when the child could not
-// be started. When the runner was lost while starting the child, the
+// request did not reach a runner (or req.Instance names another runner
+// than the one attached), another error when the child could not be
+// started. When the runner was lost while starting the child, the
 // returned Proc is done already with Result.Lost set.
 func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc, error) {
 	if err := req.validate(); err != nil {
@@ -233,6 +242,10 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 	if _, ok := c.procs[req.ID]; ok {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("runner: attempt %d is already running", req.ID)
+	}
+	if req.Instance != "" && (!c.exact || req.Instance != c.instance) {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: the request is for runner %s, the client is attached to another", ErrUnavailable, req.Instance)
 	}
 	b, err := encodeJSON(&frame{Start: c.startMsg(req, c.conn)})
 	if err != nil {
@@ -487,6 +500,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	if exact {
 		at.Instance = w.Instance
 	}
+	at.CleanExit = c.cleanExit()
 	c.mu.Lock()
 	// A child this client asked the same exact runner to start that the
 	// welcome does not list was never taken over, so it never starts. Any
@@ -584,6 +598,20 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	if c.cfg.Attached != nil {
 		c.cfg.Attached(c, at)
 	}
+}
+
+// cleanExit returns the instance of the runner that last exited on its
+// own during this boot, as it recorded it; empty if none is known.
+func (c *Client) cleanExit() string {
+	b, err := os.ReadFile(filepath.Join(c.dir, exitedName))
+	if err != nil {
+		return ""
+	}
+	inst, boot, ok := strings.Cut(string(b), " ")
+	if !ok || inst == "" || len(inst) > MaxInstanceLen || boot == "" || boot != bootID() {
+		return ""
+	}
+	return inst
 }
 
 // killOrphan kills the process group of a child whose runner died, when

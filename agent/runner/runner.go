@@ -101,6 +101,11 @@ type StartRequest struct {
 	Grace time.Duration `json:"grace,omitempty"`
 	// Fsync makes the runner flush the exit record to stable storage.
 	Fsync bool `json:"fsync,omitempty"`
+	// Instance, when set, names the only runner process the request may
+	// go to (Client.Instance): attached to another, Client.Start sends
+	// nothing and returns ErrUnavailable. The agent journals an attempt
+	// with the runner it is handed to; this keeps the two the same.
+	Instance string `json:"-"`
 }
 
 func (r *StartRequest) validate() error {
@@ -195,6 +200,10 @@ const (
 	// they collected from it.
 	recordsName   = "records"
 	confirmedName = "confirmed"
+	// exitedName holds the instance and boot id of the last runner of the
+	// version that exited on its own with nothing left it had taken over
+	// (version 2 on), separated by a space.
+	exitedName = "exited"
 	// attDirName holds the record files of a version 1 runner.
 	attDirName = "att"
 	// maxSockPath is below the smallest sun_path of the supported

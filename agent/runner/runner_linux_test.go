@@ -644,3 +644,40 @@ func TestStartBeingForkedIsListed(t *testing.T) {
 	}
 	c.Confirm(1)
 }
+
+// TestCleanExitIsRecorded lets a runner exit on its own: the next
+// attachment names it as CleanExit, and a start meant for it is not sent
+// to its successor.
+func TestCleanExitIsRecorded(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	first := b.attachment(t)
+	if first.CleanExit != "" {
+		t.Errorf("CleanExit of a fresh state dir = %q, want none", first.CleanExit)
+	}
+	pid := b.runnerPid(t)
+	c.Close()
+	waitGone(t, pid)
+
+	c2 := b.open(t)
+	second := b.attachment(t)
+	if second.CleanExit != first.Instance || second.Instance == first.Instance || second.Instance == "" {
+		t.Errorf("second attachment: instance %q, clean exit %q; want a new instance and clean exit %q",
+			second.Instance, second.CleanExit, first.Instance)
+	}
+	req := shell(1, "true")
+	req.Instance = first.Instance
+	if _, err := c2.Start(t.Context(), req, &captured{}); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Start for the runner that exited = %v, want ErrUnavailable", err)
+	}
+	req.Instance = second.Instance
+	p, err := c2.Start(t.Context(), req, &captured{})
+	if err != nil {
+		t.Fatalf("Start for the attached runner = %v, want nil", err)
+	}
+	if res := result(t, p); res.ExitCode != 0 {
+		t.Errorf("Result = %+v, want exit 0", res)
+	}
+	c2.Confirm(1)
+}

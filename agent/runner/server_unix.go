@@ -214,6 +214,11 @@ func serve(ctx context.Context, cfg serverConfig) error {
 	if left == 0 {
 		// Every confirmation in it is applied.
 		_ = os.Remove(filepath.Join(dir, confirmedName))
+		// Nothing is left that this runner took over: an attempt handed to
+		// it whose outcome no agent journaled never started.
+		if err := writeFileAtomic(filepath.Join(dir, exitedName), []byte(s.instance+" "+bootID()), true); err != nil {
+			s.log.Warn("cannot record the clean exit", slog.Any("error", err))
+		}
 	}
 	s.log.Info("runner stopped")
 	return nil
