@@ -295,12 +295,12 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 // Such a runner lists in the welcome of every later connection each
 // child it may still start, run or report, and drops a start request
 // that arrives on a connection another one has replaced. So when an
-// agent records an attempt with the Instance it read before sending the
-// attempt's start request, and a later attachment to the runner of that
-// Instance (Attachment.Instance) does not list the attempt, the request
-// never started a child and never will: the attempt may be started anew.
-// The request cannot have gone to another runner: a later runner of the
-// state directory only starts once this one has died.
+// agent records an attempt with the Instance it read, sends the
+// attempt's start request with it (StartRequest.Instance, so that it
+// reaches that runner or none), and a later attachment to the runner of
+// that Instance (Attachment.Instance) does not list the attempt, the
+// request never started a child and never will: the attempt may be
+// started anew.
 func (c *Client) Instance() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
