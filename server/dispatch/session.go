@@ -24,10 +24,12 @@ type Handler interface {
 	// Message delivers one of *Heartbeat, *Started, *Log or *Finished. It
 	// may block to apply backpressure.
 	Message(ctx context.Context, s *Session, msg any) error
-	// Gone says the session's stream ended. It is called once, after Hello
-	// accepted the session. A Message already in flight may still arrive
-	// after it; the handler ignores messages of sessions it no longer holds
-	// (the agent repeats anything unacknowledged when it reconnects).
+	// Gone says the session's stream ended. It is called once after every
+	// Hello, also one that was refused or gave up (so a session admitted
+	// after its stream ended is taken back). A Message already in flight
+	// may still arrive after it; the handler ignores messages of sessions
+	// it no longer holds (the agent repeats anything unacknowledged when it
+	// reconnects).
 	Gone(s *Session, err error)
 }
 
@@ -122,6 +124,11 @@ func (svc *Service) Connect(stream batonv1.AgentService_ConnectServer) error {
 	}
 	sess := newSession(hello.Name)
 	if err := svc.handler.Hello(ctx, sess, hello); err != nil {
+		// The handler may still admit the session after Hello gave up (the
+		// stream ended while the Hello was queued): Gone, queued behind it,
+		// takes it back, so the agent's name does not stay taken.
+		sess.Close(err)
+		svc.handler.Gone(sess, err)
 		if _, ok := status.FromError(err); ok {
 			return err
 		}

@@ -108,6 +108,13 @@ type helloInput struct {
 
 func (in helloInput) apply(s *Scheduler) {
 	h := in.h
+	select {
+	case <-in.sess.Done():
+		// The stream ended while the Hello waited in the inbox.
+		in.reply <- errUnavailable("the agent's stream ended before it was admitted")
+		return
+	default:
+	}
 	a := s.agents[h.Name]
 	if a != nil && a.sess != nil {
 		if h.BootID == "" || h.BootID != a.bootID {
