@@ -21,6 +21,11 @@ type Graph struct {
 	// Groups are the stage groups in increasing stage order.
 	Groups []*Group
 	index  map[string]int
+	// reads marks the tasks some expression can read (their state and
+	// outputs are mirrored into the expression variables); readCount
+	// counts them.
+	reads     []bool
+	readCount int
 }
 
 // Node is one task of a Graph.
@@ -115,6 +120,21 @@ func Compile(spec *job.Spec) (*Graph, error) {
 	}
 	if err := g.checkAcyclic(); err != nil {
 		return nil, fmt.Errorf("compile job %q: %w", spec.Name, err)
+	}
+	g.reads = make([]bool, len(g.Nodes))
+	names, all := exprs.TaskReads()
+	for i := range g.reads {
+		g.reads[i] = all
+	}
+	for _, name := range names {
+		if i, ok := g.index[name]; ok {
+			g.reads[i] = true
+		}
+	}
+	for _, r := range g.reads {
+		if r {
+			g.readCount++
+		}
 	}
 	return g, nil
 }

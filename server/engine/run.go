@@ -90,7 +90,7 @@ type Run struct {
 func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) {
 	r := &Run{
 		g:      g,
-		vars:   job.Vars{Params: params, Tasks: make(map[string]job.TaskVars, len(g.Nodes))},
+		vars:   job.Vars{Params: params, Tasks: make(map[string]job.TaskVars, g.readCount)},
 		tasks:  make([]taskRT, len(g.Nodes)),
 		groups: make([]groupRT, len(g.Groups)),
 		open:   len(g.Nodes),
@@ -104,7 +104,9 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 		if n.After >= 0 {
 			t.stage = unresolved
 		}
-		r.vars.Tasks[n.Name] = job.TaskVars{State: string(store.InstancePending)}
+		if g.reads[i] {
+			r.vars.Tasks[n.Name] = job.TaskVars{State: string(store.InstancePending)}
+		}
 	}
 	for gi, grp := range g.Groups {
 		r.groups[gi].open = len(grp.Members)
@@ -153,7 +155,7 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 	for _, ti := range g.Topo() {
 		t := &r.tasks[ti]
 		n := g.Nodes[ti]
-		r.vars.Tasks[n.Name] = job.TaskVars{State: string(t.state), Outputs: t.outputs}
+		r.setVars(ti)
 		if !t.state.Done() {
 			continue
 		}
@@ -224,7 +226,7 @@ func (r *Run) Transition(task, item int, state store.InstanceState) {
 	if item == store.NoItem {
 		if !t.state.Done() {
 			t.state = state
-			r.vars.Tasks[r.g.Nodes[task].Name] = job.TaskVars{State: string(state), Outputs: t.outputs}
+			r.setVars(task)
 		}
 		return
 	}
@@ -303,12 +305,22 @@ func (r *Run) Outcome() (over bool, state store.RunState, reason string) {
 	return true, store.RunSucceeded, ""
 }
 
+// setVars mirrors a task's state and outputs into the expression
+// variables, if any expression can read them.
+func (r *Run) setVars(ti int) {
+	if !r.g.reads[ti] {
+		return
+	}
+	t := &r.tasks[ti]
+	r.vars.Tasks[r.g.Nodes[ti].Name] = job.TaskVars{State: string(t.state), Outputs: t.outputs}
+}
+
 // emit records a decision and applies it to the task-level state.
 func (r *Run) emit(task int, to store.InstanceState, errMsg string, items []job.Item) {
 	t := &r.tasks[task]
 	t.state, t.errMsg = to, errMsg
 	r.out = append(r.out, Change{Task: task, Item: store.NoItem, To: to, Error: errMsg, Items: items})
-	r.vars.Tasks[r.g.Nodes[task].Name] = job.TaskVars{State: string(to), Outputs: t.outputs}
+	r.setVars(task)
 	if to.Done() {
 		r.taskDone(task)
 	}
@@ -332,7 +344,7 @@ func (r *Run) taskDone(ti int) {
 	r.open--
 	t := &r.tasks[ti]
 	n := r.g.Nodes[ti]
-	r.vars.Tasks[n.Name] = job.TaskVars{State: string(t.state), Outputs: t.outputs}
+	r.setVars(ti)
 	if t.state == store.InstanceFailed && n.Task.OnFailure == "cancel_run" && !r.failFast && !r.cancelled {
 		r.failFast = true
 		r.cancelReason = fmt.Sprintf("task %q failed and has on_failure: cancel_run", n.Name)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -717,4 +718,50 @@ func clip(s string) string {
 		return s[:77] + "..."
 	}
 	return s
+}
+
+// TaskReads says which tasks' state and outputs the expressions of s can
+// read: the names referenced with constant names, or all when any
+// expression indexes tasks dynamically. Code that keeps Vars.Tasks up to
+// date need only keep these entries.
+func (x *Exprs) TaskReads() (names []string, all bool) {
+	if x == nil {
+		return nil, false
+	}
+	seen := map[string]bool{}
+	add := func(p *program) {
+		if p == nil {
+			return
+		}
+		if p.allTasks {
+			all = true
+		}
+		for _, n := range p.taskRefs {
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+	}
+	addTemplate := func(t template) {
+		for _, seg := range t {
+			add(seg.prog)
+		}
+	}
+	for _, tx := range x.tasks {
+		add(tx.when)
+		for _, e := range tx.edges {
+			add(e)
+		}
+		add(tx.from)
+		for _, t := range tx.run {
+			addTemplate(t)
+		}
+		for _, t := range tx.env {
+			addTemplate(t)
+		}
+		addTemplate(tx.dir)
+	}
+	slices.Sort(names)
+	return names, all
 }
