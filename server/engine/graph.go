@@ -26,6 +26,8 @@ type Graph struct {
 	// counts them.
 	reads     []bool
 	readCount int
+	// edgeCount is the number of needs edges of all tasks.
+	edgeCount int
 }
 
 // Node is one task of a Graph.
@@ -88,6 +90,7 @@ func Compile(spec *job.Spec) (*Graph, error) {
 				status = job.StatusSuccess
 			}
 			n.In = append(n.In, InEdge{From: from, Status: status, Need: k})
+			g.edgeCount++
 			if !seen[from] {
 				seen[from] = true
 				g.Nodes[from].Out = append(g.Nodes[from].Out, n.Index)

@@ -95,10 +95,12 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 		groups: make([]groupRT, len(g.Groups)),
 		open:   len(g.Nodes),
 	}
+	// One allocation holds every task's edge results.
+	edges := make([]edgeResult, g.edgeCount)
 	for i, n := range g.Nodes {
 		t := &r.tasks[i]
 		t.state = store.InstancePending
-		t.edges = make([]edgeResult, len(n.In))
+		t.edges, edges = edges[:len(n.In):len(n.In)], edges[len(n.In):]
 		t.open = len(n.In)
 		t.stage = satisfied
 		if n.After >= 0 {
