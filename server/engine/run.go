@@ -153,7 +153,23 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 		}
 	}
 	// Replay the done tasks in topological order so every edge and stage
-	// dependency resolves exactly as it did when they finished.
+	// dependency resolves exactly as it did when they finished. A new run
+	// has none, and states other than pending only need mirroring.
+	anyDone := false
+	for i := range r.tasks {
+		if r.tasks[i].state.Done() {
+			anyDone = true
+			break
+		}
+	}
+	if !anyDone {
+		for ti := range r.tasks {
+			if r.tasks[ti].state != store.InstancePending {
+				r.setVars(ti)
+			}
+		}
+		return r, nil
+	}
 	for _, ti := range g.Topo() {
 		t := &r.tasks[ti]
 		n := g.Nodes[ti]
@@ -367,7 +383,7 @@ func (r *Run) propagate(ti int) {
 				continue
 			}
 			res := edgeOutcome(e.Status, t.state, n.Task.AllowFailure)
-			if res == satisfied {
+			if res == satisfied && r.g.Nodes[o].Task.Needs[e.Need].When != "" {
 				ok, err := r.g.Exprs.EdgeWhen(r.g.Nodes[o].Name, e.Need, &r.vars)
 				switch {
 				case err != nil:
@@ -445,14 +461,16 @@ func (r *Run) decide(ti int) {
 		r.emit(ti, store.InstanceSkipped, r.skipReason(ti), nil)
 		return
 	}
-	ok, err := r.g.Exprs.TaskWhen(n.Name, &r.vars)
-	if err != nil {
-		r.emit(ti, store.InstanceFailed, err.Error(), nil)
-		return
-	}
-	if !ok {
-		r.emit(ti, store.InstanceSkipped, "when is false", nil)
-		return
+	if n.Task.When != "" {
+		ok, err := r.g.Exprs.TaskWhen(n.Name, &r.vars)
+		if err != nil {
+			r.emit(ti, store.InstanceFailed, err.Error(), nil)
+			return
+		}
+		if !ok {
+			r.emit(ti, store.InstanceSkipped, "when is false", nil)
+			return
+		}
 	}
 	if n.Task.ForEach == nil {
 		r.emit(ti, store.InstanceReady, "", nil)
