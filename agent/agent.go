@@ -347,7 +347,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}),
 		// Notice a dead control plane (or a cut network) without waiting
 		// for TCP: ping after 30 s of silence.
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Fixed flow-control windows: with gRPC's dynamic windows every
+		// message received on a quiet stream answers with a BDP ping and a
+		// window update, two extra round trips per StartTask. Control
+		// messages are small, so a fixed window costs no throughput.
+		grpc.WithStaticStreamWindowSize(client.StreamWindow),
+		grpc.WithStaticConnWindowSize(client.ConnWindow))
 	if err != nil {
 		return fmt.Errorf("dial control plane: %w", err)
 	}

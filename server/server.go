@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	baton "github.com/batonhq/baton"
+	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/scheduler"
@@ -180,6 +181,11 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxRecvMsgSize(8 << 20),
+		// Fixed flow-control windows (see client.StreamWindow): no
+		// bandwidth-delay ping and window update after each message an
+		// agent sends.
+		grpc.StaticStreamWindowSize(client.StreamWindow),
+		grpc.StaticConnWindowSize(client.ConnWindow),
 	}
 	external := opts
 	if s.tls != nil {

@@ -228,7 +228,12 @@ func (a *simAgent) run(ctx context.Context, tokens chan struct{}) error {
 	var once sync.Once
 	release := func() { once.Do(func() { <-tokens }) }
 	defer release()
-	conn, err := client.Dial(a.fleet.cfg.Server, a.fleet.cfg.DialOptions...)
+	// The same fixed flow-control windows as baton-agent.
+	opts := append([]grpc.DialOption{
+		grpc.WithStaticStreamWindowSize(client.StreamWindow),
+		grpc.WithStaticConnWindowSize(client.ConnWindow),
+	}, a.fleet.cfg.DialOptions...)
+	conn, err := client.Dial(a.fleet.cfg.Server, opts...)
 	if err != nil {
 		return err
 	}
