@@ -47,7 +47,7 @@ const claimAttempt = `
 	                      lease_expires_at, dispatched_at)
 	SELECT id, run_id, task, item, attempts + 1, @restart, @kind, @agent, 'dispatched', @lease, @at
 	FROM task_instances WHERE id = @id AND instr(@from, '|' || state || '|') > 0
-	RETURNING ` + attemptCols
+	RETURNING id, run_id, task, item, no`
 
 const claimInstance = `
 	UPDATE task_instances
@@ -77,9 +77,16 @@ func (s *Store) AttemptClaim(ctx context.Context, p *store.AttemptClaimParams) (
 			return err
 		}
 		at := now()
-		a, err = scanAttempt(st.QueryRowContext(ctx, sql.Named("id", p.InstanceID), sql.Named("from", from),
+		lease := at + p.LeaseTTL.Milliseconds()
+		// Only what the instance row supplies comes back; the rest of a
+		// new attempt is the claim's own values and the columns' defaults.
+		a = &store.Attempt{
+			InstanceID: p.InstanceID, Restart: p.Restart, Kind: p.Kind, Agent: p.Agent,
+			State: store.AttemptDispatched, DispatchedAt: fromMS(at), LeaseExpiresAt: fromMS(lease),
+		}
+		err = st.QueryRowContext(ctx, sql.Named("id", p.InstanceID), sql.Named("from", from),
 			sql.Named("kind", string(p.Kind)), sql.Named("agent", p.Agent), sql.Named("restart", p.Restart),
-			sql.Named("lease", at+p.LeaseTTL.Milliseconds()), sql.Named("at", at)))
+			sql.Named("lease", lease), sql.Named("at", at)).Scan(&a.ID, &a.RunID, &a.Task, &a.Item, &a.No)
 		if errors.Is(err, sql.ErrNoRows) {
 			var state store.InstanceState
 			err := tx.queryRow(ctx, `SELECT state FROM task_instances WHERE id = @id`,
