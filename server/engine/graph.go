@@ -44,6 +44,15 @@ type Node struct {
 	// After is the stage group the task waits for (the nearest lower
 	// stage), or -1.
 	After int
+
+	// Copied from Task, so deciding a task never reads its spec: with
+	// many tasks the specs are scattered in memory and each read of one
+	// is a cache miss.
+	AnyTrigger   bool // trigger: any, with needs
+	HasWhen      bool // a when expression on the task
+	IsForEach    bool
+	AllowFailure bool
+	CancelRun    bool // on_failure: cancel_run
 }
 
 // InEdge is a resolved needs edge.
@@ -52,6 +61,9 @@ type InEdge struct {
 	Status string
 	// Need is the edge's index in Task.Needs (for its when expression).
 	Need int
+	// When tells whether the edge has a when expression, so deciding an
+	// edge without one never reads the task's spec.
+	When bool
 }
 
 // Group is the tasks of one stage number.
@@ -76,7 +88,9 @@ func Compile(spec *job.Spec) (*Graph, error) {
 			return nil, fmt.Errorf("compile job %q: duplicate task %q", spec.Name, t.Name)
 		}
 		g.index[t.Name] = i
-		g.Nodes = append(g.Nodes, &Node{Index: i, Name: t.Name, Task: t, Member: -1, After: -1})
+		g.Nodes = append(g.Nodes, &Node{Index: i, Name: t.Name, Task: t, Member: -1, After: -1,
+			AnyTrigger: t.Trigger == "any" && len(t.Needs) > 0, HasWhen: t.When != "", IsForEach: t.ForEach != nil,
+			AllowFailure: t.AllowFailure, CancelRun: t.OnFailure == "cancel_run"})
 	}
 	for _, n := range g.Nodes {
 		seen := map[int]bool{}
@@ -89,7 +103,7 @@ func Compile(spec *job.Spec) (*Graph, error) {
 			if status == "" {
 				status = job.StatusSuccess
 			}
-			n.In = append(n.In, InEdge{From: from, Status: status, Need: k})
+			n.In = append(n.In, InEdge{From: from, Status: status, Need: k, When: e.When != ""})
 			g.edgeCount++
 			if !seen[from] {
 				seen[from] = true

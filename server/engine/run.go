@@ -48,10 +48,10 @@ type taskRT struct {
 	outputs map[string]string
 	errMsg  string
 	edges   []edgeResult
-	open    int // own edges unresolved
-	nSat    int
-	nBranch int
-	nFail   int
+	open    int32 // own edges unresolved
+	nSat    int32
+	nBranch int32
+	nFail   int32
 	stage   edgeResult
 	// exprErr is set when an edge's when expression could not be
 	// evaluated; the task fails with it.
@@ -59,7 +59,7 @@ type taskRT struct {
 
 	// For-each tasks once expanded.
 	items     []store.InstanceState
-	itemsOpen int
+	itemsOpen int32
 }
 
 type groupRT struct {
@@ -101,7 +101,7 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 		t := &r.tasks[i]
 		t.state = store.InstancePending
 		t.edges, edges = edges[:len(n.In):len(n.In)], edges[len(n.In):]
-		t.open = len(n.In)
+		t.open = int32(len(n.In))
 		t.stage = satisfied
 		if n.After >= 0 {
 			t.stage = unresolved
@@ -125,7 +125,7 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 			r.tasks[ti].outputs = in.Outputs
 			continue
 		}
-		if g.Nodes[ti].Task.ForEach == nil {
+		if !g.Nodes[ti].IsForEach {
 			return nil, fmt.Errorf("item %d of task %q, which has no for_each", in.Item, in.Task)
 		}
 		items[ti] = append(items[ti], in)
@@ -178,7 +178,7 @@ func NewRun(g *Graph, params map[string]string, insts []Instance) (*Run, error) 
 			continue
 		}
 		r.open--
-		if t.state == store.InstanceFailed && n.Task.OnFailure == "cancel_run" && !r.failFast {
+		if t.state == store.InstanceFailed && n.CancelRun && !r.failFast {
 			r.failFast = true
 			r.cancelReason = fmt.Sprintf("task %q failed and has on_failure: cancel_run", n.Name)
 		}
@@ -296,7 +296,7 @@ func (r *Run) Outcome() (over bool, state store.RunState, reason string) {
 		t := &r.tasks[i]
 		switch t.state {
 		case store.InstanceFailed:
-			if !n.Task.AllowFailure {
+			if !n.AllowFailure {
 				bad = append(bad, fmt.Sprintf("task %q failed", n.Name))
 			}
 		case store.InstanceLost:
@@ -363,7 +363,7 @@ func (r *Run) taskDone(ti int) {
 	t := &r.tasks[ti]
 	n := r.g.Nodes[ti]
 	r.setVars(ti)
-	if t.state == store.InstanceFailed && n.Task.OnFailure == "cancel_run" && !r.failFast && !r.cancelled {
+	if t.state == store.InstanceFailed && n.CancelRun && !r.failFast && !r.cancelled {
 		r.failFast = true
 		r.cancelReason = fmt.Sprintf("task %q failed and has on_failure: cancel_run", n.Name)
 		r.stopNotStarted(r.cancelReason)
@@ -376,14 +376,15 @@ func (r *Run) taskDone(ti int) {
 func (r *Run) propagate(ti int) {
 	t := &r.tasks[ti]
 	n := r.g.Nodes[ti]
+	allowFailure := n.AllowFailure
 	for _, o := range n.Out {
 		ot := &r.tasks[o]
 		for k, e := range r.g.Nodes[o].In {
 			if e.From != ti || ot.edges[k] != unresolved {
 				continue
 			}
-			res := edgeOutcome(e.Status, t.state, n.Task.AllowFailure)
-			if res == satisfied && r.g.Nodes[o].Task.Needs[e.Need].When != "" {
+			res := edgeOutcome(e.Status, t.state, allowFailure)
+			if res == satisfied && e.When {
 				ok, err := r.g.Exprs.EdgeWhen(r.g.Nodes[o].Name, e.Need, &r.vars)
 				switch {
 				case err != nil:
@@ -411,7 +412,7 @@ func (r *Run) propagate(ti int) {
 	if m := n.Member; m >= 0 {
 		grp := &r.groups[m]
 		grp.open--
-		if stageFailure(t.state, n.Task.AllowFailure) {
+		if stageFailure(t.state, n.AllowFailure) {
 			grp.fail++
 		}
 		if grp.open == 0 {
@@ -445,7 +446,7 @@ func (r *Run) decide(ti int) {
 		r.emit(ti, store.InstanceBlocked, "a task of the previous stage did not succeed", nil)
 		return
 	}
-	anyTrigger := n.Task.Trigger == "any" && len(n.In) > 0
+	anyTrigger := n.AnyTrigger
 	switch {
 	case anyTrigger && t.nSat > 0:
 		// An OR join runs as soon as one edge is satisfied.
@@ -461,7 +462,7 @@ func (r *Run) decide(ti int) {
 		r.emit(ti, store.InstanceSkipped, r.skipReason(ti), nil)
 		return
 	}
-	if n.Task.When != "" {
+	if n.HasWhen {
 		ok, err := r.g.Exprs.TaskWhen(n.Name, &r.vars)
 		if err != nil {
 			r.emit(ti, store.InstanceFailed, err.Error(), nil)
@@ -472,7 +473,7 @@ func (r *Run) decide(ti int) {
 			return
 		}
 	}
-	if n.Task.ForEach == nil {
+	if !n.IsForEach {
 		r.emit(ti, store.InstanceReady, "", nil)
 		return
 	}
@@ -489,7 +490,7 @@ func (r *Run) decide(ti int) {
 	for k := range t.items {
 		t.items[k] = store.InstanceReady
 	}
-	t.itemsOpen = len(items)
+	t.itemsOpen = int32(len(items))
 	r.emit(ti, store.InstanceRunning, "", items)
 }
 
@@ -523,7 +524,7 @@ func (r *Run) stopNotStarted(reason string) {
 		case store.InstancePending, store.InstanceReady:
 			r.emit(i, store.InstanceCancelled, reason, nil)
 		case store.InstanceRunning, store.InstanceDispatched:
-			if r.g.Nodes[i].Task.ForEach == nil {
+			if !r.g.Nodes[i].IsForEach {
 				continue
 			}
 			for k, s := range t.items {
