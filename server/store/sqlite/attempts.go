@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -263,7 +264,8 @@ const finishAttempt = `
 	    stdout_tail = @stdout, stderr_tail = @stderr,
 	    started_at = coalesce(@started, started_at), finished_at = @finished
 	WHERE id = @id AND agent = @agent AND state IN ('dispatched', 'running') AND lease_expires_at > @at
-	RETURNING ` + attemptCols
+	RETURNING id, instance_id, run_id, task, item, no, run_restart, kind, dispatched_at, started_at,
+	    lease_expires_at, late_state`
 
 // recordLate keeps an outcome that arrived after the attempt was lost or
 // its lease expired; only the first such outcome is kept.
@@ -298,14 +300,15 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 			return err
 		}
 		at := now()
+		finished := msOr(p.FinishedAt, at)
 		args := []any{
 			sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("state", string(p.State)),
 			sql.Named("exit", intOrNil(p.ExitCode)), sql.Named("error", p.Error), sql.Named("outputs", outputs),
 			sql.Named("stdout", p.StdoutTail), sql.Named("stderr", p.StderrTail), sql.Named("at", at),
 			// finishAttempt only:
-			sql.Named("started", msOrNil(p.StartedAt)), sql.Named("finished", msOr(p.FinishedAt, at)),
+			sql.Named("started", msOrNil(p.StartedAt)), sql.Named("finished", finished),
 		}
-		a, err = scanAttempt(st.QueryRowContext(ctx, args...))
+		a, err = finishedAttempt(st.QueryRowContext(ctx, args...), p, finished)
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
@@ -326,6 +329,30 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 	if err != nil {
 		return nil, fmt.Errorf("attempt finish %d: %w", p.ID, err)
 	}
+	return a, nil
+}
+
+// finishedAttempt scans what finishAttempt returns and fills in the rest
+// from the outcome it wrote: the outcome's columns are not read back (the
+// outputs would be decoded again and the tails copied).
+func finishedAttempt(sc scanner, p *store.AttemptFinishParams, finished int64) (*store.Attempt, error) {
+	a := &store.Attempt{
+		Agent: p.Agent, State: p.State, Error: p.Error,
+		StdoutTail: p.StdoutTail, StderrTail: p.StderrTail, FinishedAt: fromMS(finished),
+	}
+	if p.ExitCode != nil {
+		code := *p.ExitCode
+		a.ExitCode = &code
+	}
+	if len(p.Outputs) > 0 {
+		a.Outputs = maps.Clone(p.Outputs)
+	}
+	var dispatched, lease int64
+	if err := sc.Scan(&a.ID, &a.InstanceID, &a.RunID, &a.Task, &a.Item, &a.No, &a.Restart, &a.Kind,
+		&dispatched, nullTime{&a.StartedAt}, &lease, &a.LateState); err != nil {
+		return nil, err
+	}
+	a.DispatchedAt, a.LeaseExpiresAt = fromMS(dispatched), fromMS(lease)
 	return a, nil
 }
 
