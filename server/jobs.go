@@ -19,7 +19,7 @@ type jobService struct {
 	batonv1.UnimplementedJobServiceServer
 	st    store.Store
 	log   *slog.Logger
-	specs *specCache
+	specs *engine.Cache
 }
 
 // parseJob parses, validates and compiles a job file.
@@ -53,6 +53,8 @@ func (s *jobService) ApplyJob(ctx context.Context, req *batonv1.ApplyJobRequest)
 	if res.Created {
 		s.log.InfoContext(ctx, "job applied", slog.String("job", spec.Name), slog.Int("version", res.Job.Version))
 	}
+	// The first run of this version needs no decoding.
+	s.specs.Put(res.Job, g)
 	return &batonv1.ApplyJobResponse{Job: jobToProto(res.Job, g), Created: res.Created}, nil
 }
 
@@ -105,7 +107,7 @@ func (s *jobService) DeleteJob(ctx context.Context, req *batonv1.DeleteJobReques
 
 // graphOf compiles a stored job for its task summary; nil if it cannot.
 func (s *jobService) graphOf(j *store.Job) *engine.Graph {
-	_, g, err := s.specs.get(j)
+	g, err := s.specs.Get(j)
 	if err != nil {
 		s.log.Warn("stored job does not decode", slog.String("job", j.Name), slog.Int("version", j.Version), slog.Any("error", err))
 		return nil

@@ -42,7 +42,7 @@ type runService struct {
 	sched  *scheduler.Scheduler
 	log    *slog.Logger
 	logCap int64
-	specs  *specCache
+	specs  *engine.Cache
 	// stopping is closed when batond shuts down; watchers end then.
 	stopping <-chan struct{}
 }
@@ -61,10 +61,11 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, notFound(err, "job %q", req.GetJob()))
 	}
-	spec, _, err := s.specs.get(j)
+	g, err := s.specs.Get(j)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, fmt.Errorf("decode job %q: %w", j.Name, err))
 	}
+	spec := g.Spec
 	params, err := mergeParams(spec, req.GetParams())
 	if err != nil {
 		return nil, err

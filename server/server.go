@@ -29,6 +29,7 @@ import (
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/engine"
 	"github.com/batonhq/baton/server/scheduler"
 	"github.com/batonhq/baton/server/store"
 )
@@ -93,6 +94,8 @@ type Server struct {
 	grpcLis net.Listener
 	httpLis net.Listener
 	metrics *prometheus.Registry
+	// specs is the compiled job versions the API and the scheduler share.
+	specs *engine.Cache
 }
 
 // New validates cfg, opens the listeners and returns a Server ready to Run.
@@ -132,10 +135,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.metrics = prometheus.NewRegistry()
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.specs = &engine.Cache{}
 	sched, err := scheduler.New(scheduler.Config{
 		Store: cfg.Store, Logger: cfg.Logger, AgentTimeout: cfg.AgentTimeout,
 		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version, Holder: cfg.NodeID,
-		Metrics: scheduler.NewMetrics(s.metrics),
+		Metrics: scheduler.NewMetrics(s.metrics), Graphs: s.specs,
 	})
 	if err != nil {
 		return nil, err
@@ -169,11 +173,10 @@ func (s *Server) Addrs() Addrs {
 // reconnect to the next batond), and in-flight calls get ShutdownTimeout.
 func (s *Server) Run(ctx context.Context) error {
 	stopping := make(chan struct{})
-	specs := &specCache{}
-	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping, specs: specs}
+	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping, specs: s.specs}
 	register := func(g *grpc.Server) {
 		batonv1.RegisterAgentServiceServer(g, dispatch.NewService(s.sched, s.log))
-		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: specs})
+		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: s.specs})
 		batonv1.RegisterRunServiceServer(g, runs)
 		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log})
 	}

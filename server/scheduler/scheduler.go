@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/batonhq/baton/server/dispatch"
+	"github.com/batonhq/baton/server/engine"
 	"github.com/batonhq/baton/server/store"
 )
 
@@ -59,6 +60,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Metrics, when set, receives the scheduler's measurements.
 	Metrics *Metrics
+	// Graphs, when set, is a cache of compiled job versions shared with
+	// the API; the scheduler keeps its own otherwise.
+	Graphs *engine.Cache
 }
 
 // leaseName is the leader lease the scheduler holds.
@@ -70,6 +74,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		return errors.New("scheduler: Logger is required")
+	}
+	if c.Graphs == nil {
+		c.Graphs = &engine.Cache{}
 	}
 	if c.AgentTimeout <= 0 {
 		c.AgentTimeout = 30 * time.Second

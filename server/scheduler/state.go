@@ -98,13 +98,9 @@ func (s *Scheduler) graph(ctx context.Context, jobID int64, version int) (*engin
 	if err != nil {
 		return nil, fmt.Errorf("load job %d version %d: %w", jobID, version, err)
 	}
-	spec, err := job.Decode(j.Spec)
+	g, err := s.cfg.Graphs.Get(j)
 	if err != nil {
 		return nil, fmt.Errorf("decode job %q version %d: %w", j.Name, version, err)
-	}
-	g, err := engine.Compile(spec)
-	if err != nil {
-		return nil, err
 	}
 	s.graphs[key] = g
 	return g, nil
