@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/batonhq/baton/server/store"
 )
@@ -37,36 +38,99 @@ func checkInstances(ins []store.InstanceInit) error {
 	return nil
 }
 
+// instanceChunk is the most instances one INSERT writes; instanceColumns
+// the values each binds.
+const (
+	instanceChunk   = 64
+	instanceColumns = 6
+)
+
+// insertInstanceSQL caches the INSERT text for each chunk size.
+var insertInstanceSQL [instanceChunk + 1]string
+
+func init() {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?,", instanceColumns), ",") + ")"
+	for n := 1; n <= instanceChunk; n++ {
+		insertInstanceSQL[n] = "INSERT INTO task_instances (run_id, task, item, item_value, state, ready_at) VALUES " +
+			strings.TrimSuffix(strings.Repeat(row+",", n), ",")
+	}
+}
+
 // insertInstances adds task instances to run; it must run in a
 // transaction. A duplicate (task, item) is store.ErrConflict.
+//
+// Many rows per statement, as for events: a run of 10,000 tasks is 157
+// statements, not 10,000. The instances are built from what was inserted
+// (a new instance has no attempts, outputs or times but ready_at), their
+// ids from LastInsertId: the writer holds SQLite's write lock, so one
+// statement's rows get consecutive ids ending at the last one.
 func (s *Store) insertInstances(ctx context.Context, run int64, ins []store.InstanceInit) ([]*store.Instance, error) {
 	if len(ins) == 0 {
 		return nil, nil
 	}
-	st, err := s.stmt(ctx, `
-		INSERT INTO task_instances (run_id, task, item, item_value, state, ready_at)
-		VALUES (@run, @task, @item, @value, @state, CASE WHEN @state = 'ready' THEN @at END)
-		RETURNING `+instanceCols)
-	if err != nil {
-		return nil, err
-	}
 	at := now()
-	out := make([]*store.Instance, 0, len(ins))
-	for _, in := range ins {
-		r, err := scanInstance(st.QueryRowContext(ctx, sql.Named("run", run), sql.Named("task", in.Task),
-			sql.Named("item", in.Item), sql.Named("value", in.ItemValue), sql.Named("state", string(in.State)),
-			sql.Named("at", at)))
+	out := make([]*store.Instance, len(ins))
+	args := make([]any, 0, min(len(ins), instanceChunk)*instanceColumns)
+	for start := 0; start < len(ins); start += instanceChunk {
+		chunk := ins[start:min(start+instanceChunk, len(ins))]
+		st, err := s.stmt(ctx, insertInstanceSQL[len(chunk)])
+		if err != nil {
+			return nil, err
+		}
+		args = args[:0]
+		for _, in := range chunk {
+			var ready any
+			if in.State == store.InstanceReady {
+				ready = at
+			}
+			args = append(args, run, in.Task, in.Item, in.ItemValue, string(in.State), ready)
+		}
+		res, err := st.ExecContext(ctx, args...)
 		switch {
 		case isUnique(err):
-			return nil, fmt.Errorf("instance %s item %d exists: %w", in.Task, in.Item, store.ErrConflict)
+			// The failed statement changed nothing; name the instance.
+			return nil, s.duplicateInstance(ctx, run, chunk)
 		case isForeignKey(err):
 			return nil, fmt.Errorf("run %d: %w", run, store.ErrNotFound)
 		case err != nil:
 			return nil, err
 		}
-		out = append(out, r)
+		last, err := res.LastInsertId()
+		if err != nil {
+			return nil, err
+		}
+		for i, in := range chunk {
+			o := &store.Instance{
+				ID: last - int64(len(chunk)-1-i), RunID: run, Task: in.Task, Item: in.Item,
+				ItemValue: in.ItemValue, State: in.State,
+			}
+			if in.State == store.InstanceReady {
+				o.ReadyAt = fromMS(at)
+			}
+			out[start+i] = o
+		}
 	}
 	return out, nil
+}
+
+// duplicateInstance returns the store.ErrConflict for the first instance of
+// chunk that already exists in run or twice in chunk.
+func (s *Store) duplicateInstance(ctx context.Context, run int64, chunk []store.InstanceInit) error {
+	seen := make(map[store.InstanceInit]bool, len(chunk))
+	for _, in := range chunk {
+		key := store.InstanceInit{Task: in.Task, Item: in.Item}
+		var n int
+		err := s.queryRow(ctx, `SELECT count(*) FROM task_instances WHERE run_id = @run AND task = @task AND item = @item`,
+			[]any{sql.Named("run", run), sql.Named("task", in.Task), sql.Named("item", in.Item)}, &n)
+		if err != nil {
+			return err
+		}
+		if n > 0 || seen[key] {
+			return fmt.Errorf("instance %s item %d exists: %w", in.Task, in.Item, store.ErrConflict)
+		}
+		seen[key] = true
+	}
+	return fmt.Errorf("an instance of run %d exists: %w", run, store.ErrConflict)
 }
 
 // InstanceCreate adds task instances to a run; see

@@ -42,14 +42,38 @@ func testInstance(t *testing.T, h Harness) {
 		t.Fatalf("InstanceList() mismatch (-created +listed):\n%s", diff)
 	}
 
+	// A large batch (more than one statement's worth in a store that
+	// inserts many rows at once) comes back in order, with the ids
+	// InstanceList shows.
+	var many []store.InstanceInit
+	for i := range 150 {
+		many = append(many, store.InstanceInit{Task: "many", Item: i, ItemValue: fmt.Sprint("v", i), State: store.InstancePending})
+	}
+	bulk, err := b.s.InstanceCreate(b.ctx, &store.InstanceCreateParams{RunID: r.ID, Instances: many})
+	if err != nil {
+		t.Fatalf("InstanceCreate(150) = %v", err)
+	}
+	for i, in := range bulk {
+		if in.Task != "many" || in.Item != i || in.ItemValue != fmt.Sprint("v", i) {
+			t.Fatalf("InstanceCreate(150)[%d] = %+v, want item %d", i, in, i)
+		}
+	}
+	list, err = b.s.InstanceList(b.ctx, &store.InstanceListParams{RunID: r.ID})
+	if err != nil {
+		t.Fatalf("InstanceList() = %v", err)
+	}
+	if diff := cmp.Diff(bulk, list[3:]); diff != "" {
+		t.Fatalf("InstanceList() after InstanceCreate(150) mismatch (-created +listed):\n%s", diff)
+	}
+
 	// A batch with one existing (task, item) adds nothing.
 	_, err = b.s.InstanceCreate(b.ctx, &store.InstanceCreateParams{RunID: r.ID, Instances: []store.InstanceInit{
 		{Task: "each", Item: 2, State: store.InstancePending},
 		{Task: "each", Item: 1, State: store.InstancePending},
 	}})
 	wantErr(t, "InstanceCreate(duplicate)", err, store.ErrConflict)
-	if after, err := b.s.InstanceList(b.ctx, &store.InstanceListParams{RunID: r.ID}); err != nil || len(after) != 3 {
-		t.Fatalf("InstanceList() after a refused create = %d instances, %v; want 3", len(after), err)
+	if after, err := b.s.InstanceList(b.ctx, &store.InstanceListParams{RunID: r.ID}); err != nil || len(after) != 153 {
+		t.Fatalf("InstanceList() after a refused create = %d instances, %v; want 153", len(after), err)
 	}
 	_, err = b.s.InstanceCreate(b.ctx, &store.InstanceCreateParams{RunID: r.ID + 1000, Instances: []store.InstanceInit{
 		{Task: "each", Item: 0, State: store.InstancePending},
