@@ -17,18 +17,21 @@ const (
 	eventColumns = 10
 )
 
-// insertEventSQL caches the INSERT text for each chunk size.
-var insertEventSQL [eventChunk + 1]string
+// insertEventSQL is the INSERT text for each chunk size.
+var insertEventSQL = multiRowInserts(
+	"INSERT INTO events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message)",
+	eventColumns, eventChunk)
 
-func init() {
-	row := "(" + strings.TrimSuffix(strings.Repeat("?,", eventColumns), ",") + ")"
-	for n := 1; n <= eventChunk; n++ {
-		insertEventSQL[n] = "INSERT INTO events (run_id, at, task, item, attempt_id, run_state, instance_state, agent, exit_code, message) VALUES " +
-			strings.TrimSuffix(strings.Repeat(row+",", n), ",")
+// multiRowInserts returns, at index n from 1 to chunk, head followed by
+// VALUES with n rows of columns positional parameters each.
+func multiRowInserts(head string, columns, chunk int) []string {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?,", columns), ",") + ")"
+	out := make([]string, chunk+1)
+	for n := 1; n <= chunk; n++ {
+		out[n] = head + " VALUES " + strings.TrimSuffix(strings.Repeat(row+",", n), ",")
 	}
+	return out
 }
-
-func insertEventsSQL(n int) string { return insertEventSQL[n] }
 
 // EventAppend appends events to their runs' logs; see
 // [store.Store.EventAppend]. It sets each event's Cursor, and At when it
@@ -52,7 +55,7 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 		// in database/sql.
 		for start := 0; start < len(p.Events); start += eventChunk {
 			chunk := p.Events[start:min(start+eventChunk, len(p.Events))]
-			st, err := tx.stmt(ctx, insertEventsSQL(len(chunk)))
+			st, err := tx.stmt(ctx, insertEventSQL[len(chunk)])
 			if err != nil {
 				return err
 			}

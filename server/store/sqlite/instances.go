@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/batonhq/baton/server/store"
 )
@@ -45,16 +44,9 @@ const (
 	instanceColumns = 6
 )
 
-// insertInstanceSQL caches the INSERT text for each chunk size.
-var insertInstanceSQL [instanceChunk + 1]string
-
-func init() {
-	row := "(" + strings.TrimSuffix(strings.Repeat("?,", instanceColumns), ",") + ")"
-	for n := 1; n <= instanceChunk; n++ {
-		insertInstanceSQL[n] = "INSERT INTO task_instances (run_id, task, item, item_value, state, ready_at) VALUES " +
-			strings.TrimSuffix(strings.Repeat(row+",", n), ",")
-	}
-}
+// insertInstanceSQL is the INSERT text for each chunk size.
+var insertInstanceSQL = multiRowInserts(
+	"INSERT INTO task_instances (run_id, task, item, item_value, state, ready_at)", instanceColumns, instanceChunk)
 
 // insertInstances adds task instances to run; it must run in a
 // transaction. A duplicate (task, item) is store.ErrConflict.
