@@ -92,6 +92,10 @@ const (
 	// slot). Nothing ran; the control plane places the attempt again without
 	// counting it against the task's retries.
 	AttemptOutcome_ATTEMPT_OUTCOME_REJECTED AttemptOutcome = 6
+	// The attempt's lease expired before the control plane renewed it, and the
+	// agent stopped the child's process tree (self-fencing): the control plane
+	// treats the attempt as lost.
+	AttemptOutcome_ATTEMPT_OUTCOME_LEASE_EXPIRED AttemptOutcome = 7
 )
 
 // Enum value maps for AttemptOutcome.
@@ -104,15 +108,17 @@ var (
 		4: "ATTEMPT_OUTCOME_TIMED_OUT",
 		5: "ATTEMPT_OUTCOME_CANCELLED",
 		6: "ATTEMPT_OUTCOME_REJECTED",
+		7: "ATTEMPT_OUTCOME_LEASE_EXPIRED",
 	}
 	AttemptOutcome_value = map[string]int32{
-		"ATTEMPT_OUTCOME_UNSPECIFIED":  0,
-		"ATTEMPT_OUTCOME_SUCCEEDED":    1,
-		"ATTEMPT_OUTCOME_FAILED":       2,
-		"ATTEMPT_OUTCOME_START_FAILED": 3,
-		"ATTEMPT_OUTCOME_TIMED_OUT":    4,
-		"ATTEMPT_OUTCOME_CANCELLED":    5,
-		"ATTEMPT_OUTCOME_REJECTED":     6,
+		"ATTEMPT_OUTCOME_UNSPECIFIED":   0,
+		"ATTEMPT_OUTCOME_SUCCEEDED":     1,
+		"ATTEMPT_OUTCOME_FAILED":        2,
+		"ATTEMPT_OUTCOME_START_FAILED":  3,
+		"ATTEMPT_OUTCOME_TIMED_OUT":     4,
+		"ATTEMPT_OUTCOME_CANCELLED":     5,
+		"ATTEMPT_OUTCOME_REJECTED":      6,
+		"ATTEMPT_OUTCOME_LEASE_EXPIRED": 7,
 	}
 )
 
@@ -284,6 +290,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_CancelTask
 	//	*ConnectResponse_Ack
 	//	*ConnectResponse_Drain
+	//	*ConnectResponse_LeaseRenewal
 	Msg           isConnectResponse_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -371,6 +378,15 @@ func (x *ConnectResponse) GetDrain() *Drain {
 	return nil
 }
 
+func (x *ConnectResponse) GetLeaseRenewal() *LeaseRenewal {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectResponse_LeaseRenewal); ok {
+			return x.LeaseRenewal
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Msg interface {
 	isConnectResponse_Msg()
 }
@@ -395,6 +411,10 @@ type ConnectResponse_Drain struct {
 	Drain *Drain `protobuf:"bytes,5,opt,name=drain,proto3,oneof"`
 }
 
+type ConnectResponse_LeaseRenewal struct {
+	LeaseRenewal *LeaseRenewal `protobuf:"bytes,6,opt,name=lease_renewal,json=leaseRenewal,proto3,oneof"`
+}
+
 func (*ConnectResponse_Welcome) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_StartTask) isConnectResponse_Msg() {}
@@ -404,6 +424,8 @@ func (*ConnectResponse_CancelTask) isConnectResponse_Msg() {}
 func (*ConnectResponse_Ack) isConnectResponse_Msg() {}
 
 func (*ConnectResponse_Drain) isConnectResponse_Msg() {}
+
+func (*ConnectResponse_LeaseRenewal) isConnectResponse_Msg() {}
 
 // Hello identifies an agent and tells the control plane what it still holds
 // from an earlier session.
@@ -587,7 +609,11 @@ type Heartbeat struct {
 	// running lists the attempt ids the agent is running right now.
 	Running []int64 `protobuf:"varint,1,rep,packed,name=running,proto3" json:"running,omitempty"`
 	// draining is true once the agent takes no new work.
-	Draining      bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	Draining bool `protobuf:"varint,2,opt,name=draining,proto3" json:"draining,omitempty"`
+	// seq numbers the heartbeats of one session from 1 (the Hello counts as
+	// 0). The control plane names it in the LeaseRenewal it answers with; the
+	// agent measures the renewed leases from the moment it sent this message.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -634,6 +660,13 @@ func (x *Heartbeat) GetDraining() bool {
 		return x.Draining
 	}
 	return false
+}
+
+func (x *Heartbeat) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 // TaskStarted says the child process of an attempt has started.
@@ -888,6 +921,17 @@ type Welcome struct {
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// server_version is the control plane's build version.
 	ServerVersion string `protobuf:"bytes,2,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
+	// lease is how long an attempt's lease lasts, measured by the agent from
+	// the moment it sent the message that renewed it (see LeaseRenewal). An
+	// agent stops the process tree of an attempt whose lease ran out
+	// (SIGTERM, then SIGKILL after the kill grace) and reports it as
+	// LEASE_EXPIRED; the control plane starts a replacement only after the
+	// lease plus the kill grace has certainly passed. Zero: no leases, the
+	// agent never stops children on its own.
+	Lease *durationpb.Duration `protobuf:"bytes,3,opt,name=lease,proto3" json:"lease,omitempty"`
+	// renewed lists the attempts of the Hello's running list whose leases
+	// are renewed as of the Hello (seq 0).
+	Renewed       []int64 `protobuf:"varint,4,rep,packed,name=renewed,proto3" json:"renewed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -936,6 +980,20 @@ func (x *Welcome) GetServerVersion() string {
 	return ""
 }
 
+func (x *Welcome) GetLease() *durationpb.Duration {
+	if x != nil {
+		return x.Lease
+	}
+	return nil
+}
+
+func (x *Welcome) GetRenewed() []int64 {
+	if x != nil {
+		return x.Renewed
+	}
+	return nil
+}
+
 // StartTask asks the agent to start one attempt. An agent starts an attempt
 // at most once: a repeated StartTask for a known attempt id is ignored.
 type StartTask struct {
@@ -957,7 +1015,12 @@ type StartTask struct {
 	// timeout kills the child's process tree when it expires; zero means none.
 	Timeout *durationpb.Duration `protobuf:"bytes,10,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// kill_grace is how long after SIGTERM the tree is killed with SIGKILL.
-	KillGrace     *durationpb.Duration `protobuf:"bytes,11,opt,name=kill_grace,json=killGrace,proto3" json:"kill_grace,omitempty"`
+	KillGrace *durationpb.Duration `protobuf:"bytes,11,opt,name=kill_grace,json=killGrace,proto3" json:"kill_grace,omitempty"`
+	// lease_seq names the latest message of this session (the Hello is 0,
+	// then each Heartbeat's seq) the control plane had received when it sent
+	// this StartTask: the attempt's lease runs from when the agent sent that
+	// message, for the Welcome's lease.
+	LeaseSeq      uint64 `protobuf:"varint,12,opt,name=lease_seq,json=leaseSeq,proto3" json:"lease_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1069,6 +1132,13 @@ func (x *StartTask) GetKillGrace() *durationpb.Duration {
 	return nil
 }
 
+func (x *StartTask) GetLeaseSeq() uint64 {
+	if x != nil {
+		return x.LeaseSeq
+	}
+	return 0
+}
+
 // CancelTask asks the agent to stop an attempt's child process tree.
 type CancelTask struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1176,6 +1246,64 @@ func (x *Ack) GetAttemptIds() []int64 {
 	return nil
 }
 
+// LeaseRenewal answers a Heartbeat: the leases of these attempts are
+// renewed as of that heartbeat, so each runs until the moment the agent sent
+// it plus the Welcome's lease. An attempt the agent runs that is not listed
+// keeps its earlier lease (the control plane no longer counts it as the
+// agent's: it was replaced, or its run stopped).
+type LeaseRenewal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// seq is the renewing Heartbeat's seq.
+	Seq           uint64  `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	AttemptIds    []int64 `protobuf:"varint,2,rep,packed,name=attempt_ids,json=attemptIds,proto3" json:"attempt_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseRenewal) Reset() {
+	*x = LeaseRenewal{}
+	mi := &file_baton_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseRenewal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseRenewal) ProtoMessage() {}
+
+func (x *LeaseRenewal) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseRenewal.ProtoReflect.Descriptor instead.
+func (*LeaseRenewal) Descriptor() ([]byte, []int) {
+	return file_baton_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *LeaseRenewal) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LeaseRenewal) GetAttemptIds() []int64 {
+	if x != nil {
+		return x.AttemptIds
+	}
+	return nil
+}
+
 // Drain asks the agent to take no new work.
 type Drain struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1186,7 +1314,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_baton_v1_agent_proto_msgTypes[12]
+	mi := &file_baton_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1198,7 +1326,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_agent_proto_msgTypes[12]
+	mi := &file_baton_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1211,7 +1339,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_baton_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_baton_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Drain) GetReason() string {
@@ -1232,7 +1360,7 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\ftask_started\x18\x03 \x01(\v2\x15.baton.v1.TaskStartedH\x00R\vtaskStarted\x121\n" +
 	"\tlog_chunk\x18\x04 \x01(\v2\x12.baton.v1.LogChunkH\x00R\blogChunk\x12=\n" +
 	"\rtask_finished\x18\x05 \x01(\v2\x16.baton.v1.TaskFinishedH\x00R\ftaskFinishedB\x05\n" +
-	"\x03msg\"\x82\x02\n" +
+	"\x03msg\"\xc1\x02\n" +
 	"\x0fConnectResponse\x12-\n" +
 	"\awelcome\x18\x01 \x01(\v2\x11.baton.v1.WelcomeH\x00R\awelcome\x124\n" +
 	"\n" +
@@ -1240,7 +1368,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\vcancel_task\x18\x03 \x01(\v2\x14.baton.v1.CancelTaskH\x00R\n" +
 	"cancelTask\x12!\n" +
 	"\x03ack\x18\x04 \x01(\v2\r.baton.v1.AckH\x00R\x03ack\x12'\n" +
-	"\x05drain\x18\x05 \x01(\v2\x0f.baton.v1.DrainH\x00R\x05drainB\x05\n" +
+	"\x05drain\x18\x05 \x01(\v2\x0f.baton.v1.DrainH\x00R\x05drain\x12=\n" +
+	"\rlease_renewal\x18\x06 \x01(\v2\x16.baton.v1.LeaseRenewalH\x00R\fleaseRenewalB\x05\n" +
 	"\x03msg\"\xe6\x02\n" +
 	"\x05Hello\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
@@ -1259,10 +1388,11 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\x03R\tattemptId\x129\n" +
 	"\n" +
-	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"A\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\"S\n" +
 	"\tHeartbeat\x12\x18\n" +
 	"\arunning\x18\x01 \x03(\x03R\arunning\x12\x1a\n" +
-	"\bdraining\x18\x02 \x01(\bR\bdraining\"y\n" +
+	"\bdraining\x18\x02 \x01(\bR\bdraining\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"y\n" +
 	"\vTaskStarted\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\x03R\tattemptId\x129\n" +
@@ -1291,10 +1421,12 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a:\n" +
 	"\fOutputsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc5\x01\n" +
 	"\aWelcome\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12%\n" +
-	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\"\xa1\x03\n" +
+	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12/\n" +
+	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\x12\x18\n" +
+	"\arenewed\x18\x04 \x03(\x03R\arenewed\"\xbe\x03\n" +
 	"\tStartTask\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\x03R\tattemptId\x12\x15\n" +
@@ -1310,7 +1442,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\atimeout\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x128\n" +
 	"\n" +
-	"kill_grace\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\x1a6\n" +
+	"kill_grace\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\x12\x1b\n" +
+	"\tlease_seq\x18\f \x01(\x04R\bleaseSeq\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"}\n" +
@@ -1323,13 +1456,17 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"kill_grace\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\"&\n" +
 	"\x03Ack\x12\x1f\n" +
 	"\vattempt_ids\x18\x01 \x03(\x03R\n" +
+	"attemptIds\"A\n" +
+	"\fLeaseRenewal\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1f\n" +
+	"\vattempt_ids\x18\x02 \x03(\x03R\n" +
 	"attemptIds\"\x1f\n" +
 	"\x05Drain\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason*U\n" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
-	"\x11LOG_STREAM_STDERR\x10\x02*\xea\x01\n" +
+	"\x11LOG_STREAM_STDERR\x10\x02*\x8d\x02\n" +
 	"\x0eAttemptOutcome\x12\x1f\n" +
 	"\x1bATTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ATTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
@@ -1337,7 +1474,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\x1cATTEMPT_OUTCOME_START_FAILED\x10\x03\x12\x1d\n" +
 	"\x19ATTEMPT_OUTCOME_TIMED_OUT\x10\x04\x12\x1d\n" +
 	"\x19ATTEMPT_OUTCOME_CANCELLED\x10\x05\x12\x1c\n" +
-	"\x18ATTEMPT_OUTCOME_REJECTED\x10\x062R\n" +
+	"\x18ATTEMPT_OUTCOME_REJECTED\x10\x06\x12!\n" +
+	"\x1dATTEMPT_OUTCOME_LEASE_EXPIRED\x10\a2R\n" +
 	"\fAgentService\x12B\n" +
 	"\aConnect\x12\x18.baton.v1.ConnectRequest\x1a\x19.baton.v1.ConnectResponse(\x010\x01B\x8a\x01\n" +
 	"\fcom.baton.v1B\n" +
@@ -1356,7 +1494,7 @@ func file_baton_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_baton_v1_agent_proto_goTypes = []any{
 	(LogStream)(0),                // 0: baton.v1.LogStream
 	(AttemptOutcome)(0),           // 1: baton.v1.AttemptOutcome
@@ -1372,12 +1510,13 @@ var file_baton_v1_agent_proto_goTypes = []any{
 	(*StartTask)(nil),             // 11: baton.v1.StartTask
 	(*CancelTask)(nil),            // 12: baton.v1.CancelTask
 	(*Ack)(nil),                   // 13: baton.v1.Ack
-	(*Drain)(nil),                 // 14: baton.v1.Drain
-	nil,                           // 15: baton.v1.Hello.LabelsEntry
-	nil,                           // 16: baton.v1.TaskFinished.OutputsEntry
-	nil,                           // 17: baton.v1.StartTask.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
+	(*LeaseRenewal)(nil),          // 14: baton.v1.LeaseRenewal
+	(*Drain)(nil),                 // 15: baton.v1.Drain
+	nil,                           // 16: baton.v1.Hello.LabelsEntry
+	nil,                           // 17: baton.v1.TaskFinished.OutputsEntry
+	nil,                           // 18: baton.v1.StartTask.EnvEntry
+	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
 }
 var file_baton_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: baton.v1.ConnectRequest.hello:type_name -> baton.v1.Hello
@@ -1389,29 +1528,31 @@ var file_baton_v1_agent_proto_depIdxs = []int32{
 	11, // 6: baton.v1.ConnectResponse.start_task:type_name -> baton.v1.StartTask
 	12, // 7: baton.v1.ConnectResponse.cancel_task:type_name -> baton.v1.CancelTask
 	13, // 8: baton.v1.ConnectResponse.ack:type_name -> baton.v1.Ack
-	14, // 9: baton.v1.ConnectResponse.drain:type_name -> baton.v1.Drain
-	15, // 10: baton.v1.Hello.labels:type_name -> baton.v1.Hello.LabelsEntry
-	5,  // 11: baton.v1.Hello.running:type_name -> baton.v1.RunningAttempt
-	9,  // 12: baton.v1.Hello.unacked:type_name -> baton.v1.TaskFinished
-	18, // 13: baton.v1.RunningAttempt.start_time:type_name -> google.protobuf.Timestamp
-	18, // 14: baton.v1.TaskStarted.start_time:type_name -> google.protobuf.Timestamp
-	0,  // 15: baton.v1.LogChunk.stream:type_name -> baton.v1.LogStream
-	1,  // 16: baton.v1.TaskFinished.outcome:type_name -> baton.v1.AttemptOutcome
-	16, // 17: baton.v1.TaskFinished.outputs:type_name -> baton.v1.TaskFinished.OutputsEntry
-	18, // 18: baton.v1.TaskFinished.start_time:type_name -> google.protobuf.Timestamp
-	18, // 19: baton.v1.TaskFinished.end_time:type_name -> google.protobuf.Timestamp
-	19, // 20: baton.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	17, // 21: baton.v1.StartTask.env:type_name -> baton.v1.StartTask.EnvEntry
-	19, // 22: baton.v1.StartTask.timeout:type_name -> google.protobuf.Duration
-	19, // 23: baton.v1.StartTask.kill_grace:type_name -> google.protobuf.Duration
-	19, // 24: baton.v1.CancelTask.kill_grace:type_name -> google.protobuf.Duration
-	2,  // 25: baton.v1.AgentService.Connect:input_type -> baton.v1.ConnectRequest
-	3,  // 26: baton.v1.AgentService.Connect:output_type -> baton.v1.ConnectResponse
-	26, // [26:27] is the sub-list for method output_type
-	25, // [25:26] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	15, // 9: baton.v1.ConnectResponse.drain:type_name -> baton.v1.Drain
+	14, // 10: baton.v1.ConnectResponse.lease_renewal:type_name -> baton.v1.LeaseRenewal
+	16, // 11: baton.v1.Hello.labels:type_name -> baton.v1.Hello.LabelsEntry
+	5,  // 12: baton.v1.Hello.running:type_name -> baton.v1.RunningAttempt
+	9,  // 13: baton.v1.Hello.unacked:type_name -> baton.v1.TaskFinished
+	19, // 14: baton.v1.RunningAttempt.start_time:type_name -> google.protobuf.Timestamp
+	19, // 15: baton.v1.TaskStarted.start_time:type_name -> google.protobuf.Timestamp
+	0,  // 16: baton.v1.LogChunk.stream:type_name -> baton.v1.LogStream
+	1,  // 17: baton.v1.TaskFinished.outcome:type_name -> baton.v1.AttemptOutcome
+	17, // 18: baton.v1.TaskFinished.outputs:type_name -> baton.v1.TaskFinished.OutputsEntry
+	19, // 19: baton.v1.TaskFinished.start_time:type_name -> google.protobuf.Timestamp
+	19, // 20: baton.v1.TaskFinished.end_time:type_name -> google.protobuf.Timestamp
+	20, // 21: baton.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	20, // 22: baton.v1.Welcome.lease:type_name -> google.protobuf.Duration
+	18, // 23: baton.v1.StartTask.env:type_name -> baton.v1.StartTask.EnvEntry
+	20, // 24: baton.v1.StartTask.timeout:type_name -> google.protobuf.Duration
+	20, // 25: baton.v1.StartTask.kill_grace:type_name -> google.protobuf.Duration
+	20, // 26: baton.v1.CancelTask.kill_grace:type_name -> google.protobuf.Duration
+	2,  // 27: baton.v1.AgentService.Connect:input_type -> baton.v1.ConnectRequest
+	3,  // 28: baton.v1.AgentService.Connect:output_type -> baton.v1.ConnectResponse
+	28, // [28:29] is the sub-list for method output_type
+	27, // [27:28] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_agent_proto_init() }
@@ -1432,6 +1573,7 @@ func file_baton_v1_agent_proto_init() {
 		(*ConnectResponse_CancelTask)(nil),
 		(*ConnectResponse_Ack)(nil),
 		(*ConnectResponse_Drain)(nil),
+		(*ConnectResponse_LeaseRenewal)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1439,7 +1581,7 @@ func file_baton_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_agent_proto_rawDesc), len(file_baton_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
