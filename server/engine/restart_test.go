@@ -59,8 +59,9 @@ func TestRestart(t *testing.T) {
 				{Task: "b", Item: store.NoItem, From: C, To: P},
 				{Task: "ok", Item: store.NoItem, From: B, To: P},
 				{Task: "onfail", Item: store.NoItem, From: Sk, To: P},
+				{Task: "always", Item: store.NoItem, From: S, To: P},
 			},
-			wantStates: map[string]store.InstanceState{"a": R, "b": R, "always": S},
+			wantStates: map[string]store.InstanceState{"a": R, "b": R, "always": P},
 		},
 		{
 			name:  "from a task reruns it and its downstream even when they succeeded",
@@ -140,6 +141,52 @@ func TestRestart(t *testing.T) {
 			wantStates: map[string]store.InstanceState{"list": R, "fe": P, "after": P},
 		},
 		{
+			// The gap found in a trial: cleanup ran after the failed first run
+			// (its completed edge was satisfied by a blocked publish) and must
+			// follow the real publish after the restart.
+			name:  "a cleanup behind a completed edge runs again after the rerun it follows",
+			src:   cleanupJob,
+			insts: []Instance{plain("extract", F), plain("publish", B), plain("cleanup", S)},
+			mode:  RestartFailed,
+			want: []Reset{
+				{Task: "extract", Item: store.NoItem, From: F, To: P},
+				{Task: "publish", Item: store.NoItem, From: B, To: P},
+				{Task: "cleanup", Item: store.NoItem, From: S, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"extract": R, "publish": P, "cleanup": P},
+		},
+		{
+			name:  "a failure handler that ran is decided again",
+			src:   diamond,
+			insts: []Instance{plain("a", F), plain("b", S), plain("ok", B), plain("onfail", S), plain("always", S)},
+			mode:  RestartFailed,
+			want: []Reset{
+				{Task: "a", Item: store.NoItem, From: F, To: P},
+				{Task: "ok", Item: store.NoItem, From: B, To: P},
+				{Task: "onfail", Item: store.NoItem, From: S, To: P},
+				{Task: "always", Item: store.NoItem, From: S, To: P},
+			},
+			wantStates: map[string]store.InstanceState{"a": R, "b": S, "ok": P, "onfail": P, "always": P},
+		},
+		{
+			name: "a succeeded for-each task downstream of a rerun reruns every item",
+			src: `
+name: fe2
+tasks:
+  - {name: first, run: [x]}
+  - {name: fe, needs: [{task: first, status: completed}], for_each: {items: [a, b]}, run: [x]}
+`,
+			insts: []Instance{plain("first", F), plain("fe", S), itemOf("fe", 0, S), itemOf("fe", 1, S)},
+			mode:  RestartFailed,
+			want: []Reset{
+				{Task: "first", Item: store.NoItem, From: F, To: P},
+				{Task: "fe", Item: store.NoItem, From: S, To: Ru},
+				{Task: "fe", Item: 0, From: S, To: R},
+				{Task: "fe", Item: 1, From: S, To: R},
+			},
+			wantStates: map[string]store.InstanceState{"first": R, "fe": Ru},
+		},
+		{
 			name:       "a succeeded run restarted from failure reruns nothing",
 			src:        chain,
 			insts:      []Instance{plain("a", S), plain("b", S), plain("c", S)},
@@ -172,6 +219,39 @@ func TestRestart(t *testing.T) {
 			h.want(tc.wantStates)
 		})
 	}
+}
+
+const cleanupJob = `
+name: cleanup
+tasks:
+  - {name: extract, run: [x]}
+  - {name: publish, needs: [extract], run: [x]}
+  - {name: cleanup, needs: [{task: publish, status: completed}], run: [x]}
+`
+
+// TestRestartedCleanupFollowsPublish plays the restarted run through: the
+// cleanup waits for the rerun publish and runs after it.
+func TestRestartedCleanupFollowsPublish(t *testing.T) {
+	t.Parallel()
+	g := compileYAML(t, cleanupJob)
+	insts := []Instance{plain("extract", F), plain("publish", B), plain("cleanup", S)}
+	resets, err := Restart(g, insts, RestartFailed, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range resets {
+		for k := range insts {
+			if insts[k].Task == r.Task && insts[k].Item == r.Item {
+				insts[k].State = r.To
+			}
+		}
+	}
+	h := newHarness(t, cleanupJob, insts...)
+	h.want(map[string]store.InstanceState{"extract": R, "publish": P, "cleanup": P})
+	h.finish("extract", S, nil)
+	h.want(map[string]store.InstanceState{"publish": R, "cleanup": P})
+	h.finish("publish", S, nil)
+	h.want(map[string]store.InstanceState{"cleanup": R})
 }
 
 func TestRestartUnknownTask(t *testing.T) {
