@@ -82,6 +82,7 @@ func runToProto(r *store.Run) *batonv1.Run {
 		CreateTime:   ts(r.CreatedAt),
 		StartTime:    ts(r.StartedAt),
 		EndTime:      ts(r.FinishedAt),
+		RestartTime:  ts(r.RestartedAt),
 	}
 }
 

@@ -78,7 +78,7 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if overlap == "" {
 		overlap = store.OverlapForbid
 	}
-	res, err := s.st.RunCreate(ctx, &store.RunCreateParams{
+	res, err := s.sched.CreateRun(ctx, &store.RunCreateParams{
 		JobID: j.ID, JobName: j.Name, JobVersion: j.Version, Overlap: overlap,
 		Params: params, RequestID: req.GetRequestId(), Instances: insts,
 	})
@@ -87,14 +87,6 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 			"job %q already has an active run (overlap: forbid); wait for it, cancel it, or set overlap: queue", j.Name))
 	}
 	if res.Created {
-		list, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: res.Run.ID})
-		if err != nil {
-			return nil, toStatus(ctx, s.log, err)
-		}
-		if err := s.sched.Started(ctx, res.Run, list); err != nil {
-			// The run is stored; the scheduler picks it up when it recovers.
-			s.log.WarnContext(ctx, "run stored but not yet scheduled", slog.Int64("run_id", res.Run.ID), slog.Any("error", err))
-		}
 		s.log.InfoContext(ctx, "run started", slog.Int64("run_id", res.Run.ID), slog.String("job", j.Name),
 			slog.Int("version", j.Version), slog.String("state", string(res.Run.State)))
 	}

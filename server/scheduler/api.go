@@ -2,6 +2,8 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -45,6 +47,44 @@ func (s *Scheduler) Gone(sess *dispatch.Session, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = s.enqueue(ctx, goneInput{sess: sess, err: err})
+}
+
+// CreateRun creates a run in the store and hands it to the loop. The
+// run is written in a transaction fenced by the leader lease, so a batond
+// that lost leadership cannot create a run that no leader schedules: it
+// fails with store.ErrNotLeader and writes nothing. A run created just
+// before leadership moves is in the store when the next leader loads the
+// active runs. insts are the run's instances when it was created (nil for
+// an existing run returned for its request id).
+func (s *Scheduler) CreateRun(ctx context.Context, p *store.RunCreateParams) (*store.RunCreateResult, error) {
+	if !s.Leader() {
+		return nil, fmt.Errorf("this batond is standing by while another holds the leader lease: %w", store.ErrNotLeader)
+	}
+	fence := &store.LeaderCheckParams{Name: leaseName, Holder: s.cfg.Holder, Token: s.token.Load()}
+	var res *store.RunCreateResult
+	var insts []*store.Instance
+	err := s.st.InTx(ctx, func(tx store.Store) error {
+		res, insts = nil, nil
+		if err := tx.LeaderCheck(ctx, fence); err != nil {
+			return err
+		}
+		var err error
+		if res, err = tx.RunCreate(ctx, p); err != nil || !res.Created {
+			return err
+		}
+		insts, err = tx.InstanceList(ctx, &store.InstanceListParams{RunID: res.Run.ID})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.Created {
+		if err := s.Started(ctx, res.Run, insts); err != nil {
+			// The run is stored; the leader that loads it next runs it.
+			s.log.WarnContext(ctx, "run stored but not yet scheduled", slog.Int64("run_id", res.Run.ID), slog.Any("error", err))
+		}
+	}
+	return res, nil
 }
 
 // Started hands the scheduler a run the store has just created (running or

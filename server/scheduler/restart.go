@@ -111,8 +111,10 @@ func (in restartInput) apply(s *Scheduler) {
 	restarted.RestartCount++
 	restarted.Error = ""
 	restarted.FinishedAt = time.Time{}
-	// The run timeout counts from the restart.
-	restarted.StartedAt = time.Now().UTC()
+	// The run timeout counts from the restart; the store records the
+	// restart's time with it (RestartedAt), so a control plane that loads
+	// the run afresh counts from the same moment.
+	restarted.RestartedAt = time.Now().UTC()
 	s.write(func(ctx context.Context, tx store.Store) error {
 		_, err := tx.RunTransition(ctx, &store.RunTransitionParams{
 			ID: run.ID, From: []store.RunState{run.State}, To: store.RunRunning,

@@ -130,7 +130,7 @@ func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.
 	if run.State == store.RunCancelling {
 		s.stop(r, true, run.Error)
 	} else if tmo := g.Spec.Timeout.D(); tmo > 0 {
-		s.at(run.StartedAt.Add(tmo), func() { s.timeout(r) })
+		s.at(run.LastStart().Add(tmo), func() { s.timeout(r) })
 	}
 	s.check(r)
 	return nil

@@ -143,6 +143,9 @@ type Scheduler struct {
 	candAgents []*agentRT
 	ctx        context.Context
 	lease      *store.Lease
+	// token is the leader lease's fencing token while this process leads,
+	// for writes made outside the loop (CreateRun).
+	token atomic.Int64
 }
 
 // New returns a Scheduler. Call Run to start it.
@@ -219,6 +222,7 @@ func (s *Scheduler) acquire(ctx context.Context) error {
 		lease, err := s.st.LeaderAcquire(ctx, &store.LeaderAcquireParams{Name: leaseName, Holder: s.cfg.Holder, TTL: s.cfg.LeaseTTL})
 		if err == nil {
 			s.lease = lease
+			s.token.Store(lease.Token)
 			s.leader.Store(true)
 			s.markSettled()
 			s.log.InfoContext(ctx, "leader lease acquired", slog.String("holder", s.cfg.Holder), slog.Int64("token", lease.Token))
@@ -259,6 +263,7 @@ func (s *Scheduler) renew() error {
 		// The lease had expired and was taken anew: someone may have led
 		// in between, so start over from the store.
 		s.lease = lease
+		s.token.Store(lease.Token)
 		return fmt.Errorf("leader lease expired and was re-taken with token %d: %w", lease.Token, store.ErrNotLeader)
 	case errors.Is(err, store.ErrNotLeader):
 		return err

@@ -140,6 +140,18 @@ type Run struct {
 	CreatedAt  time.Time
 	StartedAt  time.Time // zero while queued
 	FinishedAt time.Time // zero while not terminal
+	// RestartedAt is when the latest restart began; zero for a run never
+	// restarted.
+	RestartedAt time.Time
+}
+
+// LastStart is when the run's current generation began: its latest
+// restart, or its start. The run timeout counts from it.
+func (r *Run) LastStart() time.Time {
+	if !r.RestartedAt.IsZero() {
+		return r.RestartedAt
+	}
+	return r.StartedAt
 }
 
 // NoItem is the Item of a task instance that is not a for-each item.

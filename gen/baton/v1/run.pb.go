@@ -370,7 +370,10 @@ type Run struct {
 	StartTime  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime    *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// tasks holds every task instance; set by GetRun only.
-	Tasks         []*TaskRun `protobuf:"bytes,12,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Tasks []*TaskRun `protobuf:"bytes,12,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// restart_time is when the latest restart began; unset for a run never
+	// restarted. The run's timeout counts from it.
+	RestartTime   *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=restart_time,json=restartTime,proto3" json:"restart_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -485,6 +488,13 @@ func (x *Run) GetEndTime() *timestamppb.Timestamp {
 func (x *Run) GetTasks() []*TaskRun {
 	if x != nil {
 		return x.Tasks
+	}
+	return nil
+}
+
+func (x *Run) GetRestartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RestartTime
 	}
 	return nil
 }
@@ -1859,7 +1869,7 @@ var File_baton_v1_run_proto protoreflect.FileDescriptor
 
 const file_baton_v1_run_proto_rawDesc = "" +
 	"\n" +
-	"\x12baton/v1/run.proto\x12\bbaton.v1\x1a\x14baton/v1/agent.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\x04\n" +
+	"\x12baton/v1/run.proto\x12\bbaton.v1\x1a\x14baton/v1/agent.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x04\n" +
 	"\x03Run\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x03R\x02id\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1f\n" +
@@ -1877,7 +1887,8 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"start_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12'\n" +
-	"\x05tasks\x18\f \x03(\v2\x11.baton.v1.TaskRunR\x05tasks\x1a9\n" +
+	"\x05tasks\x18\f \x03(\v2\x11.baton.v1.TaskRunR\x05tasks\x12=\n" +
+	"\frestart_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vrestartTime\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x04\n" +
@@ -2123,52 +2134,53 @@ var file_baton_v1_run_proto_depIdxs = []int32{
 	29, // 3: baton.v1.Run.start_time:type_name -> google.protobuf.Timestamp
 	29, // 4: baton.v1.Run.end_time:type_name -> google.protobuf.Timestamp
 	6,  // 5: baton.v1.Run.tasks:type_name -> baton.v1.TaskRun
-	1,  // 6: baton.v1.TaskRun.state:type_name -> baton.v1.TaskState
-	27, // 7: baton.v1.TaskRun.outputs:type_name -> baton.v1.TaskRun.OutputsEntry
-	29, // 8: baton.v1.TaskRun.start_time:type_name -> google.protobuf.Timestamp
-	29, // 9: baton.v1.TaskRun.end_time:type_name -> google.protobuf.Timestamp
-	29, // 10: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 11: baton.v1.RunEvent.run_state:type_name -> baton.v1.RunState
-	1,  // 12: baton.v1.RunEvent.task_state:type_name -> baton.v1.TaskState
-	28, // 13: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
-	5,  // 14: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
-	5,  // 15: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
-	5,  // 16: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
-	7,  // 17: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
-	5,  // 18: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
-	2,  // 19: baton.v1.RestartRunRequest.mode:type_name -> baton.v1.RestartMode
-	5,  // 20: baton.v1.RestartRunResponse.run:type_name -> baton.v1.Run
-	3,  // 21: baton.v1.Attempt.kind:type_name -> baton.v1.AttemptKind
-	4,  // 22: baton.v1.Attempt.state:type_name -> baton.v1.AttemptState
-	29, // 23: baton.v1.Attempt.dispatch_time:type_name -> google.protobuf.Timestamp
-	29, // 24: baton.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	29, // 25: baton.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 26: baton.v1.Attempt.late_state:type_name -> baton.v1.AttemptState
-	20, // 27: baton.v1.ListAttemptsResponse.attempts:type_name -> baton.v1.Attempt
-	30, // 28: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
-	29, // 29: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
-	24, // 30: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
-	8,  // 31: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
-	10, // 32: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
-	12, // 33: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
-	14, // 34: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
-	16, // 35: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
-	23, // 36: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
-	18, // 37: baton.v1.RunService.RestartRun:input_type -> baton.v1.RestartRunRequest
-	21, // 38: baton.v1.RunService.ListAttempts:input_type -> baton.v1.ListAttemptsRequest
-	9,  // 39: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
-	11, // 40: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
-	13, // 41: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
-	15, // 42: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
-	17, // 43: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
-	25, // 44: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
-	19, // 45: baton.v1.RunService.RestartRun:output_type -> baton.v1.RestartRunResponse
-	22, // 46: baton.v1.RunService.ListAttempts:output_type -> baton.v1.ListAttemptsResponse
-	39, // [39:47] is the sub-list for method output_type
-	31, // [31:39] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	29, // 6: baton.v1.Run.restart_time:type_name -> google.protobuf.Timestamp
+	1,  // 7: baton.v1.TaskRun.state:type_name -> baton.v1.TaskState
+	27, // 8: baton.v1.TaskRun.outputs:type_name -> baton.v1.TaskRun.OutputsEntry
+	29, // 9: baton.v1.TaskRun.start_time:type_name -> google.protobuf.Timestamp
+	29, // 10: baton.v1.TaskRun.end_time:type_name -> google.protobuf.Timestamp
+	29, // 11: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 12: baton.v1.RunEvent.run_state:type_name -> baton.v1.RunState
+	1,  // 13: baton.v1.RunEvent.task_state:type_name -> baton.v1.TaskState
+	28, // 14: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
+	5,  // 15: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
+	5,  // 16: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
+	5,  // 17: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
+	7,  // 18: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
+	5,  // 19: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
+	2,  // 20: baton.v1.RestartRunRequest.mode:type_name -> baton.v1.RestartMode
+	5,  // 21: baton.v1.RestartRunResponse.run:type_name -> baton.v1.Run
+	3,  // 22: baton.v1.Attempt.kind:type_name -> baton.v1.AttemptKind
+	4,  // 23: baton.v1.Attempt.state:type_name -> baton.v1.AttemptState
+	29, // 24: baton.v1.Attempt.dispatch_time:type_name -> google.protobuf.Timestamp
+	29, // 25: baton.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	29, // 26: baton.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 27: baton.v1.Attempt.late_state:type_name -> baton.v1.AttemptState
+	20, // 28: baton.v1.ListAttemptsResponse.attempts:type_name -> baton.v1.Attempt
+	30, // 29: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
+	29, // 30: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
+	24, // 31: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
+	8,  // 32: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
+	10, // 33: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
+	12, // 34: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
+	14, // 35: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
+	16, // 36: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
+	23, // 37: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
+	18, // 38: baton.v1.RunService.RestartRun:input_type -> baton.v1.RestartRunRequest
+	21, // 39: baton.v1.RunService.ListAttempts:input_type -> baton.v1.ListAttemptsRequest
+	9,  // 40: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
+	11, // 41: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
+	13, // 42: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
+	15, // 43: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
+	17, // 44: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
+	25, // 45: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
+	19, // 46: baton.v1.RunService.RestartRun:output_type -> baton.v1.RestartRunResponse
+	22, // 47: baton.v1.RunService.ListAttempts:output_type -> baton.v1.ListAttemptsResponse
+	40, // [40:48] is the sub-list for method output_type
+	32, // [32:40] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_run_proto_init() }

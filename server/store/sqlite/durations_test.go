@@ -104,18 +104,25 @@ func TestMigrateAttemptRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("JobApply() = %v", err)
 	}
-	rc, err := s.RunCreate(ctx, &store.RunCreateParams{JobID: job.Job.ID, JobVersion: 1, Overlap: store.OverlapAllow,
-		Instances: []store.InstanceInit{{Task: "t", Item: store.NoItem, State: store.InstanceReady}}})
-	if err != nil {
-		t.Fatalf("RunCreate() = %v", err)
-	}
-	var id int64
+	// The run and its instance in version 1's columns (today's RunCreate
+	// reads columns of later versions back).
+	var runID, id int64
 	err = s.write(ctx, func(tx *Store) error {
-		return tx.tx.tx.QueryRowContext(ctx, `
+		stx := tx.tx.tx
+		if err := stx.QueryRowContext(ctx, `
+			INSERT INTO runs (job_id, job_name, job_version, state, overlap, params, created_at, started_at)
+			VALUES (?, 'j', 1, 'running', 'allow', '{}', 1000, 1000) RETURNING id`, job.Job.ID).Scan(&runID); err != nil {
+			return err
+		}
+		if _, err := stx.ExecContext(ctx, `
+			INSERT INTO task_instances (run_id, task, item, state) VALUES (?, 't', -1, 'ready')`, runID); err != nil {
+			return err
+		}
+		return stx.QueryRowContext(ctx, `
 			INSERT INTO attempts (instance_id, run_id, task, item, no, kind, agent, state, lease_expires_at,
 			                      dispatched_at, started_at, finished_at)
 			SELECT id, run_id, task, item, 1, 'first', 'etl-01', 'succeeded', 0, 1000, 1000, 5000
-			FROM task_instances WHERE run_id = ? RETURNING id`, rc.Run.ID).Scan(&id)
+			FROM task_instances WHERE run_id = ? RETURNING id`, runID).Scan(&id)
 	})
 	if err != nil {
 		t.Fatalf("insert a version 1 attempt: %v", err)

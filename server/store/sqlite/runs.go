@@ -11,14 +11,14 @@ import (
 )
 
 const runCols = `id, job_id, job_name, job_version, state, overlap, params, restart_count,
-	request_id, error, created_at, started_at, finished_at`
+	request_id, error, created_at, started_at, finished_at, restarted_at`
 
 func scanRun(sc scanner) (*store.Run, error) {
 	var r store.Run
 	var created int64
 	if err := sc.Scan(&r.ID, &r.JobID, &r.JobName, &r.JobVersion, &r.State, &r.Overlap,
 		jsonMap{&r.Params}, &r.RestartCount, &r.RequestID, &r.Error, &created,
-		nullTime{&r.StartedAt}, nullTime{&r.FinishedAt}); err != nil {
+		nullTime{&r.StartedAt}, nullTime{&r.FinishedAt}, nullTime{&r.RestartedAt}); err != nil {
 		return nil, err
 	}
 	r.CreatedAt = fromMS(created)
@@ -200,6 +200,8 @@ const transitionRun = `
 	                 WHEN state IN ('succeeded', 'failed', 'cancelled') AND NOT @terminal THEN ''
 	                 ELSE error END,
 	    started_at = CASE WHEN @to = 'running' THEN coalesce(started_at, @at) ELSE started_at END,
+	    restarted_at = CASE WHEN state IN ('succeeded', 'failed', 'cancelled') AND NOT @terminal THEN @at
+	                        ELSE restarted_at END,
 	    finished_at = CASE WHEN @terminal THEN @at END
 	WHERE id = @id AND instr(@from, '|' || state || '|') > 0
 	  AND NOT (@active AND overlap IN ('forbid', 'queue') AND EXISTS (

@@ -13,10 +13,10 @@ import (
 // runCols are the columns scanRun reads; outRunCols the same from OUTPUT.
 const (
 	runCols = `id, job_id, job_name, job_version, state, overlap, params, restart_count,
-    request_id, error, created_at, started_at, finished_at`
+    request_id, error, created_at, started_at, finished_at, restarted_at`
 	outRunCols = `inserted.id, inserted.job_id, inserted.job_name, inserted.job_version, inserted.state,
     inserted.overlap, inserted.params, inserted.restart_count, inserted.request_id, inserted.error,
-    inserted.created_at, inserted.started_at, inserted.finished_at`
+    inserted.created_at, inserted.started_at, inserted.finished_at, inserted.restarted_at`
 )
 
 var (
@@ -90,6 +90,8 @@ UPDATE r SET
                  WHEN r.state IN (N'succeeded', N'failed', N'cancelled') AND @terminal = 0 THEN N''
                  ELSE r.error END,
     started_at = CASE WHEN @to = N'running' THEN COALESCE(r.started_at, t.now) ELSE r.started_at END,
+    restarted_at = CASE WHEN r.state IN (N'succeeded', N'failed', N'cancelled') AND @terminal = 0 THEN t.now
+                        ELSE r.restarted_at END,
     finished_at = CASE WHEN @terminal = 1 THEN t.now END
 OUTPUT `+outRunCols+`
 FROM {{schema}}.runs r
@@ -107,7 +109,7 @@ func scanRun(sc interface{ Scan(...any) error }) (*store.Run, error) {
 	var r store.Run
 	if err := sc.Scan(&r.ID, &r.JobID, &r.JobName, &r.JobVersion, &r.State, &r.Overlap,
 		jsonMap{&r.Params}, &r.RestartCount, &r.RequestID, &r.Error, utcTime{&r.CreatedAt},
-		nullTime{&r.StartedAt}, nullTime{&r.FinishedAt}); err != nil {
+		nullTime{&r.StartedAt}, nullTime{&r.FinishedAt}, nullTime{&r.RestartedAt}); err != nil {
 		return nil, err
 	}
 	return &r, nil

@@ -336,6 +336,19 @@ func testRunTransition(t *testing.T, h Harness) {
 		!restarted.StartedAt.Equal(started.StartedAt) || restarted.ID != queued.ID {
 		t.Fatalf("restarted run = %+v; want restart count 1, not finished, no error, first StartedAt", restarted)
 	}
+	// The restart's own start is recorded: the run timeout counts from it,
+	// also for a control plane that loads the run afresh.
+	if restarted.RestartedAt.IsZero() || restarted.RestartedAt.Before(failed.FinishedAt) ||
+		!restarted.LastStart().Equal(restarted.RestartedAt) {
+		t.Fatalf("restarted run RestartedAt = %v (failed at %v), LastStart %v; want the restart's time",
+			restarted.RestartedAt, failed.FinishedAt, restarted.LastStart())
+	}
+	if started.LastStart() != started.StartedAt || !started.RestartedAt.IsZero() {
+		t.Fatalf("never restarted run: RestartedAt %v, LastStart %v; want zero and StartedAt", started.RestartedAt, started.LastStart())
+	}
+	if got := b.getRun(t, queued.ID); !got.RestartedAt.Equal(restarted.RestartedAt) {
+		t.Fatalf("run after restart = %+v; want RestartedAt %v", got, restarted.RestartedAt)
+	}
 	must(queued.ID, store.RunRunning, store.RunSucceeded, "")
 
 	// A forbid run cannot be restarted while another run is active; an

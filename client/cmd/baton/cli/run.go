@@ -181,7 +181,11 @@ func (a *app) printRun(w io.Writer, run *batonv1.Run) error {
 		t.row("params", formatLabels(run.GetParams()))
 	}
 	if run.GetRestartCount() > 0 {
-		t.row("restarts", strconv.Itoa(int(run.GetRestartCount())))
+		restarts := strconv.Itoa(int(run.GetRestartCount()))
+		if run.GetRestartTime() != nil {
+			restarts += ", the latest at " + a.clock.timestamp(run.GetRestartTime())
+		}
+		t.row("restarts", restarts)
 	}
 	if run.GetRequestId() != "" {
 		t.row("request id", run.GetRequestId())

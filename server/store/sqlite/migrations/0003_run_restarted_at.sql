@@ -1,0 +1,7 @@
+-- Version 3: a run records when its latest restart began.
+
+-- restarted_at is when the run last left a terminal state (a restart),
+-- NULL for a run never restarted. The run timeout counts from it, so a
+-- restarted run gets its full time limit also after a control plane
+-- restart or failover; started_at keeps the run's first start.
+ALTER TABLE runs ADD COLUMN restarted_at INTEGER;
