@@ -35,7 +35,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrConflict), errors.Is(err, scheduler.ErrNotActive):
 		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, scheduler.ErrStopped), errors.Is(err, store.ErrNotLeader):
+	case errors.Is(err, scheduler.ErrStopped), errors.Is(err, store.ErrNotLeader), errors.Is(err, scheduler.ErrStoreUnavailable):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())

@@ -51,8 +51,8 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if req.GetJob() == "" {
 		return nil, invalidArg("job", "required")
 	}
-	if !s.sched.Leader() {
-		return nil, status.Error(codes.Unavailable, "this batond is standing by while another holds the leader lease; send runs to the leader")
+	if err := s.sched.Status().Error(); err != nil {
+		return nil, toStatus(ctx, s.log, err)
 	}
 	if len(req.GetRequestId()) > maxRequestID || !utf8.ValidString(req.GetRequestId()) {
 		return nil, invalidArg("request_id", fmt.Sprintf("must be at most %d characters", maxRequestID))

@@ -250,6 +250,7 @@ func (s *Server) Run(ctx context.Context) error {
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte("ok\n"))
 		})
+		mux.Handle("GET /readyz", readyHandler(s.sched.Status))
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
 		wg.Add(1)
@@ -339,4 +340,21 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// readyHandler serves /readyz: 200 while this batond leads and takes work,
+// 503 otherwise with the reason (standing by, or the state store's error).
+// /healthz only says the process serves.
+func readyHandler(status func() scheduler.Status) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		st := status()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if st.Ready() {
+			fmt.Fprintf(w, "ready: %s since %s\n", st.Role, st.Since.UTC().Format(time.RFC3339))
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s: %v\n", st.Role, st.Error())
+	})
 }

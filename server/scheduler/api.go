@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -20,7 +19,7 @@ import (
 // agent holds the name).
 func (s *Scheduler) Hello(ctx context.Context, sess *dispatch.Session, h *dispatch.Hello) error {
 	if !s.Leader() {
-		return status.Error(codes.Unavailable, "this batond is standing by: another one holds the leader lease")
+		return status.Error(codes.Unavailable, s.notLeading().Error())
 	}
 	reply := make(chan error, 1)
 	if err := s.enqueue(ctx, helloInput{sess: sess, h: h, reply: reply}); err != nil {
@@ -58,7 +57,7 @@ func (s *Scheduler) Gone(sess *dispatch.Session, err error) {
 // an existing run returned for its request id).
 func (s *Scheduler) CreateRun(ctx context.Context, p *store.RunCreateParams) (*store.RunCreateResult, error) {
 	if !s.Leader() {
-		return nil, fmt.Errorf("this batond is standing by while another holds the leader lease: %w", store.ErrNotLeader)
+		return nil, s.notLeading()
 	}
 	fence := &store.LeaderCheckParams{Name: leaseName, Holder: s.cfg.Holder, Token: s.token.Load()}
 	var res *store.RunCreateResult

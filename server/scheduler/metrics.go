@@ -15,6 +15,21 @@ type Metrics struct {
 	activeRuns prometheus.Gauge
 	agents     prometheus.Gauge
 	ready      prometheus.Gauge
+	storeUp    prometheus.Gauge
+	leader     prometheus.Gauge
+}
+
+// status records the scheduler's role.
+func (m *Metrics) status(st Status) {
+	up, lead := 1.0, 0.0
+	if st.Role == RoleStoreUnavailable {
+		up = 0
+	}
+	if st.Role == RoleLeader {
+		lead = 1
+	}
+	m.storeUp.Set(up)
+	m.leader.Set(lead)
 }
 
 // NewMetrics creates the scheduler's metrics and registers them with reg.
@@ -54,7 +69,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "baton_ready_instances",
 			Help: "Task instances ready and waiting for a slot, as of the last placement.",
 		}),
+		storeUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "baton_store_up",
+			Help: "1 while the scheduler can use the state store, 0 while it fails (see /readyz and the log for the error).",
+		}),
+		leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "baton_leader",
+			Help: "1 while this batond holds the leader lease and schedules.",
+		}),
 	}
-	reg.MustRegister(m.commit, m.batch, m.dispatched, m.finished, m.lost, m.activeRuns, m.agents, m.ready)
+	reg.MustRegister(m.commit, m.batch, m.dispatched, m.finished, m.lost, m.activeRuns, m.agents, m.ready, m.storeUp, m.leader)
 	return m
 }

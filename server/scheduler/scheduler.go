@@ -37,8 +37,13 @@ type Config struct {
 	Store store.Store
 	// Logger is required.
 	Logger *slog.Logger
-	// AgentTimeout is how long an agent may go unheard before its attempts
-	// are lost and retried elsewhere. Defaults to 30s.
+	// AgentTimeout is how long an agent may go unheard before it is lost
+	// (no new work is placed on it), and the length of each attempt's
+	// lease: an agent whose lease on an attempt is not renewed for that
+	// long stops the attempt's child (self-fencing). Its attempts are lost,
+	// and replaced where the task allows, only once AgentTimeout plus
+	// KillGrace plus a margin has passed since their last renewal, so a
+	// task instance never has two live executions. Defaults to 30s.
 	AgentTimeout time.Duration
 	// KillGrace is how long agents wait between SIGTERM and SIGKILL when
 	// stopping a child. Defaults to 10s.
@@ -56,7 +61,9 @@ type Config struct {
 	// expire. Defaults to host:pid.
 	Holder string
 	// LeaseTTL is how long leadership lasts without renewal; it is renewed
-	// every third of it. Defaults to 15s.
+	// every third of it. Defaults to 15s, or half the AgentTimeout when
+	// that is shorter, so that a standby takes over well within the
+	// attempts' leases and no child is stopped by a failover.
 	LeaseTTL time.Duration
 	// Metrics, when set, receives the scheduler's measurements.
 	Metrics *Metrics
@@ -91,7 +98,7 @@ func (c *Config) setDefaults() error {
 		c.MaxBatch = 1024
 	}
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 15 * time.Second
+		c.LeaseTTL = min(15*time.Second, c.AgentTimeout/2)
 	}
 	if c.Holder == "" {
 		host, _ := os.Hostname()
@@ -117,6 +124,7 @@ type Scheduler struct {
 	stopped chan struct{}
 	notify  *notifier
 	leader  atomic.Bool
+	health  *health
 	// settled is closed after the first attempt to take the lease.
 	settled     chan struct{}
 	settledOnce sync.Once
@@ -153,7 +161,7 @@ func New(cfg Config) (*Scheduler, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Scheduler{
+	s := &Scheduler{
 		cfg:     cfg,
 		st:      cfg.Store,
 		log:     cfg.Logger.With(slog.String("component", "scheduler")),
@@ -161,7 +169,13 @@ func New(cfg Config) (*Scheduler, error) {
 		stopped: make(chan struct{}),
 		settled: make(chan struct{}),
 		notify:  newNotifier(),
-	}, nil
+		health:  newHealth(),
+	}
+	if m := cfg.Metrics; m != nil {
+		s.health.onChange = m.status
+		m.status(s.health.st)
+	}
+	return s, nil
 }
 
 // HeartbeatInterval is how often agents are told to send heartbeats: a
@@ -186,13 +200,17 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		}
 		s.leader.Store(false)
 		if ctx.Err() != nil {
+			s.health.set(RoleStarting, nil)
 			s.shutdown()
 			s.releaseLease()
 			return nil
 		}
 		if errors.Is(err, store.ErrNotLeader) {
+			s.health.set(RoleStandby, nil)
 			s.log.WarnContext(ctx, "leadership lost; standing by", slog.Any("error", err))
 		} else {
+			// The store failed (a commit, a load, or the lease renewal).
+			s.health.set(RoleStoreUnavailable, err)
 			s.log.ErrorContext(ctx, "scheduler reset: state reloaded from the store", slog.Any("error", err))
 		}
 		s.shutdown()
@@ -211,6 +229,15 @@ func (s *Scheduler) Settled() <-chan struct{} { return s.settled }
 
 func (s *Scheduler) markSettled() { s.settledOnce.Do(func() { close(s.settled) }) }
 
+// notLeading is the error a call that needs the leader gets.
+func (s *Scheduler) notLeading() error {
+	if err := s.Status().Error(); err != nil {
+		return err
+	}
+	// Between losing the lease and recording why.
+	return fmt.Errorf("this batond is not leading right now: %w", store.ErrNotLeader)
+}
+
 // Leader reports whether this process holds the leader lease and schedules.
 func (s *Scheduler) Leader() bool { return s.leader.Load() }
 
@@ -224,12 +251,18 @@ func (s *Scheduler) acquire(ctx context.Context) error {
 			s.lease = lease
 			s.token.Store(lease.Token)
 			s.leader.Store(true)
+			s.health.set(RoleLeader, nil)
 			s.markSettled()
 			s.log.InfoContext(ctx, "leader lease acquired", slog.String("holder", s.cfg.Holder), slog.Int64("token", lease.Token))
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if errors.Is(err, store.ErrNotLeader) {
+			s.health.set(RoleStandby, nil)
+		} else {
+			s.health.set(RoleStoreUnavailable, err)
 		}
 		s.markSettled()
 		if !waiting {
@@ -269,7 +302,9 @@ func (s *Scheduler) renew() error {
 		return err
 	}
 	if time.Until(s.lease.ExpiresAt) < s.cfg.LeaseTTL/3 {
-		return fmt.Errorf("cannot renew the leader lease before it expires: %w", errors.Join(err, store.ErrNotLeader))
+		// Not deposed: the store fails. Stop scheduling before anyone else
+		// may start, and say why.
+		return fmt.Errorf("cannot renew the leader lease before it expires: %w", err)
 	}
 	s.log.Warn("leader lease renewal failed; retrying", slog.Any("error", err))
 	return nil
@@ -342,7 +377,7 @@ func (s *Scheduler) applyLocal() {
 // standby refuses with store.ErrNotLeader.
 func (s *Scheduler) enqueue(ctx context.Context, in input) error {
 	if !s.Leader() {
-		return fmt.Errorf("this batond is standing by while another holds the leader lease: %w", store.ErrNotLeader)
+		return s.notLeading()
 	}
 	select {
 	case s.in <- in:
@@ -444,8 +479,21 @@ func (s *Scheduler) loadStored(ctx context.Context, run *store.Run) error {
 	return nil
 }
 
+// fenceMargin is added to an attempt's lease and kill grace before the
+// attempt is declared lost: it covers the agent's hand-over of the lease to
+// its runner and the time a killed process tree takes to be gone.
+const fenceMargin = time.Second
+
+// lostAfter is how long after its last renewal an attempt is lost: by then
+// its agent has stopped the child (the lease ran out and the kill grace
+// passed), so a replacement cannot overlap it.
+func (s *Scheduler) lostAfter() time.Duration {
+	return s.cfg.AgentTimeout + s.cfg.KillGrace + fenceMargin
+}
+
+// leaseTTL is the attempts' lease in the store. It outlasts lostAfter, so
+// the loop always declares an attempt lost before the store would call its
+// outcome late.
 func (s *Scheduler) leaseTTL() time.Duration {
-	// Leases outlast the in-memory agent timeout, so the loop always marks
-	// an attempt lost before the store would call it stale.
-	return 2 * s.cfg.AgentTimeout
+	return 2 * s.lostAfter()
 }
