@@ -70,7 +70,7 @@ func messageFromProto(m *batonv1.ConnectRequest) (any, error) {
 		if len(v.Heartbeat.GetRunning()) > maxListed {
 			return nil, fmt.Errorf("heartbeat.running: too many attempts")
 		}
-		return &Heartbeat{Running: v.Heartbeat.GetRunning(), Draining: v.Heartbeat.GetDraining()}, nil
+		return &Heartbeat{Running: v.Heartbeat.GetRunning(), Draining: v.Heartbeat.GetDraining(), Seq: v.Heartbeat.GetSeq()}, nil
 	case *batonv1.ConnectRequest_TaskStarted:
 		s := v.TaskStarted
 		return &Started{AttemptID: s.GetAttemptId(), At: s.GetStartTime().AsTime(), PID: int(s.GetPid())}, nil
@@ -114,6 +114,8 @@ func finishedFromProto(f *batonv1.TaskFinished) (*Finished, error) {
 		o = OutcomeCancelled
 	case batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED:
 		o = OutcomeRejected
+	case batonv1.AttemptOutcome_ATTEMPT_OUTCOME_LEASE_EXPIRED:
+		o = OutcomeLeaseExpired
 	default:
 		return nil, fmt.Errorf("task_finished.outcome: unknown outcome %v for attempt %d", f.GetOutcome(), f.GetAttemptId())
 	}

@@ -28,10 +28,14 @@ type Hello struct {
 	Unacked []*Finished
 }
 
-// Heartbeat keeps a session alive.
+// Heartbeat keeps a session alive and asks for the agent's attempt leases
+// to be renewed.
 type Heartbeat struct {
 	Running  []int64
 	Draining bool
+	// Seq numbers the heartbeats of a session from 1 (the Hello is 0); a
+	// LeaseRenewal names it.
+	Seq uint64
 }
 
 // Started says an attempt's child started.
@@ -61,6 +65,10 @@ const (
 	OutcomeCancelled
 	// OutcomeRejected means nothing ran: the agent refused the attempt.
 	OutcomeRejected
+	// OutcomeLeaseExpired means the agent stopped the child because the
+	// attempt's lease was not renewed in time (self-fencing): the attempt
+	// counts as lost.
+	OutcomeLeaseExpired
 )
 
 // Finished is the real outcome of an attempt.
@@ -80,6 +88,19 @@ type Finished struct {
 type Welcome struct {
 	HeartbeatInterval time.Duration
 	ServerVersion     string
+	// Lease is how long an attempt's lease lasts from the agent's message
+	// that renewed it; zero means no leases.
+	Lease time.Duration
+	// Renewed lists the Hello's running attempts whose leases the Hello
+	// renewed.
+	Renewed []int64
+}
+
+// LeaseRenewal renews the leases of attempts as of the agent's heartbeat
+// Seq.
+type LeaseRenewal struct {
+	Seq        uint64
+	AttemptIDs []int64
 }
 
 // Start asks an agent to start an attempt.
@@ -95,6 +116,10 @@ type Start struct {
 	WorkingDir string
 	Timeout    time.Duration
 	KillGrace  time.Duration
+	// LeaseSeq is the agent's latest message (the Hello is 0, then each
+	// heartbeat's Seq) received when the start was sent: the attempt's
+	// lease runs from when the agent sent it.
+	LeaseSeq uint64
 }
 
 // Cancel asks an agent to stop an attempt.

@@ -54,7 +54,8 @@ func newSession(name string) *Session {
 	return &Session{ID: sessionIDs.Add(1), Name: name, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
-// Send queues a *Welcome, *Start, *Cancel, *Ack or *Drain for the agent. It
+// Send queues a *Welcome, *Start, *Cancel, *Ack, *Drain or *LeaseRenewal
+// for the agent. It
 // reports false when the session is closed.
 func (s *Session) Send(msg any) bool {
 	s.mu.Lock()
@@ -206,6 +207,13 @@ func messageToProto(m any) (*batonv1.ConnectResponse, error) {
 		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Welcome{Welcome: &batonv1.Welcome{
 			HeartbeatInterval: durationpb.New(m.HeartbeatInterval),
 			ServerVersion:     m.ServerVersion,
+			Lease:             durationpb.New(m.Lease),
+			Renewed:           m.Renewed,
+		}}}, nil
+	case *LeaseRenewal:
+		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_LeaseRenewal{LeaseRenewal: &batonv1.LeaseRenewal{
+			Seq:        m.Seq,
+			AttemptIds: m.AttemptIDs,
 		}}}, nil
 	case *Start:
 		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_StartTask{StartTask: &batonv1.StartTask{
@@ -220,6 +228,7 @@ func messageToProto(m any) (*batonv1.ConnectResponse, error) {
 			WorkingDir: m.WorkingDir,
 			Timeout:    durationpb.New(m.Timeout),
 			KillGrace:  durationpb.New(m.KillGrace),
+			LeaseSeq:   m.LeaseSeq,
 		}}}, nil
 	case *Cancel:
 		return &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_CancelTask{CancelTask: &batonv1.CancelTask{

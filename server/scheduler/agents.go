@@ -39,6 +39,12 @@ type agentRT struct {
 	zombies  map[int64]struct{}
 	lastUsed uint64
 	lost     bool
+	// seq is the latest message of the current session the leases can be
+	// measured from: 0 for its Hello, then each heartbeat's Seq.
+	seq uint64
+	// renewedAt is when the agent's leases were last renewed (its Hello
+	// or latest heartbeat).
+	renewedAt time.Time
 }
 
 func newAgent(name string) *agentRT {
@@ -69,7 +75,10 @@ func (s *Scheduler) agentFor(name string) *agentRT {
 // expected to reconnect and re-attach it.
 func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 	ag := s.agentFor(a.Agent)
-	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State}
+	// The agent's lease on the attempt was renewed at the latest when the
+	// previous control plane last heard from it, so counting from now
+	// waits at least as long as the agent does before it stops the child.
+	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State, renewedAt: time.Now()}
 	in.live = att
 	in.agent = a.Agent
 	r.inflight++
@@ -130,6 +139,7 @@ func (in helloInput) apply(s *Scheduler) {
 	}
 	now := time.Now()
 	a.sess, a.bootID = in.sess, h.BootID
+	a.seq, a.renewedAt = 0, now
 	s.countAgents()
 	a.labels, a.slots, a.version, a.hostname, a.os = h.Labels, h.Slots, h.Version, h.Hostname, h.OS
 	a.draining, a.lost = false, false
@@ -139,8 +149,17 @@ func (in helloInput) apply(s *Scheduler) {
 		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
 	})
 	sess := in.sess
+	// The Hello renews the leases of the attempts it lists as running and
+	// that are still this agent's.
+	var renewed []int64
+	for _, id := range h.Running {
+		if att := s.live[id]; att != nil && att.agent == a {
+			renewed = append(renewed, id)
+		}
+	}
 	s.after(func() {
-		sess.Send(&dispatch.Welcome{HeartbeatInterval: s.HeartbeatInterval(), ServerVersion: s.cfg.Version})
+		sess.Send(&dispatch.Welcome{HeartbeatInterval: s.HeartbeatInterval(), ServerVersion: s.cfg.Version,
+			Lease: s.cfg.AgentTimeout, Renewed: renewed})
 		in.reply <- nil
 	})
 	s.onFail(func() { in.reply <- errUnavailable("control plane is restarting") })
@@ -158,6 +177,7 @@ func (in helloInput) apply(s *Scheduler) {
 	}
 	clear(a.zombies)
 	for att := range a.attempts {
+		att.renewedAt = now
 		switch {
 		case running[att.id]:
 			if att.state == store.AttemptDispatched {
@@ -169,8 +189,10 @@ func (in helloInput) apply(s *Scheduler) {
 			}
 		case unacked[att.id]:
 		case att.state == store.AttemptDispatched:
-			start := att.start
-			s.after(func() { sess.Send(start) })
+			// Sent again on the new session: its lease runs from the Hello.
+			start := *att.start
+			start.LeaseSeq = 0
+			s.after(func() { sess.Send(&start) })
 		default:
 			s.lost(att.inst, fmt.Sprintf("agent %s restarted without attempt %d", a.name, att.id))
 		}
@@ -235,6 +257,11 @@ func (in messageInput) apply(s *Scheduler) {
 	}
 }
 
+// heartbeat renews the leases of the agent's attempts as of the
+// heartbeat's Seq and answers with a LeaseRenewal listing them. Attempts
+// the agent runs that are no longer its own (replaced after a loss) are not
+// renewed: the agent stops them when their leases run out, if a CancelTask
+// has not stopped them before.
 func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 	a.draining = hb.Draining
 	clear(a.zombies)
@@ -243,9 +270,28 @@ func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 			a.zombies[id] = struct{}{}
 		}
 	}
+	now := time.Now()
+	a.seq = max(a.seq, hb.Seq)
+	a.renewedAt = now
 	if len(a.attempts) == 0 {
 		return
 	}
+	for att := range a.attempts {
+		att.renewedAt = now
+	}
+	sess, seq := a.sess, hb.Seq
+	s.after(func() {
+		// Ids are known once the claims of this batch are committed.
+		ids := make([]int64, 0, len(a.attempts))
+		for att := range a.attempts {
+			if att.id != 0 {
+				ids = append(ids, att.id)
+			}
+		}
+		if len(ids) > 0 {
+			sess.Send(&dispatch.LeaseRenewal{Seq: seq, AttemptIDs: ids})
+		}
+	})
 	ids := make([]int64, 0, len(a.attempts))
 	for att := range a.attempts {
 		if att.id != 0 {
@@ -367,6 +413,10 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		// Nothing ran; place it again without counting a retry.
 		a.draining = true
 		s.requeueAfter(in, att.id, "rejected by agent "+a.name+": "+errMsg, 0)
+	case dispatch.OutcomeLeaseExpired:
+		// The agent stopped the child on its own when the lease ran out:
+		// the attempt is lost, as if its agent had been.
+		s.afterLoss(in, att.id, "lease expired on agent "+a.name+": "+errMsg)
 	case dispatch.OutcomeCancelled:
 		if r.eng.Stopping() {
 			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id).ExitCode = exit
@@ -423,7 +473,6 @@ func (s *Scheduler) done(in *instRT, state store.InstanceState, outputs map[stri
 // lost handles an instance whose attempt was lost with its agent: it is
 // retried elsewhere when the task allows, else it is lost.
 func (s *Scheduler) lost(in *instRT, msg string) {
-	r := in.run
 	fence := in.attemptID
 	if att := in.live; att != nil {
 		s.release(att)
@@ -436,6 +485,14 @@ func (s *Scheduler) lost(in *instRT, msg string) {
 			return err
 		})
 	}
+	s.afterLoss(in, fence, msg)
+}
+
+// afterLoss retries an instance whose attempt fence was lost elsewhere when
+// its task allows (a replacement), and otherwise settles it lost (or
+// cancelled, when its run is stopping).
+func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string) {
+	r := in.run
 	in.losses++
 	if m := s.cfg.Metrics; m != nil {
 		s.after(m.lost.Inc)
@@ -467,10 +524,22 @@ func (s *Scheduler) cancelAttempt(att *attemptRT, reason string) {
 }
 
 // sweep marks agents that have been silent for longer than the agent
-// timeout as lost, and their attempts with them.
+// timeout as lost, so no new work goes to them, and declares lost every
+// attempt whose lease has certainly ended and whose child the agent has
+// therefore stopped (lostAfter past its last renewal): only then may a
+// replacement start.
 func (s *Scheduler) sweep() {
 	now := time.Now()
 	for _, a := range s.agents {
+		if len(a.attempts) > 0 && now.Sub(a.renewedAt) > s.lostAfter() {
+			msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",
+				a.name, now.Sub(a.lastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
+			for att := range a.attempts {
+				if now.Sub(att.renewedAt) > s.lostAfter() {
+					s.lost(att.inst, msg)
+				}
+			}
+		}
 		if a.lost || now.Sub(a.lastSeen) <= s.cfg.AgentTimeout {
 			continue
 		}
@@ -486,10 +555,6 @@ func (s *Scheduler) sweep() {
 		s.write(func(ctx context.Context, tx store.Store) error {
 			return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
 		})
-		msg := fmt.Sprintf("agent %s not heard from for %s", a.name, s.cfg.AgentTimeout)
-		for att := range a.attempts {
-			s.lost(att.inst, msg)
-		}
 		clear(a.zombies)
 	}
 	s.at(now.Add(s.sweepInterval()), s.sweep)
@@ -515,6 +580,8 @@ func finishParams(agent string, f *dispatch.Finished) *store.AttemptFinishParams
 	case dispatch.OutcomeRejected:
 		p.State = store.AttemptCancelled
 		p.Error = "rejected by the agent: " + f.Error
+	case dispatch.OutcomeLeaseExpired:
+		p.State = store.AttemptLost
 	default:
 		p.State = store.AttemptFailed
 	}

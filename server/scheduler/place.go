@@ -197,7 +197,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	}
 	maps.Copy(env, job.ParamEnv(r.run.Params))
 	task := r.g.Nodes[in.task].Task
-	att := &attemptRT{inst: in, agent: a, no: in.attempts + 1, state: store.AttemptDispatched}
+	att := &attemptRT{inst: in, agent: a, no: in.attempts + 1, state: store.AttemptDispatched, renewedAt: time.Now()}
 	att.start = &dispatch.Start{
 		RunID:      r.run.ID,
 		Job:        r.run.JobName,
@@ -249,7 +249,12 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 		att.start.AttemptID = att.id
 		s.live[att.id] = att
 		if a.sess != nil {
-			a.sess.Send(att.start)
+			// The lease runs from the agent's latest message this control
+			// plane had when it dispatched the attempt: never later than
+			// renewedAt.
+			start := *att.start
+			start.LeaseSeq = a.seq
+			a.sess.Send(&start)
 		}
 	})
 }

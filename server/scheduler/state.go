@@ -84,6 +84,11 @@ type attemptRT struct {
 	// logged counts the output bytes stored so far.
 	logged     int64
 	cancelSent bool
+	// renewedAt is when the attempt's lease was last renewed (dispatched,
+	// re-attached or renewed by a heartbeat of its agent). The agent stops
+	// the child AgentTimeout after it sent the renewing message; the
+	// attempt is lost lostAfter past renewedAt.
+	renewedAt time.Time
 }
 
 // graphCache keeps compiled job versions.

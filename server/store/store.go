@@ -345,7 +345,9 @@ type AttemptExtendLeasesParams struct {
 type AttemptFinishParams struct {
 	ID    int64
 	Agent string
-	// State is the outcome: succeeded, failed, timed_out or cancelled.
+	// State is the outcome: succeeded, failed, timed_out or cancelled, or
+	// lost when the agent stopped the child because the attempt's lease
+	// expired (self-fencing).
 	State      AttemptState
 	ExitCode   *int
 	Error      string

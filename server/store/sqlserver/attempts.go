@@ -345,8 +345,8 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 	if p.Agent == "" {
 		return nil, fmt.Errorf("attempt finish %d: agent is empty", p.ID)
 	}
-	if !p.State.Outcome() {
-		return nil, fmt.Errorf("attempt finish %d: state %q: want succeeded, failed, timed_out or cancelled", p.ID, p.State)
+	if !p.State.Outcome() && p.State != store.AttemptLost {
+		return nil, fmt.Errorf("attempt finish %d: state %q: want succeeded, failed, timed_out, cancelled or lost", p.ID, p.State)
 	}
 	outcome := []any{
 		sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("state", string(p.State)),

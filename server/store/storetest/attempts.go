@@ -202,7 +202,7 @@ func testAttemptClaimConcurrent(t *testing.T, h Harness) {
 
 func testAttemptOutcome(t *testing.T, h Harness) {
 	b := setup(t, h)
-	_, ins := b.readyInstances(t, "j", 3)
+	_, ins := b.readyInstances(t, "j", 4)
 	a := b.claim(t, ins[0], "etl-01", longTTL)
 	unchanged := func(what string, id int64, before *store.Attempt) {
 		t.Helper()
@@ -226,11 +226,26 @@ func testAttemptOutcome(t *testing.T, h Harness) {
 	wantBadInput(t, "AttemptFinish(state running)", err)
 	unchanged("AttemptFinish(state running)", a.ID, a)
 
+	// An agent that stopped the child when the attempt's lease expired
+	// (self-fencing) reports it lost, with what the child left.
+	fenced := b.claim(t, ins[3], "etl-01", longTTL)
+	got, err := b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{
+		ID: fenced.ID, Agent: "etl-01", State: store.AttemptLost, ExitCode: intp(-1),
+		Error: "lease expired", StderrTail: "stopping",
+	})
+	if err != nil {
+		t.Fatalf("AttemptFinish(lost) = %v", err)
+	}
+	if got = b.attempt(t, fenced.ID); got.State != store.AttemptLost || got.Error != "lease expired" ||
+		got.StderrTail != "stopping" || got.ExitCode == nil || *got.ExitCode != -1 || got.FinishedAt.IsZero() {
+		t.Fatalf("self-fenced attempt = %+v; want lost with its error, tail, exit code and end", got)
+	}
+
 	// Started: running, StartedAt as reported, lease renewed.
 	startedAt := ms(time.Now().Add(-time.Second))
 	err = b.s.AttemptStarted(b.ctx, &store.AttemptStartedParams{ID: a.ID, Agent: "etl-01", StartedAt: startedAt, LeaseTTL: 2 * longTTL})
 	wantErr(t, "AttemptStarted()", err, nil)
-	got := b.attempt(t, a.ID)
+	got = b.attempt(t, a.ID)
 	if got.State != store.AttemptRunning || !got.StartedAt.Equal(startedAt) || !got.LeaseExpiresAt.After(a.LeaseExpiresAt) {
 		t.Fatalf("started attempt = %+v; want running, started %v, lease after %v", got, startedAt, a.LeaseExpiresAt)
 	}
