@@ -6,7 +6,8 @@
 #   output K=V [K=V...]   write outputs to $BATON_OUTPUT (takes every argument left)
 #   sleep S               sleep S seconds
 #   span                  record "S <ns> <pid> <agent>" now and "E ..." at exit
-#                         in $MARK_DIR/<task>.span, so a test can compute how
+#                         (also when stopped with SIGTERM) in
+#                         $MARK_DIR/<task>.span, so a test can compute how
 #                         many children ran at once
 #   fail-items I,J,...    exit 1 if $BATON_ITEM is one of the items, unless
 #                         $MARK_DIR/fixed exists
@@ -34,7 +35,9 @@ while [ $# -gt 0 ]; do
       shift ;;
     span)
       echo "S $(date +%s%N) $$ $AGENT_NAME" >> "$me.span"
-      trap 'echo "E $(date +%s%N) $$ $AGENT_NAME" >> "$me.span"' EXIT ;;
+      trap 'echo "E $(date +%s%N) $$ $AGENT_NAME" >> "$me.span"' EXIT
+      # Stopped (SIGTERM): record the end too, then exit as killed.
+      trap 'exit 143' TERM ;;
     fail-items)
       case ",$1," in
         *",$BATON_ITEM,"*)
