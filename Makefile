@@ -28,8 +28,14 @@ build: ## Build bin/batond, bin/baton-agent and bin/baton.
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/baton ./client/cmd/baton
 
 .PHONY: test
-test: ## Run every test (unit, conformance, end to end) under the race detector.
+test: ## Run every test (unit, conformance, end to end) under the race detector, then 2,000 simulation seeds.
 	$(GO) test $(TEST_FLAGS) ./...
+	$(GO) test -count=1 -run '^TestSim$$' ./server/scheduler -seeds=2000
+
+SEEDS ?= 100000
+.PHONY: sim
+sim: ## Run the scheduler simulation for SEEDS seeds (default 100000; about 20 s per 1,000 on 2 cores).
+	$(GO) test -count=1 -timeout 0 -run '^TestSim$$' ./server/scheduler -seeds=$(SEEDS)
 
 .PHONY: run
 run: build ## Start batond, two local agents and the example nightly load; Ctrl-C stops all.

@@ -243,3 +243,12 @@ func messageToProto(m any) (*batonv1.ConnectResponse, error) {
 	}
 	return nil, fmt.Errorf("unknown outbound message %T", m)
 }
+
+// NewSession returns a session for an agent named name that no stream
+// serves: whoever plays the agent (a simulation) takes what the control
+// plane sends with Take and hands the handler the agent's messages itself.
+func NewSession(name string) *Session { return newSession(name) }
+
+// Take returns the messages queued for the agent, oldest first, and
+// empties the queue.
+func (s *Session) Take() []any { return s.take() }

@@ -47,8 +47,8 @@ type agentRT struct {
 	renewedAt time.Time
 }
 
-func newAgent(name string) *agentRT {
-	return &agentRT{name: name, attempts: map[*attemptRT]struct{}{}, zombies: map[int64]struct{}{}, lastSeen: time.Now()}
+func (s *Scheduler) newAgent(name string) *agentRT {
+	return &agentRT{name: name, attempts: map[*attemptRT]struct{}{}, zombies: map[int64]struct{}{}, lastSeen: s.now()}
 }
 
 func (a *agentRT) usable() bool { return a.sess != nil && !a.draining && !a.lost }
@@ -65,7 +65,7 @@ func (a *agentRT) record(state store.AgentState) *store.Agent {
 func (s *Scheduler) agentFor(name string) *agentRT {
 	a := s.agents[name]
 	if a == nil {
-		a = newAgent(name)
+		a = s.newAgent(name)
 		s.agents[name] = a
 	}
 	return a
@@ -78,7 +78,7 @@ func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 	// The agent's lease on the attempt was renewed at the latest when the
 	// previous control plane last heard from it, so counting from now
 	// waits at least as long as the agent does before it stops the child.
-	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State, renewedAt: time.Now()}
+	att := &attemptRT{id: a.ID, inst: in, agent: ag, no: a.No, state: a.State, renewedAt: s.now()}
 	in.live = att
 	in.agent = a.Agent
 	r.inflight++
@@ -134,10 +134,10 @@ func (in helloInput) apply(s *Scheduler) {
 		a.sess.Close(status.Error(codes.Aborted, "replaced by a newer session of the same agent"))
 	}
 	if a == nil {
-		a = newAgent(h.Name)
+		a = s.newAgent(h.Name)
 		s.agents[h.Name] = a
 	}
-	now := time.Now()
+	now := s.now()
 	a.sess, a.bootID = in.sess, h.BootID
 	a.seq, a.renewedAt = 0, now
 	s.countAgents()
@@ -244,7 +244,7 @@ func (in messageInput) apply(s *Scheduler) {
 	if a == nil || a.sess != in.sess {
 		return // a stale session; the agent repeats what matters
 	}
-	a.lastSeen = time.Now()
+	a.lastSeen = s.now()
 	switch m := in.msg.(type) {
 	case *dispatch.Heartbeat:
 		s.heartbeat(a, m)
@@ -270,7 +270,7 @@ func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 			a.zombies[id] = struct{}{}
 		}
 	}
-	now := time.Now()
+	now := s.now()
 	a.seq = max(a.seq, hb.Seq)
 	a.renewedAt = now
 	if len(a.attempts) == 0 {
@@ -349,7 +349,7 @@ func (s *Scheduler) logChunk(a *agentRT, m *dispatch.Log) {
 	}
 	att.logged += int64(len(data))
 	s.b.logs = append(s.b.logs, &store.LogChunk{
-		AttemptID: m.AttemptID, Stream: m.Stream, Offset: m.Offset, Data: data, At: time.Now().UTC(),
+		AttemptID: m.AttemptID, Stream: m.Stream, Offset: m.Offset, Data: data, At: s.now().UTC(),
 	})
 }
 
@@ -367,7 +367,12 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	}
 	if att == nil || att.agent != a {
 		// Late, repeated or unknown: keep it as history, never as the
-		// outcome of its instance.
+		// outcome of its instance. A child the agent stopped when its lease
+		// ran out is kept as cancelled: the attempt itself is lost already.
+		if params.State == store.AttemptLost {
+			params.State = store.AttemptCancelled
+			params.Error = "stopped by the agent when the attempt's lease expired: " + params.Error
+		}
 		s.write(func(ctx context.Context, tx store.Store) error {
 			_, err := tx.AttemptFinish(ctx, params)
 			switch {
@@ -383,7 +388,7 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 				return err
 			}
 			return tx.EventAppend(ctx, &store.EventAppendParams{Events: []*store.Event{{
-				RunID: old.RunID, At: time.Now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
+				RunID: old.RunID, At: s.now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
 				Agent: a.name, ExitCode: params.ExitCode,
 				Message: fmt.Sprintf("late outcome %s of attempt %d ignored: the attempt is %s", params.State, old.ID, old.State),
 			}}})
@@ -529,7 +534,7 @@ func (s *Scheduler) cancelAttempt(att *attemptRT, reason string) {
 // therefore stopped (lostAfter past its last renewal): only then may a
 // replacement start.
 func (s *Scheduler) sweep() {
-	now := time.Now()
+	now := s.now()
 	for _, a := range s.agents {
 		if len(a.attempts) > 0 && now.Sub(a.renewedAt) > s.lostAfter() {
 			msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",

@@ -63,7 +63,7 @@ func (s *Scheduler) onFail(fn func()) { s.b.onFail = append(s.b.onFail, fn) }
 // after the commit.
 func (s *Scheduler) event(e *store.Event) {
 	if e.At.IsZero() {
-		e.At = time.Now().UTC()
+		e.At = s.now().UTC()
 	}
 	s.b.events = append(s.b.events, e)
 	s.b.touched[e.RunID] = struct{}{}
@@ -92,7 +92,7 @@ func (s *Scheduler) armLazy() {
 		return
 	}
 	s.lazyArmed = true
-	s.at(time.Now().Add(lazyDelay), func() {
+	s.at(s.now().Add(lazyDelay), func() {
 		s.lazyArmed = false
 		s.flushLazy()
 	})
@@ -203,7 +203,7 @@ func (s *Scheduler) at(t time.Time, fn func()) {
 }
 
 func (s *Scheduler) fireTimers() {
-	now := time.Now()
+	now := s.now()
 	for len(s.timers) > 0 && !s.timers[0].at.After(now) {
 		t := heap.Pop(&s.timers).(*timer)
 		t.fire()
@@ -213,7 +213,7 @@ func (s *Scheduler) fireTimers() {
 func (s *Scheduler) resetTimer(t *time.Timer) {
 	d := time.Hour
 	if len(s.timers) > 0 {
-		d = max(time.Until(s.timers[0].at), 0)
+		d = max(s.timers[0].at.Sub(s.now()), 0)
 	}
 	t.Reset(d)
 }

@@ -59,7 +59,7 @@ func (s *Scheduler) readyAfter(in *instRT, delay time.Duration) {
 		return
 	}
 	r := in.run
-	s.at(time.Now().Add(delay), func() {
+	s.at(s.now().Add(delay), func() {
 		if s.runs[r.run.ID] == r && in.state == store.InstanceReady && !r.eng.Stopping() {
 			s.ready(in)
 		}
@@ -197,7 +197,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	}
 	maps.Copy(env, job.ParamEnv(r.run.Params))
 	task := r.g.Nodes[in.task].Task
-	att := &attemptRT{inst: in, agent: a, no: in.attempts + 1, state: store.AttemptDispatched, renewedAt: time.Now()}
+	att := &attemptRT{inst: in, agent: a, no: in.attempts + 1, state: store.AttemptDispatched, renewedAt: s.now()}
 	att.start = &dispatch.Start{
 		RunID:      r.run.ID,
 		Job:        r.run.JobName,

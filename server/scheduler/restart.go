@@ -114,7 +114,7 @@ func (in restartInput) apply(s *Scheduler) {
 	// The run timeout counts from the restart; the store records the
 	// restart's time with it (RestartedAt), so a control plane that loads
 	// the run afresh counts from the same moment.
-	restarted.RestartedAt = time.Now().UTC()
+	restarted.RestartedAt = s.now().UTC()
 	s.write(func(ctx context.Context, tx store.Store) error {
 		_, err := tx.RunTransition(ctx, &store.RunTransitionParams{
 			ID: run.ID, From: []store.RunState{run.State}, To: store.RunRunning,

@@ -70,6 +70,9 @@ type Config struct {
 	// Graphs, when set, is a cache of compiled job versions shared with
 	// the API; the scheduler keeps its own otherwise.
 	Graphs *engine.Cache
+	// Clock tells the time. Defaults to time.Now; the simulation injects
+	// its own (and then drives the loop itself, see step).
+	Clock func() time.Time
 }
 
 // leaseName is the leader lease the scheduler holds.
@@ -84,6 +87,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Graphs == nil {
 		c.Graphs = &engine.Cache{}
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
 	}
 	if c.AgentTimeout <= 0 {
 		c.AgentTimeout = 30 * time.Second
@@ -177,6 +183,8 @@ func New(cfg Config) (*Scheduler, error) {
 	}
 	return s, nil
 }
+
+func (s *Scheduler) now() time.Time { return s.cfg.Clock() }
 
 // HeartbeatInterval is how often agents are told to send heartbeats: a
 // third of the agent timeout, so two lost heartbeats are tolerated.
@@ -301,7 +309,7 @@ func (s *Scheduler) renew() error {
 	case errors.Is(err, store.ErrNotLeader):
 		return err
 	}
-	if time.Until(s.lease.ExpiresAt) < s.cfg.LeaseTTL/3 {
+	if s.lease.ExpiresAt.Sub(s.now()) < s.cfg.LeaseTTL/3 {
 		// Not deposed: the store fails. Stop scheduling before anyone else
 		// may start, and say why.
 		return fmt.Errorf("cannot renew the leader lease before it expires: %w", err)
@@ -345,22 +353,30 @@ func (s *Scheduler) loop(ctx context.Context) error {
 				return ctx.Err()
 			}
 		}
-		s.applyLocal()
-	gather:
-		for n := 1; n < s.cfg.MaxBatch; n++ {
-			select {
-			case in := <-s.in:
-				in.apply(s)
-			default:
-				break gather
-			}
-		}
-		s.fireTimers()
-		s.place()
-		if err := s.commit(ctx); err != nil {
+		if err := s.step(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+// step finishes one iteration of the loop after its first input: it
+// applies the inputs its effects produced and those waiting in the inbox
+// (up to MaxBatch), fires the timers that are due, places ready work and
+// commits everything in one transaction, then acts.
+func (s *Scheduler) step(ctx context.Context) error {
+	s.applyLocal()
+gather:
+	for n := 1; n < s.cfg.MaxBatch; n++ {
+		select {
+		case in := <-s.in:
+			in.apply(s)
+		default:
+			break gather
+		}
+	}
+	s.fireTimers()
+	s.place()
+	return s.commit(ctx)
 }
 
 func (s *Scheduler) applyLocal() {
@@ -454,7 +470,7 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	for jobID := range s.queued {
 		s.promote(jobID)
 	}
-	s.at(time.Now().Add(s.sweepInterval()), s.sweep)
+	s.at(s.now().Add(s.sweepInterval()), s.sweep)
 	s.log.InfoContext(ctx, "scheduler started", slog.Int("runs", len(s.runs)), slog.Int("live_attempts", len(s.live)))
 	return s.commit(ctx)
 }

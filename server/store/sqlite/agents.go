@@ -96,7 +96,7 @@ func (s *Store) LeaderAcquire(ctx context.Context, p *store.LeaderAcquireParams)
 	}
 	l := &store.Lease{Name: p.Name, Holder: p.Holder}
 	err := s.write(ctx, func(tx *Store) error {
-		at := now()
+		at := s.now()
 		var expires int64
 		err := tx.queryRow(ctx, acquireLeader,
 			[]any{sql.Named("name", p.Name), sql.Named("holder", p.Holder),
@@ -127,7 +127,7 @@ func (s *Store) LeaderCheck(ctx context.Context, p *store.LeaderCheckParams) err
 		SELECT EXISTS (SELECT 1 FROM leader_lease
 		               WHERE name = @name AND holder = @holder AND token = @token AND expires_at > @at)`,
 		[]any{sql.Named("name", p.Name), sql.Named("holder", p.Holder), sql.Named("token", p.Token),
-			sql.Named("at", now())}, &ok)
+			sql.Named("at", s.now())}, &ok)
 	if err == nil && !ok {
 		err = store.ErrNotLeader
 	}

@@ -77,7 +77,7 @@ func (s *Store) AttemptClaim(ctx context.Context, p *store.AttemptClaimParams) (
 		if err != nil {
 			return err
 		}
-		at := now()
+		at := s.now()
 		lease := at + p.LeaseTTL.Milliseconds()
 		// Only what the instance row supplies comes back; the rest of a
 		// new attempt is the claim's own values and the columns' defaults.
@@ -160,7 +160,7 @@ func (s *Store) AttemptStarted(ctx context.Context, p *store.AttemptStartedParam
 		return fmt.Errorf("attempt started %d: %w", p.ID, err)
 	}
 	err := s.write(ctx, func(tx *Store) error {
-		at := now()
+		at := s.now()
 		res, err := tx.exec(ctx, `
 			UPDATE attempts SET state = 'running', started_at = coalesce(@started, started_at, @at),
 			    lease_expires_at = @lease
@@ -207,7 +207,7 @@ func (s *Store) AttemptHeartbeat(ctx context.Context, p *store.AttemptHeartbeatP
 	var renewed []int64
 	err := s.write(ctx, func(tx *Store) error {
 		renewed = renewed[:0]
-		at := now()
+		at := s.now()
 		rows, err := tx.query(ctx, `
 			UPDATE attempts SET lease_expires_at = @lease
 			WHERE id IN (SELECT value FROM json_each(@ids))
@@ -246,7 +246,7 @@ func (s *Store) AttemptExtendLeases(ctx context.Context, p *store.AttemptExtendL
 		res, err := tx.exec(ctx, `
 			UPDATE attempts SET lease_expires_at = @lease
 			WHERE state IN ('dispatched', 'running') AND lease_expires_at < @lease`,
-			sql.Named("lease", now()+p.LeaseTTL.Milliseconds()))
+			sql.Named("lease", s.now()+p.LeaseTTL.Milliseconds()))
 		if err != nil {
 			return err
 		}
@@ -299,7 +299,7 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 		if err != nil {
 			return err
 		}
-		at := now()
+		at := s.now()
 		finished := msOr(p.FinishedAt, at)
 		args := []any{
 			sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("state", string(p.State)),
@@ -367,7 +367,7 @@ func (s *Store) AttemptLose(ctx context.Context, p *store.AttemptLoseParams) (*s
 		if err != nil {
 			return err
 		}
-		a, err = scanAttempt(st.QueryRowContext(ctx, sql.Named("id", p.ID), sql.Named("error", p.Error), sql.Named("at", now())))
+		a, err = scanAttempt(st.QueryRowContext(ctx, sql.Named("id", p.ID), sql.Named("error", p.Error), sql.Named("at", s.now())))
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
@@ -409,7 +409,7 @@ func (s *Store) AttemptReapExpired(ctx context.Context, p *store.AttemptReapExpi
 	}
 	var out []*store.Attempt
 	err := s.write(ctx, func(tx *Store) (err error) {
-		out, err = collect(scanAttempt)(tx.query(ctx, reapExpired, sql.Named("at", now()), sql.Named("limit", limit)))
+		out, err = collect(scanAttempt)(tx.query(ctx, reapExpired, sql.Named("at", s.now()), sql.Named("limit", limit)))
 		return err
 	})
 	if err != nil {

@@ -46,7 +46,7 @@ func (s *Store) EventAppend(ctx context.Context, p *store.EventAppendParams) err
 		return nil
 	}
 	cursors := make([]int64, len(p.Events))
-	at := now()
+	at := s.now()
 	err := s.write(ctx, func(tx *Store) error {
 		// Many rows per statement: one INSERT of up to eventChunk rows
 		// costs about as much as two single-row ones. Exec and
@@ -170,7 +170,7 @@ func (s *Store) LogAppend(ctx context.Context, p *store.LogAppendParams) error {
 		if err != nil {
 			return err
 		}
-		at := now()
+		at := s.now()
 		for _, c := range p.Chunks {
 			data := c.Data
 			if data == nil {

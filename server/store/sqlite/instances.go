@@ -60,7 +60,7 @@ func (s *Store) insertInstances(ctx context.Context, run int64, ins []store.Inst
 	if len(ins) == 0 {
 		return nil, nil
 	}
-	at := now()
+	at := s.now()
 	out := make([]*store.Instance, len(ins))
 	args := make([]any, 0, min(len(ins), instanceChunk)*instanceColumns)
 	for start := 0; start < len(ins); start += instanceChunk {
@@ -183,7 +183,7 @@ func (s *Store) InstanceTransition(ctx context.Context, p *store.InstanceTransit
 		res, err := tx.exec(ctx, transitionInstance,
 			sql.Named("id", p.ID), sql.Named("from", stateSet(p.From)), sql.Named("to", string(p.To)),
 			sql.Named("attempt", p.AttemptID), sql.Named("outputs", outputs), sql.Named("error", p.Error),
-			sql.Named("done", p.To.Done()), sql.Named("at", now()))
+			sql.Named("done", p.To.Done()), sql.Named("at", s.now()))
 		if err != nil {
 			return err
 		}

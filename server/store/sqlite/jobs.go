@@ -35,7 +35,7 @@ func (s *Store) JobApply(ctx context.Context, p *store.JobApplyParams) (*store.J
 	var res *store.JobApplyResult
 	err := s.write(ctx, func(tx *Store) error {
 		res = nil
-		at := now()
+		at := s.now()
 		var (
 			id, createdAt int64
 			version       int
@@ -161,7 +161,7 @@ func (s *Store) JobDelete(ctx context.Context, p *store.JobDeleteParams) error {
 			WHERE name = @name AND deleted_at IS NULL
 			  AND NOT EXISTS (SELECT 1 FROM runs r
 			                  WHERE r.job_id = jobs.id AND r.state IN ('queued', 'running', 'cancelling'))`,
-			sql.Named("at", now()), sql.Named("name", p.Name))
+			sql.Named("at", s.now()), sql.Named("name", p.Name))
 		if err != nil {
 			return err
 		}

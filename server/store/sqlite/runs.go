@@ -75,7 +75,7 @@ func (s *Store) RunCreate(ctx context.Context, p *store.RunCreateParams) (*store
 		}
 		r, err := scanRun(st.QueryRowContext(ctx,
 			sql.Named("job", p.JobID), sql.Named("version", p.JobVersion), sql.Named("overlap", string(p.Overlap)),
-			sql.Named("params", params), sql.Named("request", p.RequestID), sql.Named("at", now())))
+			sql.Named("params", params), sql.Named("request", p.RequestID), sql.Named("at", s.now())))
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			var live bool
@@ -226,7 +226,7 @@ func (s *Store) RunTransition(ctx context.Context, p *store.RunTransitionParams)
 		r, err = scanRun(st.QueryRowContext(ctx,
 			sql.Named("id", p.ID), sql.Named("from", stateSet(p.From)), sql.Named("to", string(p.To)),
 			sql.Named("terminal", p.To.Terminal()), sql.Named("active", p.To.Active()),
-			sql.Named("error", p.Error), sql.Named("at", now())))
+			sql.Named("error", p.Error), sql.Named("at", s.now())))
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			var state store.RunState

@@ -51,6 +51,9 @@ type Config struct {
 	BusyTimeout time.Duration
 	// Logger receives the store's log records. Defaults to discarding them.
 	Logger *slog.Logger
+	// Clock tells the time the store records (created, started, finished
+	// times and leases). Defaults to time.Now; tests inject their own.
+	Clock func() time.Time
 }
 
 const defaultBusyTimeout = 5 * time.Second
@@ -73,6 +76,7 @@ var _ store.Store = (*Store)(nil)
 // handles are the pools and prepared statements a Store and the Stores of
 // its transactions share.
 type handles struct {
+	clock  func() time.Time
 	w, r   *sql.DB
 	wStmts stmtCache // prepared on w; bound to a transaction per use
 	rStmts stmtCache // prepared on r
@@ -161,7 +165,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		w.Close()
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
 	}
-	h := &handles{w: w, r: r, log: log.With(slog.String("component", "store.sqlite"))}
+	clock := cfg.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	h := &handles{w: w, r: r, log: log.With(slog.String("component", "store.sqlite")), clock: clock}
 	h.wStmts.db = w
 	h.rStmts.db = r
 	return &Store{db: h}, nil
@@ -429,4 +437,5 @@ func isForeignKey(err error) bool {
 }
 
 // now is the store's clock, in unix milliseconds.
-func now() int64 { return time.Now().UnixMilli() }
+// now is the store's clock in the milliseconds the tables hold.
+func (s *Store) now() int64 { return s.db.clock().UnixMilli() }
