@@ -7,13 +7,16 @@ BIN     := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-# Code generators, pinned. They are built from source into ./bin.
+# Code generators and the linter, pinned. They are built from source into
+# ./bin.
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPC_GATEWAY_VERSION       := v2.32.0
-TOOLS := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc \
-         $(BIN)/protoc-gen-grpc-gateway $(BIN)/protoc-gen-openapiv2
+GOLANGCI_LINT_VERSION      := v2.15.0
+GEN_TOOLS := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc \
+             $(BIN)/protoc-gen-grpc-gateway $(BIN)/protoc-gen-openapiv2
+TOOLS     := $(GEN_TOOLS) $(BIN)/golangci-lint
 
 TEST_FLAGS ?= -race -timeout 20m
 
@@ -46,7 +49,7 @@ bench: ## Benchmark batond and agents on this machine (about 3 minutes); writes 
 	$(GO) run ./e2e/bench -out docs/benchmarks.md $(BENCH_FLAGS)
 
 .PHONY: tools
-tools: $(TOOLS) ## Install the pinned code generators into ./bin.
+tools: $(TOOLS) ## Install the pinned code generators and linter into ./bin.
 
 $(BIN)/buf:
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -58,9 +61,11 @@ $(BIN)/protoc-gen-grpc-gateway:
 	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@$(GRPC_GATEWAY_VERSION)
 $(BIN)/protoc-gen-openapiv2:
 	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(GRPC_GATEWAY_VERSION)
+$(BIN)/golangci-lint:
+	GOBIN=$(BIN) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 .PHONY: generate
-generate: $(TOOLS) ## Lint the protos and regenerate gen/.
+generate: $(GEN_TOOLS) ## Lint the protos and regenerate gen/.
 	$(BIN)/buf lint
 	rm -rf gen
 	$(BIN)/buf generate
@@ -71,8 +76,12 @@ check-generated: generate ## Fail when gen/ differs from what the protos generat
 		echo "generated code is out of date; run 'make generate' and commit:"; \
 		git status --porcelain -- gen proto; exit 1; fi
 
+.PHONY: lint
+lint: $(BIN)/golangci-lint ## Run golangci-lint (pinned; settings in .golangci.yml).
+	$(BIN)/golangci-lint run ./...
+
 .PHONY: check
-check: check-generated ## gofmt, go vet, generated code fresh, Windows builds of the agent and CLI.
+check: check-generated lint ## gofmt, go vet, golangci-lint, generated code fresh, Windows builds of the agent and CLI.
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); \
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...

@@ -9,16 +9,6 @@ import (
 	"syscall"
 )
 
-// syncDir flushes a directory's entries (a rename) to stable storage.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 // lockFile takes an exclusive lock on the open file f without blocking.
 // The lock ends when f is closed. It is a POSIX record lock rather than
 // flock: a record lock is not inherited by children, so a child forked at

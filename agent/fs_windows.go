@@ -10,10 +10,6 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// syncDir does nothing: Windows cannot flush a directory handle, and
-// NTFS journals the rename itself.
-func syncDir(string) error { return nil }
-
 // lockFile takes an exclusive lock on the open file f without blocking.
 // The lock ends when f is closed.
 func lockFile(f *os.File) error {

@@ -61,8 +61,7 @@ const (
 	// stateAcked is a tombstone: the outcome was acked and dropped.
 	stateAcked recordState = "acked"
 	// stateAbandoned is a tombstone for an attempt whose outcome is unknown:
-	// an earlier agent process stopped while it ran, or its record was
-	// unreadable.
+	// an earlier agent process stopped while it ran.
 	stateAbandoned recordState = "abandoned"
 )
 
@@ -101,7 +100,6 @@ type record struct {
 // journalRetention; tombstones of acknowledged attempts are also bounded
 // by count (journalMaxTombstones), the oldest going first.
 type journal struct {
-	dir      string
 	fsync    bool
 	log      *slog.Logger
 	now      func() time.Time
@@ -149,10 +147,9 @@ type journalLimits struct {
 
 // openJournal loads the journal in dir, creating dir if needed. Damaged
 // records are skipped with a log line and the log is rewritten without
-// them; journal files of the format before the log (one JSON file per
-// attempt) are migrated into the log and removed. Records of attempts
-// that were running when the previous agent process stopped stay as they
-// are until settleStarted: the runner may still run them.
+// them. Records of attempts that were running when the previous agent
+// process stopped stay as they are until settleStarted: the runner may
+// still run them.
 func openJournal(dir string, fsync bool, log *slog.Logger, now func() time.Time) (*journal, error) {
 	return openJournalWith(dir, fsync, log, now, journalLimits{})
 }
@@ -163,7 +160,7 @@ func openJournalWith(dir string, fsync bool, log *slog.Logger, now func() time.T
 		return nil, fmt.Errorf("create journal dir: %w", err)
 	}
 	j := &journal{
-		dir: dir, fsync: fsync, log: log, now: now,
+		fsync: fsync, log: log, now: now,
 		maxTombs:  cmp.Or(lim.maxTombstones, journalMaxTombstones),
 		recs:      make(map[int64]*record),
 		abandoned: make(map[int64]struct{}),
@@ -178,14 +175,6 @@ func openJournalWith(dir string, fsync bool, log *slog.Logger, now func() time.T
 		return nil, fmt.Errorf("open journal: %w", err)
 	}
 	j.rlog = rlog
-	legacy, err := j.loadLegacy()
-	if err == nil {
-		err = j.migrate(legacy)
-	}
-	if err != nil {
-		_ = rlog.Close()
-		return nil, err
-	}
 	j.mu.Lock()
 	j.pruneLocked()
 	j.evictLocked()
@@ -206,29 +195,6 @@ func (j *journal) replay(body []byte) error {
 	j.setLocked(e.id, &record{state: stateOf[e.kind], start: e.start, updated: e.updated, outcome: e.outcome,
 		runner: e.runner, written: true})
 	return nil
-}
-
-// migrate writes the attempts read from journal files of the earlier
-// format to the log, then removes those files.
-func (j *journal) migrate(legacy map[string]legacyEntry) error {
-	if len(legacy) == 0 {
-		return nil
-	}
-	var p *recordlog.Pending
-	j.mu.Lock()
-	for _, le := range legacy {
-		if le.rec == nil {
-			continue
-		}
-		p = j.queueLocked(le.id, le.rec)
-	}
-	j.mu.Unlock()
-	if p != nil {
-		if err := p.Wait(); err != nil {
-			return fmt.Errorf("migrate journal: %w", err)
-		}
-	}
-	return j.removeLegacy(legacy)
 }
 
 // settleStarted decides, once the agent process has attached to its

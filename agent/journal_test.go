@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -823,120 +821,6 @@ func TestJournalWriteFailure(t *testing.T) {
 	// Kept in memory: this process still reports it.
 	if diff := cmp.Diff([]*batonv1.TaskFinished{tf}, j.unacked(), protocmp.Transform()); diff != "" {
 		t.Errorf("unacked after a failed finish mismatch (-want +got):\n%s", diff)
-	}
-}
-
-// writeLegacy writes a journal file in the format before the log, as the
-// earlier agent did.
-func writeLegacy(t *testing.T, dir string, id int64, state recordState, start, updated time.Time, tf *batonv1.TaskFinished) {
-	t.Helper()
-	lr := legacyRecord{AttemptID: id, State: state, StartTime: start, Updated: updated}
-	if tf != nil {
-		raw, err := protojson.Marshal(tf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lr.Outcome = raw
-	}
-	data, err := json.Marshal(lr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%d.json", id)), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func TestJournalMigratesTheEarlierFormat(t *testing.T) {
-	t.Parallel()
-	b, open := setupJournal(t)
-	if err := os.MkdirAll(b.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	now := b.clock.Now()
-	tf2, tf3 := outcome(2, failed), outcome(3, rejected)
-	writeLegacy(t, b.dir, 1, stateStarted, now, now, nil)
-	writeLegacy(t, b.dir, 2, stateFinished, now, now, tf2)
-	writeLegacy(t, b.dir, 3, stateRejected, time.Time{}, now, tf3)
-	writeLegacy(t, b.dir, 4, stateAcked, now, now, nil)
-	writeLegacy(t, b.dir, 5, stateAbandoned, now, now, nil)
-	writeLegacy(t, b.dir, 6, stateAcked, now, now.Add(-journalRetention-time.Hour), nil) // pruned
-	for name, content := range map[string]string{
-		"7.json":          "{not json",
-		"8.json":          `{"attempt_id":99,"state":"started","updated":"2026-11-21T00:00:00Z"}`,
-		"9.json":          `{"attempt_id":9,"state":"exploded","updated":"2026-11-21T00:00:00Z"}`,
-		"10.json":         `{"attempt_id":10,"state":"finished","outcome":"garbage","updated":"2026-11-21T00:00:00Z"}`,
-		"11.json.123.tmp": "half a record",
-		"notanid.json":    "{}",
-		"README":          "left alone",
-	} {
-		if err := os.WriteFile(filepath.Join(b.dir, name), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Mkdir(filepath.Join(b.dir, "12.json"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-
-	j := open(t)
-	b.logs.wait(t, "journal: migrating records of the earlier journal format into the log")
-	b.logs.wait(t, "journal: unreadable record; the attempt is kept as abandoned and its outcome is lost", "attempt_id", "7")
-	b.logs.wait(t, "journal: skipping unknown entry")
-	want := snapshot{
-		1: "started", 2: "finished/ATTEMPT_OUTCOME_FAILED", 3: "rejected/ATTEMPT_OUTCOME_REJECTED",
-		4: "acked", 5: "abandoned",
-		// Damaged records still name their attempt: never start those again.
-		7: "abandoned", 8: "abandoned", 9: "abandoned", 10: "abandoned",
-	}
-	if diff := cmp.Diff(want, stateOfJournal(j)); diff != "" {
-		t.Errorf("migrated state mismatch (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]*batonv1.TaskFinished{tf2, tf3}, j.unacked(), protocmp.Transform()); diff != "" {
-		t.Errorf("unacked after migration mismatch (-want +got):\n%s", diff)
-	}
-	entries, err := os.ReadDir(b.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	if want := []string{"12.json", "README", journalLogName, "notanid.json"}; !slices.Equal(names, want) {
-		t.Errorf("journal dir holds %v after migration, want %v", names, want)
-	}
-	closeJournal(t, j)
-	if diff := cmp.Diff(want, stateOfJournal(open(t))); diff != "" {
-		t.Errorf("state after a second open mismatch (-want +got):\n%s", diff)
-	}
-}
-
-// TestJournalMigrationInterrupted opens a journal whose migration wrote
-// the log but did not remove the old files before a crash, and whose log
-// has moved on since: the log wins.
-func TestJournalMigrationInterrupted(t *testing.T) {
-	t.Parallel()
-	b, open := setupJournal(t)
-	j := open(t)
-	if err := j.begin(1, b.clock.Now(), ""); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.finish(outcome(1, succeeded)); err != nil {
-		t.Fatal(err)
-	}
-	j.ack([]int64{1})
-	closeJournal(t, j)
-	now := b.clock.Now()
-	writeLegacy(t, b.dir, 1, stateFinished, now, now, outcome(1, succeeded))
-	writeLegacy(t, b.dir, 2, stateStarted, now, now, nil)
-	j = open(t)
-	if diff := cmp.Diff(snapshot{1: "acked", 2: "started"}, stateOfJournal(j)); diff != "" {
-		t.Errorf("state mismatch (-want +got):\n%s", diff)
-	}
-	for _, name := range []string{"1.json", "2.json"} {
-		if _, err := os.Stat(filepath.Join(b.dir, name)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s still exists after migration: %v", name, err)
-		}
 	}
 }
 

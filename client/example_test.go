@@ -29,7 +29,7 @@ func ExampleClient_WaitRun() {
 
 	conn, err := client.Dial(client.DialConfig{Addr: addr})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer conn.Close()
 	c := client.New(conn)
@@ -44,7 +44,7 @@ func ExampleClient_WaitRun() {
 		},
 	})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println("run", run.GetState(), "-", run.GetError())
 	// Output:
@@ -63,14 +63,14 @@ func ExampleClient_WatchRun() {
 
 	conn, err := client.Dial(client.DialConfig{Addr: addr})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer conn.Close()
 	c := client.New(conn)
 
 	for ev, err := range c.WatchRun(context.Background(), runID, 12) {
 		if err != nil {
-			log.Fatal(err)
+			panic(err)
 		}
 		fmt.Println(ev.GetCursor(), ev.GetTask(), ev.GetTaskState(), ev.GetRunState())
 	}
@@ -85,7 +85,7 @@ func ExampleClient_WatchRun() {
 func ExampleClient_RestartRun() {
 	srv, err := fakeserver.New()
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer srv.Close()
 	runID := srv.AddRun(fakeserver.NightlyRun(batonv1.RunState_RUN_STATE_FAILED).Finished())
@@ -94,7 +94,7 @@ func ExampleClient_RestartRun() {
 
 	conn, err := client.Dial(client.DialConfig{Addr: srv.Addr()})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	defer conn.Close()
 	c := client.New(conn)
@@ -102,7 +102,7 @@ func ExampleClient_RestartRun() {
 
 	run, err := c.RestartRun(ctx, &client.RestartRunParams{RunID: runID, Reason: "PK_Client duplicates removed"})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	run, err = c.WaitRun(ctx, runID, &client.WaitOptions{
 		FromRestart: run.GetRestartCount(),
@@ -114,13 +114,13 @@ func ExampleClient_RestartRun() {
 		},
 	})
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	fmt.Println("restart", run.GetRestartCount(), "ended", run.GetState())
 
 	attempts, err := c.ListAttempts(ctx, runID, "per-client")
 	if err != nil {
-		log.Fatal(err)
+		panic(err)
 	}
 	for _, a := range attempts {
 		fmt.Println(a.GetId(), a.GetTask(), a.GetItemIndex(), a.GetKind(), a.GetState(), "restart", a.GetRestart())

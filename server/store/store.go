@@ -135,10 +135,6 @@ type Store interface {
 	// ErrStaleAttempt when the attempt is not live and ErrNotFound for an
 	// unknown attempt.
 	AttemptLose(ctx context.Context, p *AttemptLoseParams) (*Attempt, error)
-	// AttemptReapExpired marks up to Limit live attempts whose lease has
-	// expired as lost and returns them ordered by id. Concurrent reapers
-	// never return the same attempt twice.
-	AttemptReapExpired(ctx context.Context, p *AttemptReapExpiredParams) ([]*Attempt, error)
 	// AttemptGet returns one attempt.
 	AttemptGet(ctx context.Context, p *AttemptGetParams) (*Attempt, error)
 	// AttemptList returns a run's attempts (or one instance's) ordered by id.
@@ -364,12 +360,6 @@ type AttemptFinishParams struct {
 type AttemptLoseParams struct {
 	ID    int64
 	Error string
-}
-
-// AttemptReapExpiredParams are the arguments of [Store.AttemptReapExpired].
-type AttemptReapExpiredParams struct {
-	// Limit caps how many attempts one call reaps; 0 means 100.
-	Limit int
 }
 
 // AttemptGetParams are the arguments of [Store.AttemptGet].

@@ -1,7 +1,6 @@
 package sqlite
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -385,38 +384,6 @@ func (s *Store) AttemptLose(ctx context.Context, p *store.AttemptLoseParams) (*s
 		return nil, fmt.Errorf("attempt lose %d: %w", p.ID, err)
 	}
 	return a, nil
-}
-
-// reapExpired marks live attempts with expired leases lost. The subquery
-// walks the partial index attempts_live_lease.
-const reapExpired = `
-	UPDATE attempts SET state = 'lost', error = 'lease expired', finished_at = @at
-	WHERE id IN (SELECT id FROM attempts
-	             WHERE state IN ('dispatched', 'running') AND lease_expires_at <= @at
-	             ORDER BY lease_expires_at LIMIT @limit)
-	RETURNING ` + attemptCols
-
-// AttemptReapExpired marks up to Limit expired live attempts lost and
-// returns them ordered by id; see [store.Store.AttemptReapExpired]. Reapers
-// never overlap: each runs alone in the write transaction.
-func (s *Store) AttemptReapExpired(ctx context.Context, p *store.AttemptReapExpiredParams) ([]*store.Attempt, error) {
-	if p.Limit < 0 {
-		return nil, fmt.Errorf("attempt reap expired: limit %d is negative", p.Limit)
-	}
-	limit := p.Limit
-	if limit == 0 {
-		limit = 100
-	}
-	var out []*store.Attempt
-	err := s.write(ctx, func(tx *Store) (err error) {
-		out, err = collect(scanAttempt)(tx.query(ctx, reapExpired, sql.Named("at", s.now()), sql.Named("limit", limit)))
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attempt reap expired: %w", err)
-	}
-	slices.SortFunc(out, func(a, b *store.Attempt) int { return cmp.Compare(a.ID, b.ID) })
-	return out, nil
 }
 
 // AttemptGet returns one attempt.

@@ -28,7 +28,11 @@ func benchStore(b *testing.B, cfg sqlite.Config) (context.Context, *sqlite.Store
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { s.Close() })
+	b.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			b.Errorf("Close() = %v", err)
+		}
+	})
 	if err := s.Migrate(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -308,7 +312,11 @@ func BenchmarkTaskDurations(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer db.Close()
+		b.Cleanup(func() {
+			if err := db.Close(); err != nil {
+				b.Errorf("close the inserting connection: %v", err)
+			}
+		})
 		for range runs {
 			rc, err := s.RunCreate(ctx, &store.RunCreateParams{
 				JobID: res.Job.ID, JobVersion: res.Job.Version, Overlap: store.OverlapAllow,

@@ -147,13 +147,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// The first connection creates the file and switches it to WAL before
 	// any reader opens it.
 	if err := w.PingContext(ctx); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errors.Join(fmt.Errorf("sqlite: open %s: %w", path, err), w.Close())
 	}
 	r, err := sql.Open("sqlite", rdsn)
 	if err != nil {
-		w.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errors.Join(fmt.Errorf("sqlite: open %s: %w", path, err), w.Close())
 	}
 	n := max(4, runtime.GOMAXPROCS(0))
 	r.SetMaxOpenConns(n)
@@ -161,9 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	r.SetConnMaxLifetime(0)
 	r.SetConnMaxIdleTime(0)
 	if err := r.PingContext(ctx); err != nil {
-		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errors.Join(fmt.Errorf("sqlite: open %s: %w", path, err), r.Close(), w.Close())
 	}
 	clock := cfg.Clock
 	if clock == nil {

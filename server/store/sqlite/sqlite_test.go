@@ -110,7 +110,7 @@ func TestOpenConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := sqlite.Open(ctx, tc.cfg)
 			if err == nil {
-				s.Close()
+				_ = s.Close() // the test fails on the missing error
 				t.Fatalf("Open(%+v) = nil error, want one containing %q", tc.cfg, tc.wantErr)
 			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
@@ -150,7 +150,11 @@ func TestOpenPath(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open(again) = %v", err)
 	}
-	defer s.Close()
+	defer func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close(again) = %v", err)
+		}
+	}()
 	if err := s.Migrate(ctx); err != nil {
 		t.Fatalf("Migrate(again) = %v", err)
 	}

@@ -1,7 +1,6 @@
 package sqlserver
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -97,21 +96,6 @@ WHERE id = @id AND state IN (N'dispatched', N'running')`)
 
 	qAttemptState = register("attempt_state", `
 SELECT state FROM {{schema}}.attempts WHERE id = @id`)
-
-	// qAttemptReap is the reaper. READPAST skips rows another transaction
-	// holds (another reaper's, or a finishing attempt's), UPDLOCK makes the
-	// read a locking one even under READ_COMMITTED_SNAPSHOT, ROWLOCK keeps
-	// the locks fine; so concurrent reapers never take the same attempt.
-	// The literal states let the filtered index IX_attempts_live_lease
-	// serve the scan.
-	qAttemptReap = register("attempt_reap", `
-WITH x AS (
-    SELECT TOP (@limit) `+attemptCols+`
-    FROM {{schema}}.attempts WITH (UPDLOCK, READPAST, ROWLOCK)
-    WHERE state IN (N'dispatched', N'running') AND lease_expires_at <= SYSUTCDATETIME()
-    ORDER BY lease_expires_at)
-UPDATE x SET state = N'lost', error = N'lease expired', finished_at = SYSUTCDATETIME()
-OUTPUT `+outAttemptCols+`;`)
 
 	qAttemptGet = register("attempt_get", `
 SELECT `+attemptCols+` FROM {{schema}}.attempts WHERE id = @id`)
@@ -410,30 +394,6 @@ func (s *Store) AttemptLose(ctx context.Context, p *store.AttemptLoseParams) (*s
 		return nil, fmt.Errorf("attempt lose %d: %w", p.ID, err)
 	}
 	return a, nil
-}
-
-// AttemptReapExpired marks up to Limit expired live attempts lost and
-// returns them ordered by id; see [store.Store.AttemptReapExpired].
-// Concurrent reapers skip the rows each other hold (READPAST), so none
-// returns an attempt another returned.
-func (s *Store) AttemptReapExpired(ctx context.Context, p *store.AttemptReapExpiredParams) ([]*store.Attempt, error) {
-	if p.Limit < 0 {
-		return nil, fmt.Errorf("attempt reap expired: limit %d is negative", p.Limit)
-	}
-	limit := p.Limit
-	if limit == 0 {
-		limit = 100
-	}
-	var out []*store.Attempt
-	err := s.write(ctx, func(tx *Store) (err error) {
-		out, err = tx.attempts(ctx, qAttemptReap, sql.Named("limit", int64(limit)))
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attempt reap expired: %w", err)
-	}
-	slices.SortFunc(out, func(a, b *store.Attempt) int { return cmp.Compare(a.ID, b.ID) })
-	return out, nil
 }
 
 // AttemptGet returns one attempt.

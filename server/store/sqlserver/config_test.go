@@ -59,7 +59,7 @@ func TestConfigInvalid(t *testing.T) {
 			cancel()
 			s, err := Open(ctx, tc.cfg)
 			if err == nil {
-				s.Close()
+				_ = s.Close() // the test fails on the missing error
 				t.Fatalf("Open(%+v) = nil error, want one naming %s", tc.cfg, tc.field)
 			}
 			if !strings.Contains(err.Error(), tc.field) {

@@ -28,11 +28,9 @@
 // Azure SQL transient errors run the whole transaction function again, up
 // to [store.MaxTxTries] times.
 //
-// Claims and the reaper follow the queue pattern of Hangfire and
-// NServiceBus: AttemptClaim reads its instance WITH (UPDLOCK, ROWLOCK), so
-// of concurrent claimers one wins and the others see the new state;
-// AttemptReapExpired updates a TOP (n) CTE read WITH (UPDLOCK, READPAST,
-// ROWLOCK), so concurrent reapers skip each other's rows.
+// Claims follow the queue pattern of Hangfire and NServiceBus:
+// AttemptClaim reads its instance WITH (UPDLOCK, ROWLOCK), so of
+// concurrent claimers one wins and the others see the new state.
 //
 // # Time, leases and leadership
 //

@@ -19,13 +19,19 @@ func ExampleOpen() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer s.Close()
+	defer func() {
+		if err := s.Close(); err != nil {
+			log.Print(err)
+		}
+	}()
 	if err := s.Migrate(ctx); err != nil {
-		log.Fatal(err)
+		log.Print(err)
+		return
 	}
 	jobs, err := s.JobList(ctx, &store.JobListParams{})
 	if err != nil {
-		log.Fatal(err)
+		log.Print(err)
+		return
 	}
 	log.Printf("%d jobs", len(jobs))
 }

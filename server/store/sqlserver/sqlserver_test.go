@@ -58,7 +58,11 @@ func newTestDB(t *testing.T, dsn string) func(ctx context.Context) (store.Store,
 			t.Errorf("open store to drop schema %s: %v", cfg.Schema, err)
 			return
 		}
-		defer s.Close()
+		defer func() {
+			if err := s.Close(); err != nil {
+				t.Errorf("close store of schema %s: %v", cfg.Schema, err)
+			}
+		}()
 		if err := s.DropSchema(ctx); err != nil {
 			t.Errorf("DropSchema(%s) = %v", cfg.Schema, err)
 		}
@@ -89,7 +93,11 @@ func openMigrated(t *testing.T) *Store {
 	if err != nil {
 		t.Fatalf("Open() = %v", err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("Close() = %v", err)
+		}
+	})
 	if err := st.Migrate(t.Context()); err != nil {
 		t.Fatalf("Migrate() = %v", err)
 	}
@@ -109,7 +117,7 @@ func TestSQLServerAbortedTx(t *testing.T) {
 		}
 		// Violates CK_jobs_name: error 547, not retryable.
 		_, err := tx.(*Store).tx.tx.ExecContext(ctx, render(`INSERT INTO {{schema}}.jobs (name, current_version) VALUES (N'', 1)`, s.schema))
-		tx.(*Store).check(err)
+		err = tx.(*Store).check(err) // records the failure on the transaction
 		if err == nil {
 			t.Errorf("insert of an empty name succeeded, want a CHECK violation")
 		}

@@ -157,8 +157,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	db.SetConnMaxLifetime(connMaxLifetime)
 	db.SetConnMaxIdleTime(connMaxIdleTime)
 	if err := db.PingContext(ctx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("sqlserver: connect: %w", err)
+		return nil, errors.Join(fmt.Errorf("sqlserver: connect: %w", err), db.Close())
 	}
 	return &Store{
 		db:     db,
@@ -207,7 +206,9 @@ func (s *Store) write(ctx context.Context, fn func(tx *Store) error) error {
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
-		defer tx.Rollback() // after Commit a no-op; otherwise the outcome is fn's error
+		// After Commit a no-op (sql.ErrTxDone); on any other path the error
+		// to return is fn's, not the rollback's.
+		defer func() { _ = tx.Rollback() }()
 		t := &txn{tx: tx}
 		last = t
 		ferr := fn(&Store{db: s.db, schema: s.schema, sql: s.sql, log: s.log, tx: t})

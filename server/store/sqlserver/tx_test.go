@@ -107,7 +107,11 @@ func setupTx(t *testing.T, script ...error) *txBundle {
 	t.Helper()
 	d := &fakeDriver{script: script}
 	db := sql.OpenDB(d)
-	t.Cleanup(func() { db.Close() })
+	t.Cleanup(func() {
+		if err := db.Close(); err != nil {
+			t.Errorf("close the fake database: %v", err)
+		}
+	})
 	return &txBundle{d: d, s: &Store{db: db, schema: "baton", sql: renderAll("baton"), log: slog.New(slog.DiscardHandler)}}
 }
 

@@ -3,7 +3,6 @@ package storetest
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -376,20 +375,21 @@ func testAttemptHeartbeat(t *testing.T, h Harness) {
 	}
 }
 
-// testAttemptLeaseExpiry: an attempt whose lease expired is reaped as
-// lost; late reports for it renew and decide nothing but are kept.
+// testAttemptLeaseExpiry: an attempt whose lease expired is stale: late
+// reports for it renew and decide nothing but are kept, also once it is
+// declared lost.
 func testAttemptLeaseExpiry(t *testing.T, h Harness) {
 	b := setup(t, h)
 	_, ins := b.readyInstances(t, "j", 3)
 	keep := b.claim(t, ins[0], "etl-01", longTTL)
 	short := b.claim(t, ins[1], "etl-01", shortTTL)
-	unreaped := b.claim(t, ins[2], "etl-01", shortTTL)
+	expired := b.claim(t, ins[2], "etl-01", shortTTL)
 	b.expiryMarker(t, shortTTL)()
 
-	// An expired but not yet reaped attempt is already stale: a heartbeat
+	// An expired attempt, still dispatched, is already stale: a heartbeat
 	// skips it and its outcome is kept as late, the state unchanged.
 	renewed, err := b.s.AttemptHeartbeat(b.ctx, &store.AttemptHeartbeatParams{
-		Agent: "etl-01", AttemptIDs: []int64{keep.ID, short.ID, unreaped.ID}, LeaseTTL: longTTL,
+		Agent: "etl-01", AttemptIDs: []int64{keep.ID, short.ID, expired.ID}, LeaseTTL: longTTL,
 	})
 	if err != nil {
 		t.Fatalf("AttemptHeartbeat() = %v", err)
@@ -397,121 +397,46 @@ func testAttemptLeaseExpiry(t *testing.T, h Harness) {
 	if diff := cmp.Diff([]int64{keep.ID}, renewed); diff != "" {
 		t.Fatalf("AttemptHeartbeat() after expiry renewed mismatch (-want +got):\n%s", diff)
 	}
-	err = b.s.AttemptStarted(b.ctx, &store.AttemptStartedParams{ID: unreaped.ID, Agent: "etl-01", LeaseTTL: longTTL})
+	err = b.s.AttemptStarted(b.ctx, &store.AttemptStartedParams{ID: expired.ID, Agent: "etl-01", LeaseTTL: longTTL})
 	wantErr(t, "AttemptStarted(expired)", err, store.ErrStaleAttempt)
-	_, err = b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{ID: unreaped.ID, Agent: "etl-01", State: store.AttemptFailed, ExitCode: intp(4)})
+	_, err = b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{ID: expired.ID, Agent: "etl-01", State: store.AttemptFailed, ExitCode: intp(4)})
 	wantErr(t, "AttemptFinish(expired)", err, store.ErrStaleAttempt)
-	if got := b.attempt(t, unreaped.ID); got.State != store.AttemptDispatched || got.LateState != store.AttemptFailed ||
+	if got := b.attempt(t, expired.ID); got.State != store.AttemptDispatched || got.LateState != store.AttemptFailed ||
 		got.ExitCode == nil || *got.ExitCode != 4 {
 		t.Fatalf("expired attempt after a late outcome = %+v; want dispatched, late failed, exit 4", got)
 	}
 
-	// The reaper marks both expired attempts lost, once.
-	var reaped []*store.Attempt
-	waitFor(t, waitTimeout, "the reaper to return the expired attempts", func() bool {
-		got, err := b.s.AttemptReapExpired(b.ctx, &store.AttemptReapExpiredParams{})
-		if err != nil {
-			t.Fatalf("AttemptReapExpired() = %v", err)
-		}
-		reaped = append(reaped, got...)
-		return len(reaped) >= 2
-	})
-	var ids []int64
-	for _, a := range reaped {
-		ids = append(ids, a.ID)
-		if a.State != store.AttemptLost {
-			t.Fatalf("reaped attempt %d is %s, want lost", a.ID, a.State)
-		}
-		checkTime(t, "reaped FinishedAt", a.FinishedAt)
-		if diff := cmp.Diff(a, b.attempt(t, a.ID)); diff != "" {
-			t.Fatalf("reaped attempt mismatch (-returned +stored):\n%s", diff)
-		}
+	// Declaring the expired attempts lost (AttemptLose, whatever the
+	// lease) keeps the late outcome already recorded.
+	lost, err := b.s.AttemptLose(b.ctx, &store.AttemptLoseParams{ID: expired.ID, Error: "lease expired"})
+	if err != nil {
+		t.Fatalf("AttemptLose(expired) = %v", err)
 	}
-	slices.Sort(ids)
-	if diff := cmp.Diff([]int64{short.ID, unreaped.ID}, ids); diff != "" {
-		t.Fatalf("reaped ids mismatch (-want +got):\n%s", diff)
+	if lost.State != store.AttemptLost || lost.LateState != store.AttemptFailed {
+		t.Fatalf("AttemptLose(expired) = %+v; want lost, late failed", lost)
 	}
-	if got := b.attempt(t, unreaped.ID); got.LateState != store.AttemptFailed {
-		t.Fatalf("reaping dropped the late outcome: %+v", got)
-	}
-	again, err := b.s.AttemptReapExpired(b.ctx, &store.AttemptReapExpiredParams{})
-	if err != nil || len(again) != 0 {
-		t.Fatalf("AttemptReapExpired() again = %v, %v; want none", again, err)
+	checkTime(t, "lost FinishedAt", lost.FinishedAt)
+	if _, err := b.s.AttemptLose(b.ctx, &store.AttemptLoseParams{ID: short.ID, Error: "lease expired"}); err != nil {
+		t.Fatalf("AttemptLose(short) = %v", err)
 	}
 	if got := b.attempt(t, keep.ID); got.State != store.AttemptDispatched {
 		t.Fatalf("attempt with a long lease is %s, want dispatched", got.State)
 	}
 
-	// Late reports for the reaped attempt.
+	// Late reports for an expired attempt declared lost.
 	renewed, err = b.s.AttemptHeartbeat(b.ctx, &store.AttemptHeartbeatParams{Agent: "etl-01", AttemptIDs: []int64{short.ID}, LeaseTTL: longTTL})
 	if err != nil || len(renewed) != 0 {
-		t.Fatalf("AttemptHeartbeat(reaped) = %v, %v; want nothing renewed", renewed, err)
+		t.Fatalf("AttemptHeartbeat(lost) = %v, %v; want nothing renewed", renewed, err)
 	}
 	before := b.attempt(t, short.ID)
 	_, err = b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{
 		ID: short.ID, Agent: "etl-01", State: store.AttemptSucceeded, ExitCode: intp(0), StderrTail: "done late",
 	})
-	wantErr(t, "AttemptFinish(reaped)", err, store.ErrStaleAttempt)
+	wantErr(t, "AttemptFinish(lost)", err, store.ErrStaleAttempt)
 	got := b.attempt(t, short.ID)
 	if got.State != store.AttemptLost || got.LateState != store.AttemptSucceeded || got.StderrTail != "done late" ||
 		!got.LeaseExpiresAt.Equal(before.LeaseExpiresAt) || !got.FinishedAt.Equal(before.FinishedAt) {
-		t.Fatalf("reaped attempt after a late outcome = %+v; want lost, late succeeded, lease and FinishedAt unchanged", got)
-	}
-}
-
-// testAttemptReapConcurrent: concurrent reapers never return one attempt
-// twice.
-func testAttemptReapConcurrent(t *testing.T, h Harness) {
-	b := setup(t, h)
-	const attempts, reapers = 24, 4
-	_, ins := b.readyInstances(t, "j", attempts)
-	want := map[int64]bool{}
-	for _, in := range ins {
-		want[b.claim(t, in, "etl-01", shortTTL).ID] = true
-	}
-	b.expiryMarker(t, shortTTL)()
-
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		reaped = map[int64]int{}
-		total  int
-	)
-	deadline := time.Now().Add(waitTimeout)
-	for range reapers {
-		wg.Go(func() {
-			for {
-				mu.Lock()
-				finished := total >= attempts
-				mu.Unlock()
-				if finished || time.Now().After(deadline) {
-					return
-				}
-				got, err := b.s.AttemptReapExpired(b.ctx, &store.AttemptReapExpiredParams{Limit: 5})
-				if err != nil {
-					t.Errorf("AttemptReapExpired() = %v", err)
-					return
-				}
-				if len(got) > 5 {
-					t.Errorf("AttemptReapExpired(limit 5) returned %d attempts", len(got))
-				}
-				mu.Lock()
-				for _, a := range got {
-					reaped[a.ID]++
-					total++
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if total != attempts {
-		t.Fatalf("reapers returned %d attempts, want %d", total, attempts)
-	}
-	for id, n := range reaped {
-		if n != 1 || !want[id] {
-			t.Fatalf("attempt %d reaped %d times (ours: %v), want once", id, n, want[id])
-		}
+		t.Fatalf("lost attempt after a late outcome = %+v; want lost, late succeeded, lease and FinishedAt unchanged", got)
 	}
 }
 
@@ -527,7 +452,7 @@ func testAttemptExtendLeases(t *testing.T, h Harness) {
 	b.expiryMarker(t, shortTTL)()
 
 	// A takeover extends every live lease shorter than the TTL, also an
-	// expired one not yet reaped.
+	// expired one.
 	n, err := b.s.AttemptExtendLeases(b.ctx, &store.AttemptExtendLeasesParams{LeaseTTL: longTTL / 2})
 	if err != nil || n != 1 {
 		t.Fatalf("AttemptExtendLeases(%s) = %d, %v; want 1", longTTL/2, n, err)
@@ -535,9 +460,7 @@ func testAttemptExtendLeases(t *testing.T, h Harness) {
 	if got := b.attempt(t, long.ID); !got.LeaseExpiresAt.Equal(long.LeaseExpiresAt) {
 		t.Fatalf("a longer lease changed: %v, want %v", got.LeaseExpiresAt, long.LeaseExpiresAt)
 	}
-	if reaped, err := b.s.AttemptReapExpired(b.ctx, &store.AttemptReapExpiredParams{}); err != nil || len(reaped) != 0 {
-		t.Fatalf("AttemptReapExpired() after extension = %v, %v; want none", reaped, err)
-	}
+	// A heartbeat skips an expired lease: renewing it shows it is live.
 	renewed, err := b.s.AttemptHeartbeat(b.ctx, &store.AttemptHeartbeatParams{Agent: "etl-01", AttemptIDs: []int64{expiring.ID}, LeaseTTL: longTTL})
 	if err != nil || len(renewed) != 1 {
 		t.Fatalf("AttemptHeartbeat(extended) = %v, %v; want it renewed", renewed, err)

@@ -55,7 +55,6 @@ func Run(t *testing.T, h Harness) {
 		{"AttemptOutcome", testAttemptOutcome},
 		{"AttemptHeartbeat", testAttemptHeartbeat},
 		{"AttemptLeaseExpiry", testAttemptLeaseExpiry},
-		{"AttemptReapConcurrent", testAttemptReapConcurrent},
 		{"AttemptExtendLeases", testAttemptExtendLeases},
 		{"TaskDurations", testTaskDurations},
 		{"Event", testEvent},

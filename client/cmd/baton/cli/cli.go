@@ -108,21 +108,27 @@ func (e *Env) Run(ctx context.Context, args []string) int {
 	}
 	var ended *runEndedError
 	if errors.As(err, &ended) {
-		fmt.Fprintf(env.Stderr, "baton: %s\n", ended)
+		notef(env.Stderr, "baton: %s\n", ended)
 		return ExitRunFailed
 	}
 	if ctx.Err() != nil {
 		// Interrupted (Ctrl-C): the error is only the echo of that.
-		fmt.Fprintf(env.Stderr, "baton: interrupted: %v\n", err)
+		notef(env.Stderr, "baton: interrupted: %v\n", err)
 		return ExitError
 	}
-	fmt.Fprintf(env.Stderr, "baton: %s\n", a.describe(err))
+	notef(env.Stderr, "baton: %s\n", a.describe(err))
 	var ce *commandError
 	var ue *usageError
 	if !errors.As(err, &ce) || errors.As(err, &ue) {
-		fmt.Fprintf(env.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+		notef(env.Stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 	}
 	return ExitError
+}
+
+// notef writes a diagnostic to w, the standard error. A failed write is
+// dropped: standard error is where it would have been reported.
+func notef(w io.Writer, format string, args ...any) {
+	_, _ = fmt.Fprintf(w, format, args...)
 }
 
 // app holds one invocation's settings and its connection.

@@ -187,6 +187,7 @@ type table struct {
 	w   io.Writer
 	buf bytes.Buffer
 	tw  *tabwriter.Writer
+	err error // the first failed row write, returned by flush
 }
 
 // newTable starts a table on w, with a header row unless header is empty.
@@ -204,10 +205,15 @@ func (t *table) row(cells ...string) {
 		// A tab or newline inside a cell would break the columns.
 		cells[i] = strings.NewReplacer("\t", " ", "\n", " ").Replace(c)
 	}
-	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	if _, err := fmt.Fprintln(t.tw, strings.Join(cells, "\t")); err != nil && t.err == nil {
+		t.err = err
+	}
 }
 
 func (t *table) flush() error {
+	if t.err != nil {
+		return t.err
+	}
 	if err := t.tw.Flush(); err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -72,9 +71,9 @@ ListAttemptsResponse with errors in full.`,
 			}
 			if len(atts) == 0 {
 				if task != "" {
-					fmt.Fprintf(a.env.Stderr, "baton: run %d has no attempts of task %q\n", id, task)
+					notef(a.env.Stderr, "baton: run %d has no attempts of task %q\n", id, task)
 				} else {
-					fmt.Fprintf(a.env.Stderr, "baton: run %d has no attempts yet\n", id)
+					notef(a.env.Stderr, "baton: run %d has no attempts yet\n", id)
 				}
 			}
 			return nil

@@ -130,7 +130,8 @@ func (a *app) readJobFile(file string) (src, name string, err error) {
 		if err != nil {
 			return "", "", fmt.Errorf("read job file: %w", err)
 		}
-		defer f.Close()
+		// Read only: a failed close loses nothing that was read.
+		defer func() { _ = f.Close() }()
 		r = f
 	}
 	b, err := io.ReadAll(io.LimitReader(r, maxJobFile+1))

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"io"
 	"strings"
 
@@ -104,7 +103,7 @@ func (a *app) printLogs(logs *batonv1.GetTaskLogsResponse, stream string) error 
 				b.WriteString("\n")
 			}
 			b.WriteString("[... log capped; its tail follows ...]\n")
-			fmt.Fprintf(a.env.Stderr, "baton: the stored log of attempt %d was capped; showing its head and tail\n", logs.GetAttemptId())
+			notef(a.env.Stderr, "baton: the stored log of attempt %d was capped; showing its head and tail\n", logs.GetAttemptId())
 		}
 		for _, tail := range []struct {
 			s    batonv1.LogStream

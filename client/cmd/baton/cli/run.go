@@ -86,7 +86,7 @@ response on one line and then each of the run's events as one JSON line.`,
 				return err
 			}
 			if !created {
-				fmt.Fprintf(a.env.Stderr, "baton: request id %q already started run %d; not started again\n", requestID, run.GetId())
+				notef(a.env.Stderr, "baton: request id %q already started run %d; not started again\n", requestID, run.GetId())
 			}
 			if !wait {
 				return nil

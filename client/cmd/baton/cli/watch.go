@@ -31,7 +31,7 @@ func (a *app) watch(ctx context.Context, id int64, restart int32) error {
 	}
 	// A broken stream is resumed; say so, or the pause looks like a hang.
 	reconnecting := func(err error) {
-		fmt.Fprintf(a.env.Stderr, "baton: watch interrupted, reconnecting: %v\n", err)
+		notef(a.env.Stderr, "baton: watch interrupted, reconnecting: %v\n", err)
 	}
 	var run *batonv1.Run
 	if !a.json() || restart == latestRestart {
