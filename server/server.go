@@ -152,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HTTPAddr != "off" {
 		s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
-			s.grpcLis.Close()
+			_ = s.grpcLis.Close() // never served; the listen error is the news
 			return nil, fmt.Errorf("listen for HTTP: %w", err)
 		}
 	}
@@ -351,10 +351,10 @@ func readyHandler(status func() scheduler.Status) http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		if st.Ready() {
-			fmt.Fprintf(w, "ready: %s since %s\n", st.Role, st.Since.UTC().Format(time.RFC3339))
+			_, _ = fmt.Fprintf(w, "ready: %s since %s\n", st.Role, st.Since.UTC().Format(time.RFC3339))
 			return
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "not ready: %s: %v\n", st.Role, st.Error())
+		_, _ = fmt.Fprintf(w, "not ready: %s: %v\n", st.Role, st.Error())
 	})
 }

@@ -107,13 +107,6 @@ func (h *harness) outcome(wantState store.RunState, wantReason string) {
 	}
 }
 
-func (h *harness) notOver() {
-	h.t.Helper()
-	if over, state, _ := h.r.Outcome(); over {
-		h.t.Errorf("Outcome() = over (%s), want not over; states %v", state, h.states())
-	}
-}
-
 const (
 	P  = store.InstancePending
 	R  = store.InstanceReady

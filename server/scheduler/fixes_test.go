@@ -23,7 +23,11 @@ func openStore(t *testing.T) (store.Store, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { st.Close() })
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Error(err)
+		}
+	})
 	if err := st.Migrate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +132,7 @@ func TestRestartTimeoutCountsFromRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer raw.Close()
+	defer func() { _ = raw.Close() }() // its one update is committed by then
 	old := time.Now().Add(-2 * time.Hour).UnixMilli()
 	if _, err := raw.ExecContext(ctx, `UPDATE runs SET started_at = ?, created_at = ? WHERE id = ?`, old, old, id); err != nil {
 		t.Fatal(err)

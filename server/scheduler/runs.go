@@ -12,11 +12,6 @@ import (
 	"github.com/batonhq/baton/server/store"
 )
 
-// notDone lists every instance state a decided transition may leave.
-var notDone = []store.InstanceState{
-	store.InstancePending, store.InstanceReady, store.InstanceDispatched, store.InstanceRunning,
-}
-
 // loadRun builds an active run from its stored rows and makes its first
 // decisions.
 func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.Instance, atts []*store.Attempt) error {

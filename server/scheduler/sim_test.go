@@ -270,7 +270,7 @@ func migratedDB(t *testing.T) []byte {
 			migratedErr = err
 			return
 		}
-		defer os.RemoveAll(dir)
+		defer func() { _ = os.RemoveAll(dir) }() // a temp dir; nothing depends on it
 		path := filepath.Join(dir, "template.db")
 		st, err := sqlite.Open(context.Background(), sqlite.Config{Path: path, Logger: slog.New(slog.DiscardHandler)})
 		if err != nil {

@@ -228,14 +228,13 @@ func testAttemptOutcome(t *testing.T, h Harness) {
 	// An agent that stopped the child when the attempt's lease expired
 	// (self-fencing) reports it lost, with what the child left.
 	fenced := b.claim(t, ins[3], "etl-01", longTTL)
-	got, err := b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{
+	if _, err := b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{
 		ID: fenced.ID, Agent: "etl-01", State: store.AttemptLost, ExitCode: intp(-1),
 		Error: "lease expired", StderrTail: "stopping",
-	})
-	if err != nil {
+	}); err != nil {
 		t.Fatalf("AttemptFinish(lost) = %v", err)
 	}
-	if got = b.attempt(t, fenced.ID); got.State != store.AttemptLost || got.Error != "lease expired" ||
+	if got := b.attempt(t, fenced.ID); got.State != store.AttemptLost || got.Error != "lease expired" ||
 		got.StderrTail != "stopping" || got.ExitCode == nil || *got.ExitCode != -1 || got.FinishedAt.IsZero() {
 		t.Fatalf("self-fenced attempt = %+v; want lost with its error, tail, exit code and end", got)
 	}
@@ -244,7 +243,7 @@ func testAttemptOutcome(t *testing.T, h Harness) {
 	startedAt := ms(time.Now().Add(-time.Second))
 	err = b.s.AttemptStarted(b.ctx, &store.AttemptStartedParams{ID: a.ID, Agent: "etl-01", StartedAt: startedAt, LeaseTTL: 2 * longTTL})
 	wantErr(t, "AttemptStarted()", err, nil)
-	got = b.attempt(t, a.ID)
+	got := b.attempt(t, a.ID)
 	if got.State != store.AttemptRunning || !got.StartedAt.Equal(startedAt) || !got.LeaseExpiresAt.After(a.LeaseExpiresAt) {
 		t.Fatalf("started attempt = %+v; want running, started %v, lease after %v", got, startedAt, a.LeaseExpiresAt)
 	}
