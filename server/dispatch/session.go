@@ -130,10 +130,7 @@ func (svc *Service) Connect(stream batonv1.AgentService_ConnectServer) error {
 		// takes it back, so the agent's name does not stay taken.
 		sess.Close(err)
 		svc.handler.Gone(sess, err)
-		if _, ok := status.FromError(err); ok {
-			return err
-		}
-		return status.Error(codes.Unavailable, err.Error())
+		return toStatus(err)
 	}
 	log := svc.log.With(slog.String("agent", hello.Name), slog.Uint64("session", sess.ID))
 
@@ -191,6 +188,10 @@ loop:
 	}
 	sess.Close(end)
 	svc.handler.Gone(sess, end)
+	if errors.Is(end, ErrNameTaken) || errors.Is(end, ErrReplaced) || errors.Is(end, ErrUnavailable) {
+		// The control plane ended it: say why.
+		return toStatus(end)
+	}
 	if s, ok := status.FromError(end); ok && s.Code() != codes.OK && s.Code() != codes.Unknown {
 		return end
 	}
@@ -252,3 +253,43 @@ func NewSession(name string) *Session { return newSession(name) }
 // Take returns the messages queued for the agent, oldest first, and
 // empties the queue.
 func (s *Session) Take() []any { return s.take() }
+
+// Why an agent is refused or its session ends. The handler (the scheduler)
+// speaks these; Connect turns them into the status codes agents act on.
+var (
+	// ErrNameTaken refuses a Hello: another live agent holds the name
+	// (ALREADY_EXISTS; the agent retries in case the other is stale).
+	ErrNameTaken = errors.New("agent name taken")
+	// ErrReplaced ends a session its own agent process has replaced by
+	// reconnecting (ABORTED).
+	ErrReplaced = errors.New("replaced by a newer session of the same agent")
+	// ErrUnavailable refuses or ends a session for now: the control plane
+	// is restarting or standing by, or the agent timed out (UNAVAILABLE;
+	// the agent reconnects).
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// Unavailable returns an error wrapping ErrUnavailable with msg as its text.
+func Unavailable(msg string) error { return &unavailableError{msg: msg} }
+
+type unavailableError struct{ msg string }
+
+func (e *unavailableError) Error() string { return e.msg }
+func (e *unavailableError) Unwrap() error { return ErrUnavailable }
+
+// toStatus turns a handler's error into the status an agent sees.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, ErrNameTaken):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, ErrReplaced):
+		return status.Error(codes.Aborted, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}

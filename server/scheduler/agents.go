@@ -2,21 +2,19 @@ package scheduler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/batonhq/baton/server/dispatch"
-	"github.com/batonhq/baton/server/engine"
 	"github.com/batonhq/baton/server/job"
 	"github.com/batonhq/baton/server/store"
 )
+
+// The agent registry: who is connected, what each agent holds, admitting a
+// Hello (re-attaching running attempts, taking unacknowledged outcomes) and
+// a session's end.
 
 // agentRT is an agent known to the loop: connected, or holding attempts
 // while it may still reconnect.
@@ -120,18 +118,18 @@ func (in helloInput) apply(s *Scheduler) {
 	select {
 	case <-in.sess.Done():
 		// The stream ended while the Hello waited in the inbox.
-		in.reply <- errUnavailable("the agent's stream ended before it was admitted")
+		in.reply <- dispatch.Unavailable("the agent's stream ended before it was admitted")
 		return
 	default:
 	}
 	a := s.agents[h.Name]
 	if a != nil && a.sess != nil {
 		if h.BootID == "" || h.BootID != a.bootID {
-			in.reply <- status.Errorf(codes.AlreadyExists, "an agent named %q is already connected", h.Name)
+			in.reply <- fmt.Errorf("an agent named %q is already connected: %w", h.Name, dispatch.ErrNameTaken)
 			return
 		}
 		// The same agent process reconnected before its old stream ended.
-		a.sess.Close(status.Error(codes.Aborted, "replaced by a newer session of the same agent"))
+		a.sess.Close(dispatch.ErrReplaced)
 	}
 	if a == nil {
 		a = s.newAgent(h.Name)
@@ -162,7 +160,7 @@ func (in helloInput) apply(s *Scheduler) {
 			Lease: s.cfg.AgentTimeout, Renewed: renewed})
 		in.reply <- nil
 	})
-	s.onFail(func() { in.reply <- errUnavailable("control plane is restarting") })
+	s.onFail(func() { in.reply <- dispatch.Unavailable("control plane is restarting") })
 	s.log.Info("agent connected", slog.String("agent", h.Name), slog.Int("slots", h.Slots),
 		slog.Int("running", len(h.Running)), slog.Int("unacked", len(h.Unacked)))
 
@@ -256,349 +254,6 @@ func (in messageInput) apply(s *Scheduler) {
 		s.finished(a, m)
 	}
 }
-
-// heartbeat renews the leases of the agent's attempts as of the
-// heartbeat's Seq and answers with a LeaseRenewal listing them. Attempts
-// the agent runs that are no longer its own (replaced after a loss) are not
-// renewed: the agent stops them when their leases run out, if a CancelTask
-// has not stopped them before.
-func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
-	a.draining = hb.Draining
-	clear(a.zombies)
-	for _, id := range hb.Running {
-		if att := s.live[id]; att == nil || att.agent != a {
-			a.zombies[id] = struct{}{}
-		}
-	}
-	now := s.now()
-	a.seq = max(a.seq, hb.Seq)
-	a.renewedAt = now
-	if len(a.attempts) == 0 {
-		return
-	}
-	for att := range a.attempts {
-		att.renewedAt = now
-	}
-	sess, seq := a.sess, hb.Seq
-	s.after(func() {
-		// Ids are known once the claims of this batch are committed.
-		ids := make([]int64, 0, len(a.attempts))
-		for att := range a.attempts {
-			if att.id != 0 {
-				ids = append(ids, att.id)
-			}
-		}
-		if len(ids) > 0 {
-			sess.Send(&dispatch.LeaseRenewal{Seq: seq, AttemptIDs: ids})
-		}
-	})
-	ids := make([]int64, 0, len(a.attempts))
-	for att := range a.attempts {
-		if att.id != 0 {
-			ids = append(ids, att.id)
-		}
-	}
-	name, ttl := a.name, s.leaseTTL()
-	s.lazily(func() {
-		s.write(func(ctx context.Context, tx store.Store) error {
-			_, err := tx.AttemptHeartbeat(ctx, &store.AttemptHeartbeatParams{Agent: name, AttemptIDs: ids, LeaseTTL: ttl})
-			return err
-		})
-	})
-}
-
-func (s *Scheduler) started(a *agentRT, m *dispatch.Started) {
-	att := s.live[m.AttemptID]
-	if att == nil || att.agent != a || att.state != store.AttemptDispatched {
-		return
-	}
-	att.state = store.AttemptRunning
-	att.startedAt = m.At
-	// Nothing waits for a start to be durable. It is written with the next
-	// commit that happens anyway, or after lazyDelay; when the attempt's
-	// outcome comes first, the outcome records the start itself and the
-	// start costs no write at all.
-	att.startUnwritten = true
-	s.lazyStarts = append(s.lazyStarts, att)
-	s.armLazy()
-	in := att.inst
-	in.run.eng.Transition(in.task, in.item, store.InstanceRunning)
-}
-
-// writeStart writes an attempt's start and its instance's move to running.
-func (s *Scheduler) writeStart(att *attemptRT) {
-	if !att.startUnwritten {
-		return
-	}
-	att.startUnwritten = false
-	id, name, ttl, at := att.id, att.agent.name, s.leaseTTL(), att.startedAt
-	s.write(func(ctx context.Context, tx store.Store) error {
-		return tx.AttemptStarted(ctx, &store.AttemptStartedParams{ID: id, Agent: name, StartedAt: at, LeaseTTL: ttl})
-	})
-	s.transition(att.inst, store.InstanceRunning, "", nil, id)
-}
-
-func (s *Scheduler) logChunk(a *agentRT, m *dispatch.Log) {
-	att := s.live[m.AttemptID]
-	if att == nil || att.agent != a || att.logged >= s.cfg.LogCap {
-		return
-	}
-	data := m.Data
-	if room := s.cfg.LogCap - att.logged; int64(len(data)) > room {
-		data = data[:room]
-	}
-	att.logged += int64(len(data))
-	s.b.logs = append(s.b.logs, &store.LogChunk{
-		AttemptID: m.AttemptID, Stream: m.Stream, Offset: m.Offset, Data: data, At: s.now().UTC(),
-	})
-}
-
-// finished records an attempt's outcome and decides its instance.
-func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
-	ack := func() {
-		if a.sess != nil {
-			a.sess.Send(&dispatch.Ack{AttemptIDs: []int64{f.AttemptID}})
-		}
-	}
-	params := finishParams(a.name, f)
-	att := s.live[f.AttemptID]
-	if att != nil && att.agent == a && att.startUnwritten && params.StartedAt.IsZero() {
-		params.StartedAt = att.startedAt
-	}
-	if att == nil || att.agent != a {
-		// Late, repeated or unknown: keep it as history, never as the
-		// outcome of its instance. A child the agent stopped when its lease
-		// ran out is kept as cancelled: the attempt itself is lost already.
-		if params.State == store.AttemptLost {
-			params.State = store.AttemptCancelled
-			params.Error = "stopped by the agent when the attempt's lease expired: " + params.Error
-		}
-		s.write(func(ctx context.Context, tx store.Store) error {
-			_, err := tx.AttemptFinish(ctx, params)
-			switch {
-			case err == nil, errors.Is(err, store.ErrNotFound):
-				// Recorded (an attempt of a run this scheduler could not
-				// load), or unknown: nothing more to do.
-				return nil
-			case !errors.Is(err, store.ErrStaleAttempt):
-				return err
-			}
-			old, err := tx.AttemptGet(ctx, &store.AttemptGetParams{ID: f.AttemptID})
-			if err != nil {
-				return err
-			}
-			return tx.EventAppend(ctx, &store.EventAppendParams{Events: []*store.Event{{
-				RunID: old.RunID, At: s.now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
-				Agent: a.name, ExitCode: params.ExitCode,
-				Message: fmt.Sprintf("late outcome %s of attempt %d ignored: the attempt is %s", params.State, old.ID, old.State),
-			}}})
-		})
-		delete(a.zombies, f.AttemptID)
-		s.after(ack)
-		return
-	}
-	s.release(att)
-	in := att.inst
-	r := in.run
-	s.write(func(ctx context.Context, tx store.Store) error {
-		_, err := tx.AttemptFinish(ctx, params)
-		return err
-	})
-	if m := s.cfg.Metrics; m != nil {
-		s.after(func() { m.finished.WithLabelValues(string(params.State)).Inc() })
-	}
-	task := r.g.Nodes[in.task].Task
-	errMsg := f.Error
-	exit := params.ExitCode
-	switch f.Outcome {
-	case dispatch.OutcomeSucceeded:
-		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id).ExitCode = exit
-		s.done(in, store.InstanceSucceeded, f.Outputs, "")
-	case dispatch.OutcomeRejected:
-		// Nothing ran; place it again without counting a retry.
-		a.draining = true
-		s.requeueAfter(in, att.id, "rejected by agent "+a.name+": "+errMsg, 0)
-	case dispatch.OutcomeLeaseExpired:
-		// The agent stopped the child on its own when the lease ran out:
-		// the attempt is lost, as if its agent had been.
-		s.afterLoss(in, att.id, "lease expired on agent "+a.name+": "+errMsg)
-	case dispatch.OutcomeCancelled:
-		if r.eng.Stopping() {
-			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id).ExitCode = exit
-			s.done(in, store.InstanceCancelled, nil, errMsg)
-			break
-		}
-		fallthrough
-	default:
-		in.failures++
-		retry, delay := engine.RetryAfterFailure(task, in.failures)
-		if retry && !r.eng.Stopping() {
-			in.kind = store.AttemptRetry
-			s.requeueAfter(in, att.id, errMsg, delay).ExitCode = exit
-			break
-		}
-		s.transition(in, store.InstanceFailed, errMsg, f.Outputs, att.id).ExitCode = exit
-		s.done(in, store.InstanceFailed, f.Outputs, errMsg)
-	}
-	s.after(ack)
-}
-
-// requeueAfter puts an instance whose attempt ended back to ready.
-func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time.Duration) *store.Event {
-	ev := s.transition(in, store.InstanceReady, msg, nil, fence)
-	in.run.eng.Transition(in.task, in.item, store.InstanceReady)
-	s.readyAfter(in, delay)
-	return ev
-}
-
-// release detaches a live attempt from its agent and frees its slot. A
-// start not yet written is dropped: what ends the attempt records it.
-func (s *Scheduler) release(att *attemptRT) {
-	att.startUnwritten = false
-	delete(s.live, att.id)
-	delete(att.agent.attempts, att)
-	in := att.inst
-	in.live = nil
-	r := in.run
-	t := r.tasks[in.task]
-	r.inflight--
-	if in.item != store.NoItem {
-		t.inflight--
-	}
-	s.unpark(r, t)
-}
-
-// done tells the engine an instance is done and acts on its decisions.
-func (s *Scheduler) done(in *instRT, state store.InstanceState, outputs map[string]string, msg string) {
-	r := in.run
-	s.apply(r, r.eng.Done(in.task, in.item, state, outputs, msg))
-	s.check(r)
-}
-
-// lost handles an instance whose attempt was lost with its agent: it is
-// retried elsewhere when the task allows, else it is lost.
-func (s *Scheduler) lost(in *instRT, msg string) {
-	fence := in.attemptID
-	if att := in.live; att != nil {
-		s.release(att)
-		id := att.id
-		s.write(func(ctx context.Context, tx store.Store) error {
-			_, err := tx.AttemptLose(ctx, &store.AttemptLoseParams{ID: id, Error: msg})
-			if errors.Is(err, store.ErrStaleAttempt) {
-				return nil
-			}
-			return err
-		})
-	}
-	s.afterLoss(in, fence, msg)
-}
-
-// afterLoss retries an instance whose attempt fence was lost elsewhere when
-// its task allows (a replacement), and otherwise settles it lost (or
-// cancelled, when its run is stopping).
-func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string) {
-	r := in.run
-	in.losses++
-	if m := s.cfg.Metrics; m != nil {
-		s.after(m.lost.Inc)
-	}
-	task := r.g.Nodes[in.task].Task
-	if !r.eng.Stopping() && engine.RetryAfterLoss(task, in.losses) {
-		in.kind = store.AttemptReplacement
-		s.requeueAfter(in, fence, msg, 0)
-		return
-	}
-	state := store.InstanceLost
-	if r.eng.Stopping() {
-		state = store.InstanceCancelled
-	}
-	s.transition(in, state, msg, nil, fence)
-	s.done(in, state, nil, msg)
-}
-
-// cancelAttempt asks an attempt's agent to stop it.
-func (s *Scheduler) cancelAttempt(att *attemptRT, reason string) {
-	if att.cancelSent || att.agent.sess == nil {
-		return
-	}
-	att.cancelSent = true
-	sess := att.agent.sess
-	s.after(func() {
-		sess.Send(&dispatch.Cancel{AttemptID: att.id, Reason: reason, KillGrace: s.cfg.KillGrace})
-	})
-}
-
-// sweep marks agents that have been silent for longer than the agent
-// timeout as lost, so no new work goes to them, and declares lost every
-// attempt whose lease has certainly ended and whose child the agent has
-// therefore stopped (lostAfter past its last renewal): only then may a
-// replacement start.
-func (s *Scheduler) sweep() {
-	now := s.now()
-	for _, a := range s.agents {
-		if len(a.attempts) > 0 && now.Sub(a.renewedAt) > s.lostAfter() {
-			msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",
-				a.name, now.Sub(a.lastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
-			for att := range a.attempts {
-				if now.Sub(att.renewedAt) > s.lostAfter() {
-					s.lost(att.inst, msg)
-				}
-			}
-		}
-		if a.lost || now.Sub(a.lastSeen) <= s.cfg.AgentTimeout {
-			continue
-		}
-		a.lost = true
-		if a.sess != nil {
-			a.sess.Close(status.Error(codes.Unavailable, "agent timed out"))
-			a.sess = nil
-			s.countAgents()
-		}
-		s.log.Warn("agent lost", slog.String("agent", a.name), slog.Duration("silent_for", now.Sub(a.lastSeen)),
-			slog.Int("attempts", len(a.attempts)))
-		rec := a.record(store.AgentLost)
-		s.write(func(ctx context.Context, tx store.Store) error {
-			return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
-		})
-		clear(a.zombies)
-	}
-	s.at(now.Add(s.sweepInterval()), s.sweep)
-}
-
-func (s *Scheduler) sweepInterval() time.Duration {
-	return min(max(s.cfg.AgentTimeout/10, 50*time.Millisecond), time.Second)
-}
-
-func finishParams(agent string, f *dispatch.Finished) *store.AttemptFinishParams {
-	p := &store.AttemptFinishParams{
-		ID: f.AttemptID, Agent: agent, Error: f.Error, Outputs: f.Outputs,
-		StdoutTail: validUTF8(f.StdoutTail), StderrTail: validUTF8(f.StderrTail),
-		StartedAt: f.StartedAt, FinishedAt: f.FinishedAt,
-	}
-	switch f.Outcome {
-	case dispatch.OutcomeSucceeded:
-		p.State = store.AttemptSucceeded
-	case dispatch.OutcomeTimedOut:
-		p.State = store.AttemptTimedOut
-	case dispatch.OutcomeCancelled:
-		p.State = store.AttemptCancelled
-	case dispatch.OutcomeRejected:
-		p.State = store.AttemptCancelled
-		p.Error = "rejected by the agent: " + f.Error
-	case dispatch.OutcomeLeaseExpired:
-		p.State = store.AttemptLost
-	default:
-		p.State = store.AttemptFailed
-	}
-	if f.Outcome != dispatch.OutcomeStartFailed && f.Outcome != dispatch.OutcomeRejected {
-		code := f.ExitCode
-		p.ExitCode = &code
-	}
-	return p
-}
-
-// validUTF8 turns a child's raw output into text, replacing invalid bytes.
-func validUTF8(b []byte) string { return strings.ToValidUTF8(string(b), "\uFFFD") }
 
 // countAgents updates the connected-agents gauge.
 func (s *Scheduler) countAgents() {

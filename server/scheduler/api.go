@@ -7,9 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/store"
 )
@@ -19,7 +16,7 @@ import (
 // agent holds the name).
 func (s *Scheduler) Hello(ctx context.Context, sess *dispatch.Session, h *dispatch.Hello) error {
 	if !s.Leader() {
-		return status.Error(codes.Unavailable, s.notLeading().Error())
+		return dispatch.Unavailable(s.notLeading().Error())
 	}
 	reply := make(chan error, 1)
 	if err := s.enqueue(ctx, helloInput{sess: sess, h: h, reply: reply}); err != nil {

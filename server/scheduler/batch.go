@@ -6,9 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/batonhq/baton/server/store"
 )
 
@@ -174,8 +171,6 @@ func (s *Scheduler) commit(ctx context.Context) error {
 	}
 	return nil
 }
-
-func errUnavailable(msg string) error { return status.Error(codes.Unavailable, msg) }
 
 // timer is a deadline the loop acts on.
 type timer struct {
