@@ -45,6 +45,15 @@ func (c *Cache) Get(j *store.Job) (*Graph, error) {
 	return g, nil
 }
 
+// Lookup returns the compiled graph of job version (jobID, version) if it
+// is cached.
+func (c *Cache) Lookup(jobID int64, version int) (*Graph, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g, ok := c.m[[2]int64{jobID, int64(version)}]
+	return g, ok
+}
+
 // Put records g as the compiled form of the stored job version j. g must
 // compile the spec j holds (as [job.Parse] of the source that was stored,
 // or [job.Decode] of j.Spec, give).

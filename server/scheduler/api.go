@@ -88,10 +88,7 @@ func (s *Scheduler) CreateRun(ctx context.Context, p *store.RunCreateParams) (*s
 // over; the run's first decisions are committed by then.
 func (s *Scheduler) Started(ctx context.Context, run *store.Run, insts []*store.Instance) error {
 	reply := make(chan error, 1)
-	var in input = loadInput{run: run, insts: insts, reply: reply}
-	if run.State == store.RunQueued {
-		in = queueInput{run: run, reply: reply}
-	}
+	in := s.runInput(ctx, run, insts, reply)
 	if err := s.enqueue(ctx, in); err != nil {
 		return err
 	}
@@ -105,16 +102,32 @@ func (s *Scheduler) Started(ctx context.Context, run *store.Run, insts []*store.
 	}
 }
 
+// runInput reads what loading a new run needs, off the loop, and returns
+// the input that hands it to the loop.
+func (s *Scheduler) runInput(ctx context.Context, run *store.Run, insts []*store.Instance, reply chan error) input {
+	prep, err := s.prepare(ctx, run)
+	if err != nil {
+		// The loop fails a run it cannot load, and says why.
+		prep = &prepared{}
+		s.log.ErrorContext(ctx, "cannot prepare run", slog.Int64("run_id", run.ID), slog.Any("error", err))
+	}
+	if run.State == store.RunQueued {
+		return queueInput{q: &queuedRun{run: run, insts: insts, prep: prep}, reply: reply}
+	}
+	return loadInput{run: run, insts: insts, prep: prep, reply: reply}
+}
+
 // queueInput records a queued run; it starts when its job's active run ends.
 type queueInput struct {
-	run   *store.Run
+	q     *queuedRun
 	reply chan error
 }
 
 func (in queueInput) apply(s *Scheduler) {
-	s.queued[in.run.JobID] = append(s.queued[in.run.JobID], in.run)
+	job := in.q.run.JobID
+	s.queued[job] = append(s.queued[job], in.q)
 	// The active run may have ended before this run was handed over.
-	s.promote(in.run.JobID)
+	s.promote(job)
 	s.after(func() { in.reply <- nil })
 	s.onFail(func() { in.reply <- ErrStopped })
 }
@@ -158,7 +171,7 @@ func (in cancelInput) apply(s *Scheduler) {
 		return
 	}
 	for jobID, q := range s.queued {
-		i := slices.IndexFunc(q, func(r *store.Run) bool { return r.ID == in.id })
+		i := slices.IndexFunc(q, func(r *queuedRun) bool { return r.run.ID == in.id })
 		if i < 0 {
 			continue
 		}

@@ -24,8 +24,15 @@ func (e *BadRestartError) Error() string { return e.Msg }
 // does not have with a *BadRestartError, and a run whose job forbids overlap
 // while another of its runs is active with store.ErrAlreadyActive.
 func (s *Scheduler) Restart(ctx context.Context, runID int64, mode engine.RestartMode, from, reason string) error {
+	if !s.Leader() {
+		return s.notLeading()
+	}
 	reply := make(chan error, 1)
-	if err := s.enqueue(ctx, restartInput{id: runID, mode: mode, from: from, reason: reason, reply: reply}); err != nil {
+	in, err := s.restartRequest(ctx, runID, mode, from, reason, reply)
+	if err != nil {
+		return err
+	}
+	if err := s.enqueue(ctx, in); err != nil {
 		return err
 	}
 	select {
@@ -38,11 +45,39 @@ func (s *Scheduler) Restart(ctx context.Context, runID int64, mode engine.Restar
 	}
 }
 
+// restartRequest reads what a restart needs, off the loop. The loop takes
+// the run over only if it is still the generation read here, finished,
+// and not active in memory.
+func (s *Scheduler) restartRequest(ctx context.Context, runID int64, mode engine.RestartMode, from, reason string, reply chan error) (restartInput, error) {
+	run, err := s.st.RunGet(ctx, &store.RunGetParams{ID: runID})
+	if err != nil {
+		return restartInput{}, err
+	}
+	if !run.State.Terminal() {
+		return restartInput{}, ErrActive
+	}
+	insts, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: run.ID})
+	if err != nil {
+		return restartInput{}, err
+	}
+	prep, err := s.prepare(ctx, run)
+	if err != nil {
+		return restartInput{}, err
+	}
+	return restartInput{run: run, insts: insts, prep: prep, mode: mode, from: from, reason: reason, reply: reply}, nil
+}
+
 // ErrActive is returned when restarting a run that has not finished.
 var ErrActive = errors.New("run is still active")
 
+// errRestartedMeanwhile refuses a restart read before another restart of
+// the same run was applied.
+var errRestartedMeanwhile = fmt.Errorf("the run was restarted by another request meanwhile; look at it and try again: %w", store.ErrConflict)
+
 type restartInput struct {
-	id     int64
+	run    *store.Run
+	insts  []*store.Instance
+	prep   *prepared
 	mode   engine.RestartMode
 	from   string
 	reason string
@@ -51,26 +86,23 @@ type restartInput struct {
 
 func (in restartInput) apply(s *Scheduler) {
 	fail := func(err error) { in.reply <- err }
-	if _, ok := s.runs[in.id]; ok {
+	run, insts, g := in.run, in.insts, in.prep.g
+	if _, ok := s.runs[run.ID]; ok {
 		fail(ErrActive)
 		return
 	}
 	for _, q := range s.queued {
 		for _, r := range q {
-			if r.ID == in.id {
+			if r.run.ID == run.ID {
 				fail(ErrActive)
 				return
 			}
 		}
 	}
-	ctx := s.ctx
-	run, err := s.st.RunGet(ctx, &store.RunGetParams{ID: in.id})
-	if err != nil {
-		fail(err)
-		return
-	}
-	if !run.State.Terminal() {
-		fail(ErrActive)
+	// Another restart applied after this one read the run would make what
+	// it read stale: the run may have run and finished again since.
+	if m, ok := s.restarts[run.ID]; ok && m.count > run.RestartCount {
+		fail(errRestartedMeanwhile)
 		return
 	}
 	if run.Overlap != store.OverlapAllow {
@@ -80,16 +112,6 @@ func (in restartInput) apply(s *Scheduler) {
 				return
 			}
 		}
-	}
-	g, err := s.graph(ctx, run.JobID, run.JobVersion)
-	if err != nil {
-		fail(err)
-		return
-	}
-	insts, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: run.ID})
-	if err != nil {
-		fail(err)
-		return
 	}
 	views := make([]engine.Instance, len(insts))
 	for i, x := range insts {
@@ -115,6 +137,7 @@ func (in restartInput) apply(s *Scheduler) {
 	// restart's time with it (RestartedAt), so a control plane that loads
 	// the run afresh counts from the same moment.
 	restarted.RestartedAt = s.now().UTC()
+	s.markRestart(run.ID, restarted.RestartCount)
 	s.write(func(ctx context.Context, tx store.Store) error {
 		_, err := tx.RunTransition(ctx, &store.RunTransitionParams{
 			ID: run.ID, From: []store.RunState{run.State}, To: store.RunRunning,
@@ -146,7 +169,7 @@ func (in restartInput) apply(s *Scheduler) {
 		rerun[x.ID] = true
 		s.event(&store.Event{RunID: run.ID, Task: rs.Task, Item: rs.Item, InstanceState: to, Message: "restart"})
 	}
-	if err := s.loadRestarted(&restarted, insts, rerun); err != nil {
+	if err := s.loadRestarted(&restarted, insts, in.prep, rerun); err != nil {
 		s.log.Error("cannot load restarted run; failing it", slog.Int64("run_id", run.ID), slog.Any("error", err))
 		s.failUnloadable(&restarted, err)
 	}
@@ -158,10 +181,34 @@ func (in restartInput) apply(s *Scheduler) {
 	s.onFail(func() { in.reply <- ErrStopped })
 }
 
+// restartMark is a restart the loop applied.
+type restartMark struct {
+	count int
+	at    time.Time
+}
+
+// restartMemory is how long a restart is remembered: far longer than a
+// Restart call takes between reading the run and the loop applying it.
+const restartMemory = 10 * time.Minute
+
+// markRestart remembers that run id reached restart count n, and forgets
+// restarts older than restartMemory, so the map stays small.
+func (s *Scheduler) markRestart(id int64, n int) {
+	now := s.now()
+	if len(s.restarts) >= 256 {
+		for k, m := range s.restarts {
+			if now.Sub(m.at) > restartMemory {
+				delete(s.restarts, k)
+			}
+		}
+	}
+	s.restarts[id] = restartMark{count: n, at: now}
+}
+
 // loadRestarted takes over a restarted run: the instances it runs again
 // make restart attempts, with their retry and loss budgets fresh.
-func (s *Scheduler) loadRestarted(run *store.Run, insts []*store.Instance, rerun map[int64]bool) error {
-	if err := s.loadRun(s.ctx, run, insts, nil); err != nil {
+func (s *Scheduler) loadRestarted(run *store.Run, insts []*store.Instance, prep *prepared, rerun map[int64]bool) error {
+	if err := s.loadRun(run, insts, nil, prep); err != nil {
 		return err
 	}
 	r := s.runs[run.ID]

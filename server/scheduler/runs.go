@@ -12,16 +12,16 @@ import (
 	"github.com/batonhq/baton/server/store"
 )
 
-// loadRun builds an active run from its stored rows and makes its first
-// decisions.
-func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.Instance, atts []*store.Attempt) error {
+// loadRun builds an active run from its stored rows and what prepare read
+// for it, and makes its first decisions. It reads nothing from the store.
+func (s *Scheduler) loadRun(run *store.Run, insts []*store.Instance, atts []*store.Attempt, p *prepared) error {
 	if _, ok := s.runs[run.ID]; ok {
 		return nil
 	}
-	g, err := s.graph(ctx, run.JobID, run.JobVersion)
-	if err != nil {
-		return err
+	if p == nil || p.g == nil {
+		return fmt.Errorf("run %d: its job version %d could not be loaded", run.ID, run.JobVersion)
 	}
+	g, durs := p.g, p.durs
 	views := make([]engine.Instance, 0, len(insts))
 	for _, in := range insts {
 		views = append(views, engine.Instance{Task: in.Task, Item: in.Item, ItemValue: in.ItemValue, State: in.State, Outputs: in.Outputs})
@@ -32,10 +32,6 @@ func (s *Scheduler) loadRun(ctx context.Context, run *store.Run, insts []*store.
 	}
 	// Ready work starts longest remaining path first, judged by how long
 	// each task took in its job's recent runs.
-	durs, err := s.st.TaskDurations(ctx, &store.TaskDurationsParams{JobName: run.JobName})
-	if err != nil {
-		s.log.Warn("no task durations; ordering by defaults", slog.String("job", run.JobName), slog.Any("error", err))
-	}
 	r := &runRT{
 		run: run,
 		g:   g,
@@ -284,35 +280,32 @@ func (s *Scheduler) promote(jobID int64) {
 	if len(q) == 1 {
 		delete(s.queued, jobID)
 	}
+	// A queued run's instances are as it was created: all pending.
 	var started *store.Run
-	var insts []*store.Instance
 	s.write(func(ctx context.Context, tx store.Store) error {
 		run, err := tx.RunTransition(ctx, &store.RunTransitionParams{
-			ID: next.ID, From: []store.RunState{store.RunQueued}, To: store.RunRunning,
+			ID: next.run.ID, From: []store.RunState{store.RunQueued}, To: store.RunRunning,
 		})
 		if err != nil {
-			return fmt.Errorf("start queued run %d: %w", next.ID, err)
+			return fmt.Errorf("start queued run %d: %w", next.run.ID, err)
 		}
-		list, err := tx.InstanceList(ctx, &store.InstanceListParams{RunID: next.ID})
-		if err != nil {
-			return err
-		}
-		started, insts = run, list
+		started = run
 		return nil
 	})
-	s.event(&store.Event{RunID: next.ID, Item: store.NoItem, RunState: store.RunRunning, Message: "started after the previous run ended"})
-	s.after(func() { s.local = append(s.local, loadInput{run: started, insts: insts}) })
+	s.event(&store.Event{RunID: next.run.ID, Item: store.NoItem, RunState: store.RunRunning, Message: "started after the previous run ended"})
+	s.after(func() { s.local = append(s.local, loadInput{run: started, insts: next.insts, prep: next.prep}) })
 }
 
 // loadInput loads a run the loop has just started.
 type loadInput struct {
 	run   *store.Run
 	insts []*store.Instance
+	prep  *prepared
 	reply chan error
 }
 
 func (in loadInput) apply(s *Scheduler) {
-	err := s.loadRun(s.ctx, in.run, in.insts, nil)
+	err := s.loadRun(in.run, in.insts, nil, in.prep)
 	if err != nil {
 		s.log.Error("cannot load run; failing it", slog.Int64("run_id", in.run.ID), slog.Any("error", err))
 		s.failUnloadable(in.run, err)

@@ -141,14 +141,16 @@ type Scheduler struct {
 	lazyArmed  bool
 	local      []input // inputs produced by effects, applied next iteration
 	runs       map[int64]*runRT
-	queued     map[int64][]*store.Run // job id -> queued runs, oldest first
-	agents     map[string]*agentRT
-	live       map[int64]*attemptRT // live attempts by id
-	groups     map[string]*group    // ready queues by selector
-	glist      []*group
-	timers     timerHeap
-	graphs     graphCache
-	seq        uint64
+	queued     map[int64][]*queuedRun // job id -> queued runs, oldest first
+	// restarts holds the restart count of each run this loop restarted
+	// lately (see restartInput).
+	restarts map[int64]restartMark
+	agents   map[string]*agentRT
+	live     map[int64]*attemptRT // live attempts by id
+	groups   map[string]*group    // ready queues by selector
+	glist    []*group
+	timers   timerHeap
+	seq      uint64
 	// cands and candAgents are pickAgent's reusable buffers.
 	cands      []dispatch.Candidate
 	candAgents []*agentRT
@@ -338,13 +340,13 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	s.lazyStarts = nil
 	s.lazyArmed = false
 	s.runs = map[int64]*runRT{}
-	s.queued = map[int64][]*store.Run{}
+	s.queued = map[int64][]*queuedRun{}
+	s.restarts = map[int64]restartMark{}
 	s.agents = map[string]*agentRT{}
 	s.live = map[int64]*attemptRT{}
 	s.groups = map[string]*group{}
 	s.glist = nil
 	s.timers = nil
-	s.graphs = graphCache{}
 	if _, err := s.st.AttemptExtendLeases(ctx, &store.AttemptExtendLeasesParams{LeaseTTL: s.leaseTTL()}); err != nil {
 		return fmt.Errorf("extend leases: %w", err)
 	}
@@ -358,7 +360,11 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	for i := len(runs) - 1; i >= 0; i-- {
 		run := runs[i]
 		if run.State == store.RunQueued {
-			s.queued[run.JobID] = append(s.queued[run.JobID], run)
+			q, err := s.loadQueued(ctx, run)
+			if err != nil {
+				return err
+			}
+			s.queued[run.JobID] = append(s.queued[run.JobID], q)
 			continue
 		}
 		if err := s.loadStored(ctx, run); err != nil {
@@ -373,6 +379,21 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	return s.commit(ctx)
 }
 
+// loadQueued reads what a queued run needs to start later.
+func (s *Scheduler) loadQueued(ctx context.Context, run *store.Run) (*queuedRun, error) {
+	insts, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: run.ID})
+	if err != nil {
+		return nil, fmt.Errorf("load queued run %d: %w", run.ID, err)
+	}
+	prep, err := s.prepare(ctx, run)
+	if err != nil {
+		// Failed when it is promoted, like a run that cannot be loaded.
+		s.log.ErrorContext(ctx, "cannot prepare queued run", slog.Int64("run_id", run.ID), slog.Any("error", err))
+		prep = &prepared{}
+	}
+	return &queuedRun{run: run, insts: insts, prep: prep}, nil
+}
+
 // loadStored loads a running or cancelling run with its instances and
 // attempts.
 func (s *Scheduler) loadStored(ctx context.Context, run *store.Run) error {
@@ -384,7 +405,11 @@ func (s *Scheduler) loadStored(ctx context.Context, run *store.Run) error {
 	if err != nil {
 		return fmt.Errorf("load run %d: %w", run.ID, err)
 	}
-	if err := s.loadRun(ctx, run, insts, atts); err != nil {
+	prep, err := s.prepare(ctx, run)
+	if err == nil {
+		err = s.loadRun(run, insts, atts, prep)
+	}
+	if err != nil {
 		// A run that cannot be loaded (its job version is unreadable) must
 		// not stop every other run: fail it.
 		s.log.ErrorContext(ctx, "cannot load run; failing it", slog.Int64("run_id", run.ID), slog.Any("error", err))

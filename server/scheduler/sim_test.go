@@ -240,7 +240,7 @@ func newSim(t *testing.T, seed int64) *sim {
 	sm.logf("job:\n%s", src)
 	sm.lead = "sim"
 	sm.takeOver()
-	sm.g, err = sm.s.graph(sm.ctx, sm.job.ID, sm.job.Version)
+	sm.g, err = sm.s.cfg.Graphs.Get(sm.job)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -529,11 +529,7 @@ func (sm *sim) newRun() {
 	if err != nil {
 		sm.fatalf("InstanceList: %v", err)
 	}
-	var in input = loadInput{run: res.Run, insts: list}
-	if res.Run.State == store.RunQueued {
-		in = queueInput{run: res.Run, reply: make(chan error, 1)}
-	}
-	sm.s.in <- in
+	sm.s.in <- sm.s.runInput(ctx, res.Run, list, make(chan error, 1))
 	sm.runs = append(sm.runs, res.Run.ID)
 	sm.logf("run %d created (%s)", res.Run.ID, res.Run.State)
 }
@@ -579,7 +575,12 @@ func (sm *sim) restart(id int64) {
 		mode, from = engine.RestartFrom, sm.g.Nodes[sm.rng.IntN(len(sm.g.Nodes))].Name
 	}
 	reply := make(chan error, 1)
-	sm.s.in <- restartInput{id: id, mode: mode, from: from, reason: "sim restart", reply: reply}
+	in, err := sm.s.restartRequest(ctx, id, mode, from, "sim restart", reply)
+	if err != nil {
+		sm.logf("restart run %d refused before the loop: %v", id, err)
+		return
+	}
+	sm.s.in <- in
 	sm.stepScheduler()
 	select {
 	case err = <-reply:
@@ -1041,9 +1042,11 @@ func (sm *sim) checkInvariants() (allOver bool) {
 				sm.fatalf("EventList: %v", err)
 			}
 			for _, e := range evs {
-				// This generation's timeout: counted from its own start.
+				// This generation's timeout: counted from its own start. (An
+				// event at the very millisecond of the restart belongs to
+				// the generation before.)
 				if e.RunState == store.RunCancelling && strings.Contains(e.Message, "run timeout") &&
-					!e.At.Before(run.LastStart()) && e.At.Before(run.LastStart().Add(tmo)) {
+					e.At.After(run.LastStart()) && e.At.Before(run.LastStart().Add(tmo)) {
 					sm.fatalf("run %d stopped by its timeout at %s, before %s after its last start %s",
 						id, e.At.Format("15:04:05.000"), tmo, run.LastStart().Format("15:04:05.000"))
 				}

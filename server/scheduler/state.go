@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -91,24 +92,42 @@ type attemptRT struct {
 	renewedAt time.Time
 }
 
-// graphCache keeps compiled job versions.
-type graphCache map[[2]int64]*engine.Graph
+// prepared is what loading a run needs besides its rows, read from the
+// store off the loop (by the API call that hands the run over), so the
+// loop reads nothing in the steady state.
+type prepared struct {
+	g *engine.Graph
+	// durs are the job's recent task durations, for longest-path-first.
+	durs map[string]time.Duration
+}
 
-func (s *Scheduler) graph(ctx context.Context, jobID int64, version int) (*engine.Graph, error) {
-	key := [2]int64{jobID, int64(version)}
-	if g, ok := s.graphs[key]; ok {
-		return g, nil
+// queuedRun is a run waiting for its job's active run to end.
+type queuedRun struct {
+	run   *store.Run
+	insts []*store.Instance
+	prep  *prepared
+}
+
+// prepare reads what loading run needs: its job version's compiled graph
+// (from the shared cache when there) and the job's task durations. It
+// must not run on the loop.
+func (s *Scheduler) prepare(ctx context.Context, run *store.Run) (*prepared, error) {
+	g, ok := s.cfg.Graphs.Lookup(run.JobID, run.JobVersion)
+	if !ok {
+		j, err := s.st.JobGet(ctx, &store.JobGetParams{ID: run.JobID, Version: run.JobVersion})
+		if err != nil {
+			return nil, fmt.Errorf("load job %d version %d: %w", run.JobID, run.JobVersion, err)
+		}
+		if g, err = s.cfg.Graphs.Get(j); err != nil {
+			return nil, fmt.Errorf("decode job %q version %d: %w", j.Name, run.JobVersion, err)
+		}
 	}
-	j, err := s.st.JobGet(ctx, &store.JobGetParams{ID: jobID, Version: version})
+	durs, err := s.st.TaskDurations(ctx, &store.TaskDurationsParams{JobName: run.JobName})
 	if err != nil {
-		return nil, fmt.Errorf("load job %d version %d: %w", jobID, version, err)
+		// Ordering falls back to defaults; the run is not held up for it.
+		s.log.WarnContext(ctx, "no task durations; ordering by defaults", slog.String("job", run.JobName), slog.Any("error", err))
 	}
-	g, err := s.cfg.Graphs.Get(j)
-	if err != nil {
-		return nil, fmt.Errorf("decode job %q version %d: %w", j.Name, version, err)
-	}
-	s.graphs[key] = g
-	return g, nil
+	return &prepared{g: g, durs: durs}, nil
 }
 
 func (r *runRT) taskName(t int) string { return r.g.Nodes[t].Name }
