@@ -335,6 +335,33 @@ func (c *Client) Confirm(id int64) {
 	}
 }
 
+// Renew extends the leases of the children of attempts ids
+// (StartRequest.Lease): each now runs until remaining from when the runner
+// reads the renewal, unless it already ran later. term is the control
+// plane's lease length, kept for the exit record. Ids the runner does not
+// run are ignored, and so are children of runners of other versions.
+// A renewal that cannot be sent (no runner attached) is dropped: the
+// leases stand, and the next renewal extends them. It does not block on
+// the runner beyond one write.
+func (c *Client) Renew(ids []int64, remaining, term time.Duration) {
+	if len(ids) == 0 || remaining <= 0 {
+		return
+	}
+	b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term}})
+	if err != nil {
+		c.log.Warn("cannot encode a lease renewal", slog.Any("error", err))
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return
+	}
+	if err := c.conn.write(b); err != nil {
+		c.log.Warn("cannot renew leases; the runner keeps the earlier deadlines", slog.Any("error", err))
+	}
+}
+
 // signal asks the runner to stop p's child. The last signal is kept and
 // sent again after a reconnect.
 func (c *Client) signal(p *Proc, sig *signal) error {

@@ -40,6 +40,7 @@ type frame struct {
 	Exit    *Record   `json:"exit,omitempty"`
 	Signal  *signal   `json:"signal,omitempty"`
 	Confirm *confirm  `json:"confirm,omitempty"`
+	Renew   *renew    `json:"renew,omitempty"`
 	// Error ends the connection: the runner refuses the agent.
 	Error string `json:"error,omitempty"`
 }
@@ -134,6 +135,16 @@ type signal struct {
 	Kill   bool          `json:"kill,omitempty"`
 	Grace  time.Duration `json:"grace,omitempty"`
 	Reason string        `json:"reason,omitempty"`
+}
+
+// renew extends the leases of children (agent -> runner): each runs until
+// Remaining after the runner reads the frame, unless it already ran
+// later (a renewal never shortens a lease). Unknown ids are ignored.
+type renew struct {
+	IDs       []int64       `json:"ids"`
+	Remaining time.Duration `json:"remaining"`
+	// Term is the control plane's lease length, for the exit record.
+	Term time.Duration `json:"term,omitempty"`
 }
 
 // confirm says the agent has journaled these exits (agent -> runner).
