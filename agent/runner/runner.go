@@ -7,7 +7,7 @@
 // domain socket in the state directory, and asks it to start and signal
 // children. The runner forks and execs each child in its own process
 // group, forwards the child's output to the attached agent, enforces the
-// child's timeout, and writes each exit durably to a record file before it
+// child's timeout and attempt lease (StartRequest.Lease), and writes each exit durably to a record file before it
 // tells the agent. The record stays until the agent confirms that it has
 // journaled the outcome. Killing or upgrading the agent therefore does not
 // touch the children: the next agent process attaches to the runner,
