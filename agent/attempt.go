@@ -29,8 +29,9 @@ const runnerStartWait = 10 * time.Second
 // childRunner is where the agent's children run: the runner process on
 // Unix, the agent process itself on Windows.
 type childRunner interface {
-	// instance identifies the runner process starts go to, when it
-	// takes them over exactly (runner.Client.Instance); empty otherwise.
+	// instance identifies the runner process starts go to
+	// (runner.Client.Instance), which takes them over exactly; empty when
+	// children run in the agent process.
 	instance() string
 	// start starts a child; its output goes to sink. An error wrapping
 	// runner.ErrUnavailable means nothing was started.
@@ -385,7 +386,7 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 //     nothing of it; the control plane sends the StartTask again (A' does
 //     not list it) and A' starts it: it never started.
 //  2. Begun: the journal holds it as started on R (journal.begin with
-//     R's identity, runner.Client.Instance, when R takes starts over
+//     R's identity, runner.Client.Instance: R takes starts over
 //     exactly); the request goes to R only (StartRequest.Instance: should
 //     the client be attached to another runner by then, nothing is sent
 //     and the attempt is REJECTED). Killed here, or before R took the

@@ -53,9 +53,8 @@ type Attachment struct {
 	// unknown. Those that could be identified safely (pid and start time)
 	// have had their process group killed.
 	Orphaned []*Record
-	// Instance identifies the runner process attached to when it takes
-	// start requests over exactly, as Client.Instance does; empty
-	// otherwise. An attempt whose start request an earlier agent process
+	// Instance identifies the runner process attached to, as
+	// Client.Instance does. An attempt whose start request an earlier agent process
 	// sent to runner Instance after journaling it with Instance, and that
 	// this attachment does not list, was never started and never will be.
 	Instance string
@@ -119,7 +118,6 @@ type Client struct {
 	procs     map[int64]*Proc // children of this version's runner, until they exit
 	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
 	instance  string          // the runner process of the last welcome
-	exact     bool            // that runner takes start requests over exactly (welcome.ExactStarts)
 	closed    bool
 	// baseEnv is the environment runners this client starts get, and
 	// baseID its envDigest.
@@ -243,7 +241,7 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		c.mu.Unlock()
 		return nil, fmt.Errorf("runner: attempt %d is already running", req.ID)
 	}
-	if req.Instance != "" && (!c.exact || req.Instance != c.instance) {
+	if req.Instance != "" && req.Instance != c.instance {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: the request is for runner %s, the client is attached to another", ErrUnavailable, req.Instance)
 	}
@@ -289,12 +287,12 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 }
 
 // Instance identifies the runner process the client is attached to (or
-// was last attached to, while it attaches again) when that runner takes
-// start requests over exactly; it is empty for a runner that does not.
+// was last attached to, while it attaches again).
 //
-// Such a runner lists in the welcome of every later connection each
-// child it may still start, run or report, and drops a start request
-// that arrives on a connection another one has replaced. So when an
+// A runner takes start requests over exactly: it lists in the welcome of
+// every later connection each child it may still start, run or report,
+// and drops a start request that arrives on a connection another one has
+// replaced. So when an
 // agent records an attempt with the Instance it read, sends the
 // attempt's start request with it (StartRequest.Instance, so that it
 // reaches that runner or none), and a later attachment to the runner of
@@ -304,9 +302,6 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 func (c *Client) Instance() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.exact {
-		return ""
-	}
 	return c.instance
 }
 
@@ -523,18 +518,14 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	var results []Result
 	var resend [][]byte
 
-	exact := w.ExactStarts && w.Instance != "" && len(w.Instance) <= MaxInstanceLen
-	if exact {
-		at.Instance = w.Instance
-	}
+	at.Instance = w.Instance
 	at.CleanExit = c.cleanExit()
 	c.mu.Lock()
-	// A child this client asked the same exact runner to start that the
-	// welcome does not list was never taken over, so it never starts. Any
-	// other child the welcome does not list is lost: its runner died, or
-	// (a runner that is not exact) it may have started after the welcome.
-	sameExact := exact && c.exact && c.instance == w.Instance
-	c.instance, c.exact = w.Instance, exact
+	// A child this client asked the same runner to start that the welcome
+	// does not list was never taken over, so it never starts. Any other
+	// child the welcome does not list is lost: its runner died.
+	sameRunner := c.instance == w.Instance
+	c.instance = w.Instance
 	seen := make(map[int64]bool)
 	for _, r := range w.Running {
 		seen[r.ID] = true
@@ -586,7 +577,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 		p.mu.Lock()
 		pending := p.pid == 0
 		p.mu.Unlock()
-		lost = append(lost, lostProc{p: p, unstarted: sameExact && pending})
+		lost = append(lost, lostProc{p: p, unstarted: sameRunner && pending})
 	}
 	c.conn = cc
 	close(c.connected)
@@ -737,6 +728,9 @@ func (c *Client) dial() (*cconn, *welcome, error) {
 	case f.Welcome == nil || f.Welcome.Version != c.version:
 		nc.Close()
 		return nil, nil, errors.New("read welcome: not a welcome of this protocol version")
+	case f.Welcome.Instance == "" || len(f.Welcome.Instance) > MaxInstanceLen:
+		nc.Close()
+		return nil, nil, errors.New("read welcome: the runner names no valid instance")
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &cconn{nc: nc, br: br, envBase: f.Welcome.EnvDigest == c.baseID}, f.Welcome, nil

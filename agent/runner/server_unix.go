@@ -486,7 +486,7 @@ func (s *server) serveConn(nc net.Conn) {
 
 // welcomeLocked lists what the runner holds.
 func (s *server) welcomeLocked() *welcome {
-	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID, ExactStarts: true}
+	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID}
 	for _, a := range s.atts {
 		rec := a.rec
 		switch a.state {
@@ -581,7 +581,7 @@ func (s *server) replyLocked(f *frame) *sconn {
 //     holding that connection may start the attempt itself.
 //
 // So an attempt an agent sent to this runner that a welcome of this
-// runner does not list never started and never will (welcome.ExactStarts).
+// runner does not list never started and never will (welcome.Instance).
 func (s *server) accept(c *sconn, req *StartRequest) *ratt {
 	log := s.log.With(slog.Int64("attempt_id", req.ID))
 	refuse := func(msg string) *ratt {

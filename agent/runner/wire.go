@@ -55,7 +55,12 @@ type hello struct {
 type welcome struct {
 	Version int `json:"version"`
 	// Pid and Instance identify the runner process; Instance changes with
-	// every runner process.
+	// every runner process and is never empty. The runner takes a start
+	// request over as it reads it, under the lock its welcomes are made
+	// under, and only while the connection it came on is the attached
+	// one: a welcome lists (in Running, Exits or Orphans) every start
+	// request of an earlier connection that the runner acts on, and the
+	// runner drops the rest.
 	Pid      int    `json:"pid"`
 	Instance string `json:"instance"`
 	// Running are the children still running (Pid 0: still starting).
@@ -67,14 +72,6 @@ type welcome struct {
 	Orphans []*Record `json:"orphans,omitempty"`
 	// EnvDigest identifies the runner's own environment (envDigest).
 	EnvDigest string `json:"env_digest,omitempty"`
-	// ExactStarts says the runner takes a start request over as it reads
-	// it, under the lock its welcomes are made under, and only while the
-	// connection it came on is the attached one: a welcome lists (in
-	// Running, Exits or Orphans) every start request of an earlier
-	// connection that the runner acts on, and the runner drops the rest.
-	// Runners before it took requests over on a goroutine of their own,
-	// so a welcome could miss a child that was about to start.
-	ExactStarts bool `json:"exact_starts,omitempty"`
 }
 
 // startMsg is a start request on the wire (agent -> runner). With
