@@ -84,3 +84,35 @@ func TestRunnerFencesWhileTheAgentIsStopped(t *testing.T) {
 		t.Errorf("lease expired at %v, before the agent was stopped (%v)", at, stopped)
 	}
 }
+
+// TestChildOfAnOlderRunnerIsFenced upgrades an agent while its child runs
+// without a lease: the new agent's control plane leases it, and as the
+// older runner knows nothing of leases the agent process stops the
+// child's tree itself once the lease renewed by the Welcome has passed.
+func TestChildOfAnOlderRunnerIsFenced(t *testing.T) {
+	t.Parallel()
+	const id = 611
+	const lease = time.Second
+	b := setup(t)
+	first := b.startProcess(t, 7) // no lease in its Welcome
+	s1 := b.srv.session(t)
+	s1.startTask(t, b.task(id, "sleep"))
+	child := pidOf(t, s1.started(t, id))
+	first.kill(t)
+
+	b.srv.setLease(lease, func(h *batonv1.Hello) []int64 {
+		var ids []int64
+		for _, r := range h.GetRunning() {
+			ids = append(ids, r.GetAttemptId())
+		}
+		return ids
+	})
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	if r := s2.hello.GetRunning(); len(r) != 1 || r[0].GetAttemptId() != id {
+		t.Fatalf("Hello.running = %v, want %d", r, id)
+	}
+	tf, _ := s2.finished(t, id)
+	expiredAt(t, tf, lease)
+	waitGone(t, child)
+}

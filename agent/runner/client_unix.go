@@ -112,13 +112,14 @@ type Client struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 
-	mu        sync.Mutex
-	conn      *cconn // nil while disconnected
-	connected chan struct{}
-	procs     map[int64]*Proc // children of this version's runner, until they exit
-	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
-	instance  string          // the runner process of the last welcome
-	closed    bool
+	mu         sync.Mutex
+	conn       *cconn // nil while disconnected
+	connected  chan struct{}
+	procs      map[int64]*Proc // children of this version's runner, until they exit
+	otherRecs  map[int64]store // stores of other versions' runners whose records are confirmed there
+	otherProcs map[int64]*Proc // watched children of other versions' runners, for renewals
+	instance   string          // the runner process of the last welcome
+	closed     bool
 	// baseEnv is the environment runners this client starts get, and
 	// baseID its envDigest.
 	baseEnv []string
@@ -166,15 +167,16 @@ func Open(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, DefaultPollInterval)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler))
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		dir:       versionDir(dir, cfg.ProtocolVersion),
-		version:   cfg.ProtocolVersion,
-		stop:      make(chan struct{}),
-		connected: make(chan struct{}),
-		procs:     make(map[int64]*Proc),
-		otherRecs: make(map[int64]store),
-		baseEnv:   cfg.Env,
+		cfg:        cfg,
+		log:        cfg.Logger,
+		dir:        versionDir(dir, cfg.ProtocolVersion),
+		version:    cfg.ProtocolVersion,
+		stop:       make(chan struct{}),
+		connected:  make(chan struct{}),
+		procs:      make(map[int64]*Proc),
+		otherRecs:  make(map[int64]store),
+		otherProcs: make(map[int64]*Proc),
+		baseEnv:    cfg.Env,
 	}
 	if c.baseEnv == nil {
 		c.baseEnv = os.Environ()
@@ -334,26 +336,39 @@ func (c *Client) Confirm(id int64) {
 // (StartRequest.Lease): each now runs until remaining from when the runner
 // reads the renewal, unless it already ran later. term is the control
 // plane's lease length, kept for the exit record. Ids the runner does not
-// run are ignored, and so are children of runners of other versions.
-// A renewal that cannot be sent (no runner attached) is dropped: the
-// leases stand, and the next renewal extends them. It does not block on
-// the runner beyond one write.
+// run are ignored. A renewal that cannot be sent (no runner attached) is
+// dropped: the leases stand, and the next renewal extends them. It does
+// not block on the runner beyond one write.
+//
+// The children of runners of other versions, which know nothing of
+// leases, get theirs from the client itself: once one passes, the client
+// stops the child's tree as Proc.Terminate does and its Result says
+// LeaseExpired. That holds only while this client runs.
 func (c *Client) Renew(ids []int64, remaining, term time.Duration) {
 	if len(ids) == 0 || remaining <= 0 {
 		return
 	}
+	until := time.Now().Add(remaining)
 	b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term}})
 	if err != nil {
 		c.log.Warn("cannot encode a lease renewal", slog.Any("error", err))
 		return
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.conn == nil {
-		return
+	var others []*Proc
+	for _, id := range ids {
+		if p := c.otherProcs[id]; p != nil {
+			others = append(others, p)
+		}
 	}
-	if err := c.conn.write(b); err != nil {
-		c.log.Warn("cannot renew leases; the runner keeps the earlier deadlines", slog.Any("error", err))
+	if c.conn != nil {
+		if err := c.conn.write(b); err != nil {
+			c.log.Warn("cannot renew leases; the runner keeps the earlier deadlines", slog.Any("error", err))
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range others {
+		p.renewOther(until, term)
 	}
 }
 
@@ -852,6 +867,9 @@ func (c *Client) others(at *Attachment) {
 				p.setStarted(rec.Pid, rec.PidStart, rec.BootID, rec.Start)
 				p.other = &otherRunner{store: st, lock: filepath.Join(dir, lockName)}
 				at.Running = append(at.Running, p)
+				c.mu.Lock()
+				c.otherProcs[id] = p
+				c.mu.Unlock()
 				c.wg.Add(1)
 				go c.watch(p)
 			default:
@@ -869,6 +887,11 @@ func (c *Client) others(at *Attachment) {
 // shows the exit, or the runner dies.
 func (c *Client) watch(p *Proc) {
 	defer c.wg.Done()
+	defer func() {
+		c.mu.Lock()
+		delete(c.otherProcs, p.id)
+		c.mu.Unlock()
+	}()
 	t := time.NewTicker(c.cfg.PollInterval)
 	defer t.Stop()
 	for {
@@ -892,7 +915,14 @@ func (c *Client) watch(p *Proc) {
 			c.mu.Lock()
 			c.otherRecs[p.id] = p.other.store
 			c.mu.Unlock()
-			p.finish(Result{Record: *rec})
+			res := Result{Record: *rec}
+			o := p.other
+			o.mu.Lock()
+			if !o.expired.IsZero() && !rec.TimedOut {
+				res.LeaseExpired, res.LeaseExpiredAt, res.LeaseTerm = true, o.expired, o.leaseTerm
+			}
+			o.mu.Unlock()
+			p.finish(res)
 			return
 		case !ok && len(errs) == 0:
 			p.lose("outcome unknown: the record of the agent's older runner vanished")
@@ -918,6 +948,75 @@ type otherRunner struct {
 
 	mu        sync.Mutex
 	killTimer *time.Timer
+	signalled bool // the agent asked to stop the child
+	// lease is when the child's lease ends (zero: none), leaseTerm its
+	// length; fenced says it passed and the tree is being stopped,
+	// expired when, if before the agent asked for anything.
+	lease      time.Time
+	leaseTerm  time.Duration
+	leaseTimer *time.Timer
+	fenceKill  *time.Timer
+	fenced     bool
+	expired    time.Time
+}
+
+// renewOther extends the lease of p, a child of another version's
+// runner, to until unless it ends later already.
+func (p *Proc) renewOther(until time.Time, term time.Duration) {
+	o := p.other
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fenced || !until.After(o.lease) {
+		return
+	}
+	o.lease, o.leaseTerm = until, term
+	if o.leaseTimer != nil {
+		o.leaseTimer.Reset(time.Until(until))
+	} else {
+		o.leaseTimer = time.AfterFunc(time.Until(until), p.leaseCheckOther)
+	}
+}
+
+// leaseCheckOther stops the tree of p, a child of another version's
+// runner, once its lease has passed: SIGTERM, SIGKILL after its grace.
+func (p *Proc) leaseCheckOther() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	// p.mu before o.mu, never inside it: finish takes them the other way.
+	p.mu.Lock()
+	pid, pidStart, boot, grace := p.pid, p.pidStart, p.boot, p.grace
+	p.mu.Unlock()
+	o := p.other
+	o.mu.Lock()
+	if o.fenced {
+		o.mu.Unlock()
+		return
+	}
+	if d := time.Until(o.lease); d > 0 {
+		o.leaseTimer.Reset(d)
+		o.mu.Unlock()
+		return
+	}
+	o.fenced = true
+	if !o.signalled {
+		o.expired = time.Now()
+	}
+	if grace > 0 {
+		o.fenceKill = time.AfterFunc(grace, func() { _ = signalTree(pid, pidStart, boot, syscall.SIGKILL) })
+	}
+	o.mu.Unlock()
+	p.c.log.Warn("attempt lease expired; stopping the process tree of a child of another runner version (self-fencing)",
+		slog.Int64("attempt_id", p.id), slog.Int("pid", pid), slog.Duration("kill_grace", grace))
+	sig := syscall.SIGTERM
+	if grace <= 0 {
+		sig = syscall.SIGKILL
+	}
+	if err := signalTree(pid, pidStart, boot, sig); err != nil {
+		p.c.log.Warn("cannot stop the child of another runner version", slog.Int64("attempt_id", p.id), slog.Any("error", err))
+	}
 }
 
 // Proc is a child the runner runs for the agent. Its methods are safe for
@@ -1026,10 +1125,13 @@ func (p *Proc) signalOther(kill bool, grace time.Duration) error {
 	p.mu.Lock()
 	pid, pidStart, boot := p.pid, p.pidStart, p.boot
 	p.mu.Unlock()
+	o := p.other
+	o.mu.Lock()
+	o.signalled = true
+	o.mu.Unlock()
 	if kill {
 		return signalTree(pid, pidStart, boot, syscall.SIGKILL)
 	}
-	o := p.other
 	o.mu.Lock()
 	if o.killTimer == nil {
 		o.killTimer = time.AfterFunc(grace, func() {
@@ -1100,8 +1202,10 @@ func (p *Proc) finish(res Result) {
 	p.result = res
 	if p.other != nil {
 		p.other.mu.Lock()
-		if p.other.killTimer != nil {
-			p.other.killTimer.Stop()
+		for _, t := range []*time.Timer{p.other.killTimer, p.other.leaseTimer, p.other.fenceKill} {
+			if t != nil {
+				t.Stop()
+			}
 		}
 		p.other.mu.Unlock()
 	}
