@@ -39,9 +39,9 @@ type childRunner interface {
 	// confirm says the outcome of attempt id is journaled.
 	confirm(id int64)
 	// renew extends the leases of the children of attempts ids to
-	// remaining from now, where they are shorter (see lease.go); term is
-	// the lease length. It does not block for long.
-	renew(ids []int64, remaining, term time.Duration)
+	// until, where they end earlier (see lease.go); term is the lease
+	// length. It does not block for long.
+	renew(ids []int64, until time.Time, term time.Duration)
 	// close detaches; children keep running where they run.
 	close()
 }
@@ -465,17 +465,18 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	}
 	lease, term := att.leaseDeadline()
 	if !lease.IsZero() {
-		req.Lease, req.LeaseTerm = time.Until(lease), term
-		if req.Lease <= 0 {
-			// Nothing ran: the control plane may place it again.
-			log.WarnContext(ctx, "attempt lease expired before the child started; rejecting the attempt",
-				slog.Duration("lease", term))
-			return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "the attempt's lease expired before its child started")
-		}
+		// Turned into the time remaining only as the request is written.
+		req.LeaseUntil, req.LeaseTerm = lease, term
 	}
 	sctx, cancel := context.WithTimeout(ctx, runnerStartWait)
 	p, err := a.runner.start(sctx, req, logs)
 	cancel()
+	if errors.Is(err, runner.ErrLeaseExpired) {
+		// Nothing ran: the control plane may place it again.
+		log.WarnContext(ctx, "attempt lease expired before the child started; rejecting the attempt",
+			slog.Duration("lease", term))
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "the attempt's lease expired before its child started")
+	}
 	if err != nil {
 		if errors.Is(err, runner.ErrUnavailable) {
 			log.ErrorContext(ctx, "runner unavailable; rejecting the attempt", slog.Any("error", err))
@@ -488,7 +489,7 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	if later, term := att.leaseDeadline(); later.After(lease) {
 		// Renewed while the request was on its way: the renewal may have
 		// reached the runner before the request did.
-		a.runner.renew([]int64{att.id}, time.Until(later), term)
+		a.runner.renew([]int64{att.id}, later, term)
 	}
 	att.mu.Lock()
 	att.proc = p

@@ -84,7 +84,7 @@ func (a *Agent) renewLeases(ctx context.Context, s *session, seq uint64, ids []i
 	a.mu.Unlock()
 	// Passed on even where the agent's own deadline was later already: a
 	// re-adopted child's deadline is known to the runner only.
-	a.runner.renew(renewed, time.Until(until), term)
+	a.runner.renew(renewed, until, term)
 }
 
 // leaseExpiredMsg is the error of an attempt whose child was stopped

@@ -31,6 +31,9 @@ func (*localRunner) confirm(int64)    {}
 func (*localRunner) close()           {}
 
 func (r *localRunner) start(_ context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error) {
+	if !req.LeaseUntil.IsZero() && !time.Now().Before(req.LeaseUntil) {
+		return nil, runner.ErrLeaseExpired
+	}
 	lp := &localProc{timeout: req.Timeout, grace: req.Grace, done: make(chan struct{})}
 	p, err := process.Start(process.Spec{
 		Path:   req.Path,
@@ -49,9 +52,14 @@ func (r *localRunner) start(_ context.Context, req *runner.StartRequest, sink ru
 	if req.Timeout > 0 {
 		lp.timer = time.AfterFunc(req.Timeout, lp.expire)
 	}
-	if req.Lease > 0 {
+	switch {
+	case !req.LeaseUntil.IsZero():
+		lp.lease, lp.leaseTerm = req.LeaseUntil, req.LeaseTerm
+	case req.Lease > 0:
 		lp.lease, lp.leaseTerm = lp.start.Add(req.Lease), req.LeaseTerm
-		lp.leaseTimer = time.AfterFunc(req.Lease, lp.leaseCheck)
+	}
+	if !lp.lease.IsZero() {
+		lp.leaseTimer = time.AfterFunc(time.Until(lp.lease), lp.leaseCheck)
 	}
 	lp.mu.Unlock()
 	r.mu.Lock()
@@ -68,11 +76,7 @@ func (r *localRunner) start(_ context.Context, req *runner.StartRequest, sink ru
 	return lp, nil
 }
 
-func (r *localRunner) renew(ids []int64, remaining, term time.Duration) {
-	if remaining <= 0 {
-		return
-	}
-	until := time.Now().Add(remaining)
+func (r *localRunner) renew(ids []int64, until time.Time, term time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, id := range ids {

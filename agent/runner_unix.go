@@ -67,8 +67,8 @@ func (r *remoteRunner) start(ctx context.Context, req *runner.StartRequest, sink
 
 func (r *remoteRunner) instance() string { return r.client().Instance() }
 func (r *remoteRunner) confirm(id int64) { r.client().Confirm(id) }
-func (r *remoteRunner) renew(ids []int64, remaining, term time.Duration) {
-	r.client().Renew(ids, remaining, term)
+func (r *remoteRunner) renew(ids []int64, until time.Time, term time.Duration) {
+	r.client().Renew(ids, until, term)
 }
 func (r *remoteRunner) close() { r.client().Close() }
 

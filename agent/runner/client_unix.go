@@ -247,7 +247,21 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: the request is for runner %s, the client is attached to another", ErrUnavailable, req.Instance)
 	}
-	b, err := encodeJSON(&frame{Start: c.startMsg(req, c.conn)})
+	sent := req
+	if !req.LeaseUntil.IsZero() {
+		// Measured now, right before the write, not when the agent
+		// decided to start: the runner's deadline is later than the
+		// agent's by the time the request takes to be written and read.
+		remaining := time.Until(req.LeaseUntil)
+		if remaining <= 0 {
+			c.mu.Unlock()
+			return nil, ErrLeaseExpired
+		}
+		withLease := *req
+		withLease.Lease = remaining
+		sent = &withLease
+	}
+	b, err := encodeJSON(&frame{Start: c.startMsg(sent, c.conn)})
 	if err != nil {
 		c.mu.Unlock()
 		return nil, err
@@ -333,25 +347,21 @@ func (c *Client) Confirm(id int64) {
 }
 
 // Renew extends the leases of the children of attempts ids
-// (StartRequest.Lease): each now runs until remaining from when the runner
-// reads the renewal, unless it already ran later. term is the control
-// plane's lease length, kept for the exit record. Ids the runner does not
-// run are ignored. A renewal that cannot be sent (no runner attached) is
-// dropped: the leases stand, and the next renewal extends them. It does
-// not block on the runner beyond one write.
+// (StartRequest.Lease) to until, on this process's clock, unless they end
+// later already. The runner is sent the time remaining, measured right
+// before the write, and counts it from when it reads the renewal. term is
+// the control plane's lease length, kept for the exit record. Ids the
+// runner does not run are ignored. A renewal that cannot be sent (no
+// runner attached, or until has passed) is dropped: the leases stand, and
+// the next renewal extends them. It does not block on the runner beyond
+// one write.
 //
 // The children of runners of other versions, which know nothing of
 // leases, get theirs from the client itself: once one passes, the client
 // stops the child's tree as Proc.Terminate does and its Result says
 // LeaseExpired. That holds only while this client runs.
-func (c *Client) Renew(ids []int64, remaining, term time.Duration) {
-	if len(ids) == 0 || remaining <= 0 {
-		return
-	}
-	until := time.Now().Add(remaining)
-	b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term}})
-	if err != nil {
-		c.log.Warn("cannot encode a lease renewal", slog.Any("error", err))
+func (c *Client) Renew(ids []int64, until time.Time, term time.Duration) {
+	if len(ids) == 0 {
 		return
 	}
 	c.mu.Lock()
@@ -361,8 +371,12 @@ func (c *Client) Renew(ids []int64, remaining, term time.Duration) {
 			others = append(others, p)
 		}
 	}
-	if c.conn != nil {
-		if err := c.conn.write(b); err != nil {
+	if remaining := time.Until(until); c.conn != nil && remaining > 0 {
+		b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term}})
+		if err == nil {
+			err = c.conn.write(b)
+		}
+		if err != nil {
 			c.log.Warn("cannot renew leases; the runner keeps the earlier deadlines", slog.Any("error", err))
 		}
 	}

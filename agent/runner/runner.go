@@ -115,6 +115,12 @@ type StartRequest struct {
 	// LeaseTerm is the control plane's lease length, kept for the exit
 	// record (Record.LeaseTerm).
 	LeaseTerm time.Duration `json:"lease_term,omitempty"`
+	// LeaseUntil, when set, is when the lease ends on this process's
+	// clock, and Lease is ignored: Client.Start turns it into Lease just
+	// before it writes the request, so that time spent waiting for the
+	// runner does not lengthen the lease. A lease that has passed by then
+	// starts nothing (ErrLeaseExpired).
+	LeaseUntil time.Time `json:"-"`
 	// Instance, when set, names the only runner process the request may
 	// go to (Client.Instance): attached to another, Client.Start sends
 	// nothing and returns ErrUnavailable. The agent journals an attempt
@@ -206,6 +212,11 @@ const MaxInstanceLen = 64
 // ErrUnavailable is returned when a start request did not reach a runner:
 // nothing was started.
 var ErrUnavailable = errors.New("runner unavailable; nothing was started")
+
+// ErrLeaseExpired is returned by Client.Start when the request's lease
+// (StartRequest.LeaseUntil) ended before the request could be sent:
+// nothing was started.
+var ErrLeaseExpired = errors.New("the attempt's lease ended before its start request was sent; nothing was started")
 
 // LostRunnerKilled is Result.Lost for the children of a runner that died.
 const LostRunnerKilled = "outcome unknown: the agent's runner was killed"

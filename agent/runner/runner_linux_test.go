@@ -704,8 +704,8 @@ func TestLeaseExpiryStopsTheChild(t *testing.T) {
 	}
 	const first = 300 * time.Millisecond
 	renewedOnce := start(1, "exec sleep 60", first)
-	c.Renew([]int64{1}, time.Hour, time.Hour)
-	c.Renew([]int64{1}, time.Millisecond, time.Millisecond) // never shortens
+	c.Renew([]int64{1}, time.Now().Add(time.Hour), time.Hour)
+	c.Renew([]int64{1}, time.Now().Add(time.Millisecond), time.Millisecond) // never shortens
 	renewedOften := start(2, "exec sleep 60", first)
 	stopRenewing := make(chan struct{})
 	renewing := make(chan struct{})
@@ -716,7 +716,7 @@ func TestLeaseExpiryStopsTheChild(t *testing.T) {
 		for {
 			select {
 			case <-tick.C:
-				c.Renew([]int64{2, 99}, time.Second, time.Second) // 99 is unknown: ignored
+				c.Renew([]int64{2, 99}, time.Now().Add(time.Second), time.Second) // 99 is unknown: ignored
 			case <-stopRenewing:
 				return
 			}
@@ -759,14 +759,19 @@ func TestLeaseExpiryStopsTheChild(t *testing.T) {
 
 // TestLeaseHoldsWhileNoAgentIsAttached lets a child's lease run out while
 // no agent is attached: the runner alone stops it, and the next agent
-// learns from the exit record that its lease expired.
+// learns from the exit record that its lease expired. A start whose lease
+// has already ended starts nothing.
 func TestLeaseHoldsWhileNoAgentIsAttached(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	c := b.open(t)
 	b.attachment(t)
 	req := shell(1, "exec sleep 60")
-	req.Lease, req.LeaseTerm = 300*time.Millisecond, 30*time.Second
+	req.LeaseUntil, req.LeaseTerm = time.Now().Add(-time.Millisecond), 30*time.Second
+	if _, err := c.Start(t.Context(), req, &captured{}); !errors.Is(err, ErrLeaseExpired) {
+		t.Fatalf("Start with a lease that ended = %v, want ErrLeaseExpired", err)
+	}
+	req.LeaseUntil = time.Now().Add(300 * time.Millisecond)
 	p, err := c.Start(t.Context(), req, &captured{})
 	if err != nil {
 		t.Fatal(err)
