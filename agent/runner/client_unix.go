@@ -248,20 +248,24 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		return nil, fmt.Errorf("%w: the request is for runner %s, the client is attached to another", ErrUnavailable, req.Instance)
 	}
 	sent := req
+	var sentAt time.Time
 	if !req.LeaseUntil.IsZero() {
 		// Measured now, right before the write, not when the agent
-		// decided to start: the runner's deadline is later than the
-		// agent's by the time the request takes to be written and read.
-		remaining := time.Until(req.LeaseUntil)
+		// decided to start; the runner takes off what the request spends
+		// on its way (leaseLeft).
+		now := time.Now()
+		remaining := req.LeaseUntil.Sub(now)
 		if remaining <= 0 {
 			c.mu.Unlock()
 			return nil, ErrLeaseExpired
 		}
 		withLease := *req
 		withLease.Lease = remaining
-		sent = &withLease
+		sent, sentAt = &withLease, now.Round(0)
 	}
-	b, err := encodeJSON(&frame{Start: c.startMsg(sent, c.conn)})
+	msg := c.startMsg(sent, c.conn)
+	msg.SentAt = sentAt
+	b, err := encodeJSON(&frame{Start: msg})
 	if err != nil {
 		c.mu.Unlock()
 		return nil, err
@@ -279,11 +283,13 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 	}
 	<-p.startedCh
 	p.mu.Lock()
-	startErr, unavailable := p.startErr, p.unavailable
+	startErr, unavailable, leaseExpired := p.startErr, p.unavailable, p.leaseExpired
 	p.mu.Unlock()
 	switch {
 	case unavailable:
 		return nil, fmt.Errorf("%w: the runner connection broke before the request was read", ErrUnavailable)
+	case leaseExpired:
+		return nil, ErrLeaseExpired
 	case startErr != "":
 		return nil, errors.New(startErr)
 	}
@@ -371,8 +377,9 @@ func (c *Client) Renew(ids []int64, until time.Time, term time.Duration) {
 			others = append(others, p)
 		}
 	}
-	if remaining := time.Until(until); c.conn != nil && remaining > 0 {
-		b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term}})
+	now := time.Now()
+	if remaining := until.Sub(now); c.conn != nil && remaining > 0 {
+		b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term, SentAt: now.Round(0)}})
 		if err == nil {
 			err = c.conn.write(b)
 		}
@@ -515,6 +522,11 @@ func (c *Client) started(st *started) {
 		return
 	}
 	if st.Err != "" {
+		if st.LeaseExpired {
+			p.mu.Lock()
+			p.leaseExpired = true
+			p.mu.Unlock()
+		}
 		p.failStart(st.Err, false)
 		return
 	}
@@ -1052,8 +1064,11 @@ type Proc struct {
 	grace       time.Duration
 	startErr    string
 	unavailable bool
-	lastSignal  *signal
-	result      Result
+	// leaseExpired says the runner refused the start because its lease
+	// had ended.
+	leaseExpired bool
+	lastSignal   *signal
+	result       Result
 }
 
 func newProc(c *Client, id int64) *Proc {

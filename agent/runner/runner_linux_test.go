@@ -796,3 +796,40 @@ func TestLeaseHoldsWhileNoAgentIsAttached(t *testing.T) {
 	}
 	c2.Confirm(1)
 }
+
+// TestStartReadAfterItsLeaseIsRefused holds the runner after it read a
+// start request until the request's lease has ended, as a runner that was
+// stopped or starved would be: the runner takes the delay off the lease,
+// so nothing starts and Start says why.
+func TestStartReadAfterItsLeaseIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hold := holdSpec{Point: crashpoint.RunnerReceived, ID: 1, Dir: t.TempDir()}
+	b.env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", hold.env(t))
+	c := b.open(t)
+	b.attachment(t)
+	marker := filepath.Join(t.TempDir(), "ran")
+	req := shell(1, "echo ran >> "+marker)
+	req.LeaseUntil, req.LeaseTerm = time.Now().Add(500*time.Millisecond), time.Second
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(t.Context(), req, &captured{})
+		started <- err
+	}()
+	waitFile(t, filepath.Join(hold.Dir, "held"))
+	for time.Now().Before(req.LeaseUntil.Add(10 * time.Millisecond)) {
+		time.Sleep(10 * time.Millisecond) // waiting for the lease to end, the condition under test
+	}
+	hold.release(t)
+	select {
+	case err := <-started:
+		if !errors.Is(err, ErrLeaseExpired) {
+			t.Errorf("Start read after its lease ended = %v, want ErrLeaseExpired", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return")
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the child ran (%v), want never", err)
+	}
+}

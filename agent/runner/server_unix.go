@@ -532,7 +532,12 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 				req.Env = append(slices.Clip(s.env), req.Env...)
 			}
 			crashpoint.Reach(crashpoint.RunnerReceived, req.ID)
-			if a := s.accept(c, req); a != nil {
+			leaseEnded := false
+			if req.Lease > 0 {
+				req.Lease = leaseLeft(req.Lease, f.Start.SentAt)
+				leaseEnded = req.Lease <= 0
+			}
+			if a := s.accept(c, req, leaseEnded); a != nil {
 				s.wg.Add(1)
 				go func() {
 					defer s.wg.Done()
@@ -582,10 +587,10 @@ func (s *server) replyLocked(f *frame) *sconn {
 //
 // So an attempt an agent sent to this runner that a welcome of this
 // runner does not list never started and never will (welcome.Instance).
-func (s *server) accept(c *sconn, req *StartRequest) *ratt {
+func (s *server) accept(c *sconn, req *StartRequest, leaseEnded bool) *ratt {
 	log := s.log.With(slog.Int64("attempt_id", req.ID))
 	refuse := func(msg string) *ratt {
-		b, err := encodeJSON(&frame{Started: &started{ID: req.ID, Err: msg}})
+		b, err := encodeJSON(&frame{Started: &started{ID: req.ID, Err: msg, LeaseExpired: leaseEnded}})
 		if err != nil {
 			return nil
 		}
@@ -597,6 +602,10 @@ func (s *server) accept(c *sconn, req *StartRequest) *ratt {
 			c.flush()
 		}()
 		return nil
+	}
+	if leaseEnded {
+		log.Warn("refusing a start request whose lease ended before the runner read it; the attempt is not started")
+		return refuse(ErrLeaseExpired.Error())
 	}
 	if err := req.validate(); err != nil {
 		return refuse(err.Error())
@@ -758,10 +767,11 @@ func (s *server) timeout(a *ratt) {
 
 // renew extends the leases of the children r names; see renew.
 func (s *server) renew(r *renew) {
-	if r.Remaining <= 0 {
+	remaining := leaseLeft(r.Remaining, r.SentAt)
+	if remaining <= 0 {
 		return
 	}
-	until := time.Now().Add(r.Remaining)
+	until := time.Now().Add(remaining)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range r.IDs {
@@ -777,9 +787,9 @@ func (s *server) renew(r *renew) {
 		}
 		switch {
 		case a.leaseTimer != nil:
-			a.leaseTimer.Reset(r.Remaining)
+			a.leaseTimer.Reset(remaining)
 		case a.state == attRunning:
-			a.leaseTimer = time.AfterFunc(r.Remaining, func() { s.leaseCheck(a) })
+			a.leaseTimer = time.AfterFunc(remaining, func() { s.leaseCheck(a) })
 		}
 		// A child still starting gets its timer in start.
 	}

@@ -82,6 +82,24 @@ type welcome struct {
 type startMsg struct {
 	*StartRequest
 	EnvBase bool `json:"env_base,omitempty"`
+	// SentAt is the agent's wall clock when it measured Lease (see
+	// leaseLeft).
+	SentAt time.Time `json:"sent_at,omitzero"`
+}
+
+// leaseLeft returns what remains of a lease of remaining, measured by the
+// agent at sentAt on the wall clock the runner shares with it, now that
+// the runner reads it: a frame the runner reads late (it was stopped or
+// starved) must not lengthen the lease by the delay. The wall clock may
+// jump; it is only ever used to shorten a lease, which is safe.
+func leaseLeft(remaining time.Duration, sentAt time.Time) time.Duration {
+	if sentAt.IsZero() {
+		return remaining
+	}
+	if delay := time.Now().Round(0).Sub(sentAt); delay > 0 {
+		return remaining - delay
+	}
+	return remaining
 }
 
 // dedupEnv returns env with only the last entry of each name, where it
@@ -123,6 +141,9 @@ type started struct {
 	BootID   string    `json:"boot_id,omitempty"`
 	Start    time.Time `json:"start,omitzero"`
 	Err      string    `json:"err,omitempty"`
+	// LeaseExpired says the request's lease had ended when the runner read
+	// it, so nothing was started (Err says so too).
+	LeaseExpired bool `json:"lease_expired,omitempty"`
 }
 
 // signal asks the runner to stop a child's tree (agent -> runner): kill it
@@ -142,6 +163,9 @@ type renew struct {
 	Remaining time.Duration `json:"remaining"`
 	// Term is the control plane's lease length, for the exit record.
 	Term time.Duration `json:"term,omitempty"`
+	// SentAt is the agent's wall clock when it measured Remaining (see
+	// leaseLeft).
+	SentAt time.Time `json:"sent_at,omitzero"`
 }
 
 // confirm says the agent has journaled these exits (agent -> runner).
