@@ -20,6 +20,12 @@
 // when it can identify them safely. On Windows the agent runs children
 // itself, each in a job object, and they end with it.
 //
+// When the control plane leases attempts (Welcome.lease), an attempt whose
+// lease the control plane stops renewing, or cannot renew because the
+// agent is cut off, has its child's process tree stopped once the lease
+// has passed (self-fencing; see lease.go), also while the agent process
+// is stopped or gone, and is reported LEASE_EXPIRED.
+//
 // Shutting down is graceful first: when Run's context is done the agent
 // takes no new work, lets running children finish, reports their outcomes
 // and returns. [Agent.Abort] forces it: children's process trees are

@@ -29,14 +29,19 @@ const runnerStartWait = 10 * time.Second
 // childRunner is where the agent's children run: the runner process on
 // Unix, the agent process itself on Windows.
 type childRunner interface {
-	// instance identifies the runner process starts go to, when it
-	// takes them over exactly (runner.Client.Instance); empty otherwise.
+	// instance identifies the runner process starts go to
+	// (runner.Client.Instance), which takes them over exactly; empty when
+	// children run in the agent process.
 	instance() string
 	// start starts a child; its output goes to sink. An error wrapping
 	// runner.ErrUnavailable means nothing was started.
 	start(ctx context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error)
 	// confirm says the outcome of attempt id is journaled.
 	confirm(id int64)
+	// renew extends the leases of the children of attempts ids to
+	// until, where they end earlier (see lease.go); term is the lease
+	// length. It does not block for long.
+	renew(ids []int64, until time.Time, term time.Duration)
 	// close detaches; children keep running where they run.
 	close()
 }
@@ -103,6 +108,11 @@ type attempt struct {
 	stop      *stopReason    // set when the agent decided to stop the child; the first reason wins
 	pending   *pendingSignal // a stop to apply once the child has started
 	announced bool           // a TaskStarted was queued for a re-adopted child
+	// lease is when the attempt's lease ends as this process knows it
+	// (zero: no lease, or a re-adopted child's, which its runner knows),
+	// leaseTerm the lease length.
+	lease     time.Time
+	leaseTerm time.Duration
 }
 
 // startTime is when the child started, or when the StartTask arrived if it
@@ -124,7 +134,12 @@ func (att *attempt) startTime() time.Time {
 // sent again, and an attempt an earlier agent process was running when it
 // stopped, and that no runner knows of, is reported FAILED, its real
 // outcome being unknown. An acknowledged attempt is ignored.
-func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
+//
+// With leases (Welcome.lease) the attempt's lease runs from when the agent
+// sent the message st.lease_seq names; a StartTask naming no recent
+// message of s, or whose lease has passed already, is REJECTED: nothing
+// runs, and the control plane may place it again.
+func (a *Agent) handleStart(ctx context.Context, s *session, st *batonv1.StartTask) {
 	id := st.GetAttemptId()
 	log := a.log.With(slog.Int64("attempt_id", id))
 	if id <= 0 {
@@ -173,14 +188,23 @@ func (a *Agent) handleStart(ctx context.Context, st *batonv1.StartTask) {
 		return
 	}
 	var reason string
+	leaseUntil, leaseTerm, leaseOK := s.leaseUntil(st.GetLeaseSeq())
 	switch {
 	case a.draining:
 		reason = "agent is draining"
 	case len(a.attempts) >= a.cfg.Slots:
 		reason = fmt.Sprintf("all %d slots are busy", a.cfg.Slots)
+	case leaseTerm > 0 && !leaseOK:
+		reason = fmt.Sprintf("start_task.lease_seq %d names no recent message of this session", st.GetLeaseSeq())
+	case leaseTerm > 0 && !time.Now().Before(leaseUntil):
+		reason = fmt.Sprintf("the attempt's lease (from message %d, for %s) expired before the start_task arrived",
+			st.GetLeaseSeq(), leaseTerm)
 	}
 	if reason == "" {
 		att := &attempt{id: id, task: st, received: time.Now(), grace: a.cfg.KillGrace}
+		if leaseTerm > 0 {
+			att.lease, att.leaseTerm = leaseUntil, leaseTerm
+		}
 		if d := positive(st.GetKillGrace()); d > 0 {
 			att.grace = d
 		}
@@ -362,7 +386,7 @@ func (a *Agent) runAttempt(ctx context.Context, att *attempt) {
 //     nothing of it; the control plane sends the StartTask again (A' does
 //     not list it) and A' starts it: it never started.
 //  2. Begun: the journal holds it as started on R (journal.begin with
-//     R's identity, runner.Client.Instance, when R takes starts over
+//     R's identity, runner.Client.Instance: R takes starts over
 //     exactly); the request goes to R only (StartRequest.Instance: should
 //     the client be attached to another runner by then, nothing is sent
 //     and the attempt is REJECTED). Killed here, or before R took the
@@ -439,9 +463,20 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	if why != nil {
 		return end(why.Outcome, why.Msg+" before the child started")
 	}
+	lease, term := att.leaseDeadline()
+	if !lease.IsZero() {
+		// Turned into the time remaining only as the request is written.
+		req.LeaseUntil, req.LeaseTerm = lease, term
+	}
 	sctx, cancel := context.WithTimeout(ctx, runnerStartWait)
 	p, err := a.runner.start(sctx, req, logs)
 	cancel()
+	if errors.Is(err, runner.ErrLeaseExpired) {
+		// Nothing ran: the control plane may place it again.
+		log.WarnContext(ctx, "attempt lease expired before the child started; rejecting the attempt",
+			slog.Duration("lease", term))
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_REJECTED, "the attempt's lease expired before its child started")
+	}
 	if err != nil {
 		if errors.Is(err, runner.ErrUnavailable) {
 			log.ErrorContext(ctx, "runner unavailable; rejecting the attempt", slog.Any("error", err))
@@ -451,6 +486,11 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
 	crashpoint.Reach(crashpoint.AgentStarted, att.id)
+	if later, term := att.leaseDeadline(); later.After(lease) {
+		// Renewed while the request was on its way: the renewal may have
+		// reached the runner before the request did.
+		a.runner.renew([]int64{att.id}, later, term)
+	}
 	att.mu.Lock()
 	att.proc = p
 	att.started = p.StartTime()
@@ -584,6 +624,13 @@ func (a *Agent) outcome(att *attempt, res runner.Result, logs *attemptLogs) *bat
 	switch {
 	case res.TimedOut:
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_TIMED_OUT, withErr("timed out after "+res.Timeout.String()))
+	case res.LeaseExpired:
+		// The lease ran out before anything else stopped the child: the
+		// control plane may have placed the attempt elsewhere since.
+		a.log.Warn("attempt lease expired: the control plane did not renew it; child's process tree stopped (self-fenced)",
+			slog.Int64("attempt_id", att.id), slog.Time("expired_at", res.LeaseExpiredAt),
+			slog.Duration("lease", res.LeaseTerm), slog.Int("exit_code", res.ExitCode))
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_LEASE_EXPIRED, withErr(leaseExpiredMsg(&res.Record)))
 	case why != nil:
 		return end(why.Outcome, withErr(why.Msg))
 	case res.ExitCode == 0:

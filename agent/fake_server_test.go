@@ -36,6 +36,16 @@ type fakeServer struct {
 
 	mu      sync.Mutex
 	refusal []error // errors that end the next sessions right after their Hello
+	lease   time.Duration
+	renew   func(*batonv1.Hello) []int64 // Welcome.renewed for a Hello; nil: none
+}
+
+// setLease makes the Welcomes name lease and renew, for each Hello, the
+// attempts renew returns (nil: none).
+func (f *fakeServer) setLease(lease time.Duration, renew func(*batonv1.Hello) []int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lease, f.renew = lease, renew
 }
 
 // fakeSession is one agent stream as the server sees it.
@@ -117,6 +127,14 @@ func (f *fakeServer) Connect(stream batonv1.AgentService_ConnectServer) error {
 		return err
 	}
 	welcome := &batonv1.Welcome{HeartbeatInterval: durationpb.New(f.heartbeat), ServerVersion: "fake"}
+	f.mu.Lock()
+	if f.lease > 0 {
+		welcome.Lease = durationpb.New(f.lease)
+	}
+	if f.renew != nil {
+		welcome.Renewed = f.renew(hello)
+	}
+	f.mu.Unlock()
 	if err := stream.Send(&batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_Welcome{Welcome: welcome}}); err != nil {
 		return err
 	}
@@ -234,6 +252,12 @@ func (s *fakeSession) startTask(t testing.TB, st *batonv1.StartTask) {
 func (s *fakeSession) cancelTask(t testing.TB, ct *batonv1.CancelTask) {
 	t.Helper()
 	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_CancelTask{CancelTask: ct}})
+}
+
+func (s *fakeSession) renewLeases(t testing.TB, seq uint64, ids ...int64) {
+	t.Helper()
+	s.push(t, &batonv1.ConnectResponse{Msg: &batonv1.ConnectResponse_LeaseRenewal{
+		LeaseRenewal: &batonv1.LeaseRenewal{Seq: seq, AttemptIds: ids}}})
 }
 
 func (s *fakeSession) ack(t testing.TB, ids ...int64) {

@@ -72,8 +72,8 @@ type record struct {
 	updated time.Time
 	outcome *batonv1.TaskFinished // finished and rejected only
 	// runner identifies the runner process the attempt was handed to
-	// (runner.Client.Instance) for a started record; empty when that
-	// runner does not take starts over exactly, or for a record of an
+	// (runner.Client.Instance) for a started record; empty when the
+	// children run in the agent process (Windows), or for a record of an
 	// earlier version.
 	runner string
 	// written says the write that carries the record has ended,

@@ -430,6 +430,21 @@ func TestLocalChildren(t *testing.T) {
 		}
 		waitGone(t, gc)
 	})
+	t.Run("lease expiry stops the tree", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		b.localChildren = true
+		b.srv.setLease(time.Second, nil)
+		b.start(t, b.config())
+		s := b.srv.session(t)
+		st := b.task(304, "grandchild")
+		st.KillGrace = durationpb.New(100 * time.Millisecond)
+		s.startTask(t, st)
+		gc := grandchildPid(t, s, 304)
+		tf, _ := s.finished(t, 304)
+		expiredAt(t, tf, time.Second)
+		waitGone(t, gc)
+	})
 	t.Run("cancel", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

@@ -13,16 +13,27 @@ import (
 
 // localRunner runs children as direct children of the agent process, the
 // way the agent works on Windows: there a child runs in a job object that
-// ends with the agent, so children do not outlive it.
-type localRunner struct{}
+// ends with the agent, so children do not outlive it. It enforces the
+// children's timeouts and leases itself, as the runner does.
+type localRunner struct {
+	mu    sync.Mutex
+	procs map[int64]*localProc // running children, for renewals
+}
+
+func newLocalRunner() *localRunner {
+	return &localRunner{procs: make(map[int64]*localProc)}
+}
 
 // instance is empty: a child of the agent process ends with it, so an
 // attempt recorded as started by an earlier agent process may have run.
-func (localRunner) instance() string { return "" }
-func (localRunner) confirm(int64)    {}
-func (localRunner) close()           {}
+func (*localRunner) instance() string { return "" }
+func (*localRunner) confirm(int64)    {}
+func (*localRunner) close()           {}
 
-func (localRunner) start(_ context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error) {
+func (r *localRunner) start(_ context.Context, req *runner.StartRequest, sink runner.Sink) (proc, error) {
+	if !req.LeaseUntil.IsZero() && !time.Now().Before(req.LeaseUntil) {
+		return nil, runner.ErrLeaseExpired
+	}
 	lp := &localProc{timeout: req.Timeout, grace: req.Grace, done: make(chan struct{})}
 	p, err := process.Start(process.Spec{
 		Path:   req.Path,
@@ -37,27 +48,67 @@ func (localRunner) start(_ context.Context, req *runner.StartRequest, sink runne
 	}
 	lp.p = p
 	lp.start = time.Now()
+	lp.mu.Lock()
 	if req.Timeout > 0 {
 		lp.timer = time.AfterFunc(req.Timeout, lp.expire)
 	}
-	go lp.wait()
+	switch {
+	case !req.LeaseUntil.IsZero():
+		lp.lease, lp.leaseTerm = req.LeaseUntil, req.LeaseTerm
+	case req.Lease > 0:
+		lp.lease, lp.leaseTerm = lp.start.Add(req.Lease), req.LeaseTerm
+	}
+	if !lp.lease.IsZero() {
+		lp.leaseTimer = time.AfterFunc(time.Until(lp.lease), lp.leaseCheck)
+	}
+	lp.mu.Unlock()
+	r.mu.Lock()
+	r.procs[req.ID] = lp
+	r.mu.Unlock()
+	go func() {
+		lp.wait()
+		r.mu.Lock()
+		if r.procs[req.ID] == lp {
+			delete(r.procs, req.ID)
+		}
+		r.mu.Unlock()
+	}()
 	return lp, nil
 }
 
-// localProc is a child of the agent process. It enforces its timeout
-// itself, as the runner does.
+func (r *localRunner) renew(ids []int64, until time.Time, term time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		if lp := r.procs[id]; lp != nil {
+			lp.renew(until, term)
+		}
+	}
+}
+
+// localProc is a child of the agent process.
 type localProc struct {
 	p       *process.Process
 	start   time.Time
 	timeout time.Duration
 	grace   time.Duration
-	timer   *time.Timer
 	done    chan struct{}
 
 	mu        sync.Mutex
+	timer     *time.Timer
 	signalled bool
 	timedOut  bool
-	result    runner.Result
+	// lease is when the child's lease ends (zero: none) and leaseTerm its
+	// length; fenced says it ran out and the tree is being stopped,
+	// leaseExpired when, if that came before any other stop.
+	lease        time.Time
+	leaseTerm    time.Duration
+	leaseTimer   *time.Timer
+	fenceKill    *time.Timer
+	fenced       bool
+	leaseExpired time.Time
+	exited       bool
+	result       runner.Result
 }
 
 func (lp *localProc) Pid() int              { return lp.p.Pid() }
@@ -85,10 +136,10 @@ func (lp *localProc) Kill(string) error {
 }
 
 // expire stops the child when its timeout expires, unless the agent
-// stopped it first.
+// stopped it first or its lease ran out first.
 func (lp *localProc) expire() {
 	lp.mu.Lock()
-	if lp.signalled {
+	if lp.signalled || lp.fenced {
 		lp.mu.Unlock()
 		return
 	}
@@ -97,12 +148,53 @@ func (lp *localProc) expire() {
 	_ = lp.p.Terminate(lp.grace)
 }
 
+// renew extends the child's lease to until unless it ends later already;
+// a child without a lease gets one.
+func (lp *localProc) renew(until time.Time, term time.Duration) {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	if lp.exited || lp.fenced || !until.After(lp.lease) {
+		return
+	}
+	lp.lease = until
+	if term > 0 {
+		lp.leaseTerm = term
+	}
+	if lp.leaseTimer != nil {
+		lp.leaseTimer.Reset(time.Until(until))
+	} else {
+		lp.leaseTimer = time.AfterFunc(time.Until(until), lp.leaseCheck)
+	}
+}
+
+// leaseCheck stops the child's tree once its lease has passed: SIGTERM,
+// then SIGKILL after its grace, even when the agent asked for a longer
+// one.
+func (lp *localProc) leaseCheck() {
+	lp.mu.Lock()
+	if lp.exited || lp.fenced || lp.timedOut {
+		lp.mu.Unlock()
+		return
+	}
+	if d := time.Until(lp.lease); d > 0 {
+		lp.leaseTimer.Reset(d)
+		lp.mu.Unlock()
+		return
+	}
+	lp.fenced = true
+	if !lp.signalled {
+		lp.leaseExpired = time.Now()
+	}
+	if lp.grace > 0 {
+		lp.fenceKill = time.AfterFunc(lp.grace, func() { _ = lp.p.Kill() })
+	}
+	lp.mu.Unlock()
+	_ = lp.p.Terminate(lp.grace)
+}
+
 func (lp *localProc) wait() {
 	<-lp.p.Done()
 	res := lp.p.Result()
-	if lp.timer != nil {
-		lp.timer.Stop()
-	}
 	rec := runner.Record{
 		Pid: lp.p.Pid(), Start: lp.start, Timeout: lp.timeout, Grace: lp.grace,
 		Exited: true, End: time.Now(), ExitCode: res.ExitCode,
@@ -112,7 +204,16 @@ func (lp *localProc) wait() {
 		rec.WaitDelay = errors.Is(res.Err, exec.ErrWaitDelay)
 	}
 	lp.mu.Lock()
+	lp.exited = true
+	for _, t := range []*time.Timer{lp.timer, lp.leaseTimer, lp.fenceKill} {
+		if t != nil {
+			t.Stop()
+		}
+	}
 	rec.TimedOut = lp.timedOut
+	if !lp.leaseExpired.IsZero() {
+		rec.LeaseExpired, rec.LeaseExpiredAt, rec.LeaseTerm = true, lp.leaseExpired, lp.leaseTerm
+	}
 	lp.result = runner.Result{Record: rec}
 	lp.mu.Unlock()
 	close(lp.done)

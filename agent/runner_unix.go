@@ -6,6 +6,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/batonhq/baton/agent/runner"
 )
@@ -15,7 +16,7 @@ import (
 // through attached before it returns.
 func (a *Agent) openRunner(ctx context.Context) error {
 	if a.localChildren {
-		a.runner = localRunner{}
+		a.runner = newLocalRunner()
 		return nil
 	}
 	rr := &remoteRunner{}
@@ -66,7 +67,10 @@ func (r *remoteRunner) start(ctx context.Context, req *runner.StartRequest, sink
 
 func (r *remoteRunner) instance() string { return r.client().Instance() }
 func (r *remoteRunner) confirm(id int64) { r.client().Confirm(id) }
-func (r *remoteRunner) close()           { r.client().Close() }
+func (r *remoteRunner) renew(ids []int64, until time.Time, term time.Duration) {
+	r.client().Renew(ids, until, term)
+}
+func (r *remoteRunner) close() { r.client().Close() }
 
 // runnerExecutable is the default program of Config.RunnerCommand.
 func runnerExecutable() (string, error) { return runner.Executable() }

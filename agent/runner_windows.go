@@ -13,7 +13,7 @@ import (
 // agent there; the runner process that lets them do so on Unix is not
 // built for Windows.
 func (a *Agent) openRunner(context.Context) error {
-	a.runner = localRunner{}
+	a.runner = newLocalRunner()
 	return nil
 }
 

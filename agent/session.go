@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -55,6 +56,70 @@ var errNoWelcome = errors.New("no welcome from the control plane")
 type session struct {
 	out  chan *batonv1.ConnectRequest
 	done <-chan struct{}
+
+	mu sync.Mutex
+	// lease is the Welcome's lease length; zero: no leases.
+	lease time.Duration
+	// sent holds when the session's recent messages that leases are
+	// measured from (the Hello, seq 0, and each Heartbeat) were sent,
+	// by seq modulo sentRing.
+	sent [sentRing]sentAt
+}
+
+// sentRing is how many of a session's latest Hello and Heartbeat send
+// times the agent keeps: a renewal naming an older one renews nothing.
+// At the default heartbeat interval it spans over ten minutes.
+const sentRing = 64
+
+// sentAt is when the message with seq was sent; at is zero for none.
+type sentAt struct {
+	seq uint64
+	at  time.Time
+}
+
+// stamp records that the message with seq is being sent now. It is
+// called just before the message goes to the stream, so the agent's
+// measure of a lease starts no later than the control plane's.
+func (s *session) stamp(seq uint64) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sent[seq%sentRing] = sentAt{seq: seq, at: now}
+}
+
+// sentTime returns when the message with seq was sent, if it is one of
+// the latest sentRing.
+func (s *session) sentTime(seq uint64) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.sent[seq%sentRing]
+	if e.at.IsZero() || e.seq != seq {
+		return time.Time{}, false
+	}
+	return e.at, true
+}
+
+// leaseUntil returns when a lease renewed as of the message with seq
+// ends; ok is false when the session has no leases or seq is unknown.
+func (s *session) leaseUntil(seq uint64) (until time.Time, term time.Duration, ok bool) {
+	s.mu.Lock()
+	term = s.lease
+	s.mu.Unlock()
+	if term <= 0 {
+		return time.Time{}, 0, false
+	}
+	at, ok := s.sentTime(seq)
+	if !ok {
+		return time.Time{}, term, false
+	}
+	return at.Add(term), term, true
+}
+
+// setLease records the Welcome's lease length; zero: no leases.
+func (s *session) setLease(lease time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lease = lease
 }
 
 // send queues msg, blocking while the queue is full. It reports false when
@@ -149,7 +214,7 @@ func (a *Agent) runSession(ctx context.Context, cl batonv1.AgentServiceClient) (
 		}
 		sendErr <- err
 	}()
-	healthy, err = a.recvLoop(sctx, stream, welcomed)
+	healthy, err = a.recvLoop(sctx, stream, s, welcomed)
 	cancel(nil)
 	serr := <-sendErr
 	if cause := context.Cause(sctx); serr != nil && errors.Is(cause, serr) {
@@ -252,6 +317,7 @@ func (a *Agent) heartbeat() *batonv1.ConnectRequest {
 // at once when draining starts). It returns nil when ctx is done.
 func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient, s *session,
 	hello *batonv1.ConnectRequest, backlog []*batonv1.ConnectRequest, welcomed <-chan time.Duration) error {
+	s.stamp(0)
 	if err := stream.Send(hello); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
@@ -274,6 +340,7 @@ func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_Connec
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	drainCh := a.drainCh
+	var seq uint64 // the Hello's
 	for {
 		var msg *batonv1.ConnectRequest
 		select {
@@ -289,6 +356,11 @@ func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_Connec
 			msg = a.heartbeat()
 		case msg = <-s.out:
 		}
+		if hb := msg.GetHeartbeat(); hb != nil {
+			seq++
+			hb.Seq = seq
+			s.stamp(seq)
+		}
 		if err := stream.Send(msg); err != nil {
 			return fmt.Errorf("send: %w", err)
 		}
@@ -297,7 +369,7 @@ func (a *Agent) sendLoop(ctx context.Context, stream batonv1.AgentService_Connec
 
 // recvLoop receives and dispatches control plane messages until the
 // stream breaks.
-func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient,
+func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_ConnectClient, s *session,
 	welcomed chan time.Duration) (healthy bool, err error) {
 	for {
 		msg, err := stream.Recv()
@@ -310,12 +382,17 @@ func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_Connec
 			if d := m.Welcome.GetHeartbeatInterval(); d != nil && d.IsValid() && d.AsDuration() > 0 {
 				iv = max(d.AsDuration(), minHeartbeat)
 			}
+			lease := positive(m.Welcome.GetLease())
+			s.setLease(lease)
 			if !healthy {
 				a.log.InfoContext(ctx, "connected",
 					slog.String("server_version", m.Welcome.GetServerVersion()),
-					slog.Duration("heartbeat_interval", iv))
+					slog.Duration("heartbeat_interval", iv), slog.Duration("lease", lease))
 			}
 			healthy = true
+			// Renewed as of the Hello: the re-adopted children keep
+			// running across a control plane restart within their lease.
+			a.renewLeases(ctx, s, 0, m.Welcome.GetRenewed())
 			// Replace an interval the sender has not picked up yet.
 			select {
 			case <-welcomed:
@@ -323,13 +400,15 @@ func (a *Agent) recvLoop(ctx context.Context, stream batonv1.AgentService_Connec
 			}
 			welcomed <- iv
 		case *batonv1.ConnectResponse_StartTask:
-			a.handleStart(ctx, m.StartTask)
+			a.handleStart(ctx, s, m.StartTask)
 		case *batonv1.ConnectResponse_CancelTask:
 			a.handleCancel(ctx, m.CancelTask)
 		case *batonv1.ConnectResponse_Ack:
 			a.handleAck(ctx, m.Ack)
 		case *batonv1.ConnectResponse_Drain:
 			a.drain(ctx, "control plane asked: "+m.Drain.GetReason())
+		case *batonv1.ConnectResponse_LeaseRenewal:
+			a.renewLeases(ctx, s, m.LeaseRenewal.GetSeq(), m.LeaseRenewal.GetAttemptIds())
 		default:
 			a.log.WarnContext(ctx, "ignoring unknown message from the control plane", slog.String("type", fmt.Sprintf("%T", m)))
 		}

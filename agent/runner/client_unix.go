@@ -53,9 +53,8 @@ type Attachment struct {
 	// unknown. Those that could be identified safely (pid and start time)
 	// have had their process group killed.
 	Orphaned []*Record
-	// Instance identifies the runner process attached to when it takes
-	// start requests over exactly, as Client.Instance does; empty
-	// otherwise. An attempt whose start request an earlier agent process
+	// Instance identifies the runner process attached to, as
+	// Client.Instance does. An attempt whose start request an earlier agent process
 	// sent to runner Instance after journaling it with Instance, and that
 	// this attachment does not list, was never started and never will be.
 	Instance string
@@ -113,14 +112,14 @@ type Client struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 
-	mu        sync.Mutex
-	conn      *cconn // nil while disconnected
-	connected chan struct{}
-	procs     map[int64]*Proc // children of this version's runner, until they exit
-	otherRecs map[int64]store // stores of other versions' runners whose records are confirmed there
-	instance  string          // the runner process of the last welcome
-	exact     bool            // that runner takes start requests over exactly (welcome.ExactStarts)
-	closed    bool
+	mu         sync.Mutex
+	conn       *cconn // nil while disconnected
+	connected  chan struct{}
+	procs      map[int64]*Proc // children of this version's runner, until they exit
+	otherRecs  map[int64]store // stores of other versions' runners whose records are confirmed there
+	otherProcs map[int64]*Proc // watched children of other versions' runners, for renewals
+	instance   string          // the runner process of the last welcome
+	closed     bool
 	// baseEnv is the environment runners this client starts get, and
 	// baseID its envDigest.
 	baseEnv []string
@@ -168,15 +167,16 @@ func Open(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, DefaultPollInterval)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.New(slog.DiscardHandler))
 	c := &Client{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		dir:       versionDir(dir, cfg.ProtocolVersion),
-		version:   cfg.ProtocolVersion,
-		stop:      make(chan struct{}),
-		connected: make(chan struct{}),
-		procs:     make(map[int64]*Proc),
-		otherRecs: make(map[int64]store),
-		baseEnv:   cfg.Env,
+		cfg:        cfg,
+		log:        cfg.Logger,
+		dir:        versionDir(dir, cfg.ProtocolVersion),
+		version:    cfg.ProtocolVersion,
+		stop:       make(chan struct{}),
+		connected:  make(chan struct{}),
+		procs:      make(map[int64]*Proc),
+		otherRecs:  make(map[int64]store),
+		otherProcs: make(map[int64]*Proc),
+		baseEnv:    cfg.Env,
 	}
 	if c.baseEnv == nil {
 		c.baseEnv = os.Environ()
@@ -243,11 +243,29 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 		c.mu.Unlock()
 		return nil, fmt.Errorf("runner: attempt %d is already running", req.ID)
 	}
-	if req.Instance != "" && (!c.exact || req.Instance != c.instance) {
+	if req.Instance != "" && req.Instance != c.instance {
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: the request is for runner %s, the client is attached to another", ErrUnavailable, req.Instance)
 	}
-	b, err := encodeJSON(&frame{Start: c.startMsg(req, c.conn)})
+	sent := req
+	var sentAt time.Time
+	if !req.LeaseUntil.IsZero() {
+		// Measured now, right before the write, not when the agent
+		// decided to start; the runner takes off what the request spends
+		// on its way (leaseLeft).
+		now := time.Now()
+		remaining := req.LeaseUntil.Sub(now)
+		if remaining <= 0 {
+			c.mu.Unlock()
+			return nil, ErrLeaseExpired
+		}
+		withLease := *req
+		withLease.Lease = remaining
+		sent, sentAt = &withLease, now.Round(0)
+	}
+	msg := c.startMsg(sent, c.conn)
+	msg.SentAt = sentAt
+	b, err := encodeJSON(&frame{Start: msg})
 	if err != nil {
 		c.mu.Unlock()
 		return nil, err
@@ -265,11 +283,13 @@ func (c *Client) Start(ctx context.Context, req *StartRequest, sink Sink) (*Proc
 	}
 	<-p.startedCh
 	p.mu.Lock()
-	startErr, unavailable := p.startErr, p.unavailable
+	startErr, unavailable, leaseExpired := p.startErr, p.unavailable, p.leaseExpired
 	p.mu.Unlock()
 	switch {
 	case unavailable:
 		return nil, fmt.Errorf("%w: the runner connection broke before the request was read", ErrUnavailable)
+	case leaseExpired:
+		return nil, ErrLeaseExpired
 	case startErr != "":
 		return nil, errors.New(startErr)
 	}
@@ -289,12 +309,12 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 }
 
 // Instance identifies the runner process the client is attached to (or
-// was last attached to, while it attaches again) when that runner takes
-// start requests over exactly; it is empty for a runner that does not.
+// was last attached to, while it attaches again).
 //
-// Such a runner lists in the welcome of every later connection each
-// child it may still start, run or report, and drops a start request
-// that arrives on a connection another one has replaced. So when an
+// A runner takes start requests over exactly: it lists in the welcome of
+// every later connection each child it may still start, run or report,
+// and drops a start request that arrives on a connection another one has
+// replaced. So when an
 // agent records an attempt with the Instance it read, sends the
 // attempt's start request with it (StartRequest.Instance, so that it
 // reaches that runner or none), and a later attachment to the runner of
@@ -304,9 +324,6 @@ func (c *Client) startMsg(req *StartRequest, cc *cconn) *startMsg {
 func (c *Client) Instance() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.exact {
-		return ""
-	}
 	return c.instance
 }
 
@@ -332,6 +349,47 @@ func (c *Client) Confirm(id int64) {
 	}
 	if err != nil {
 		c.log.Debug("cannot confirm exit; it is listed again after reconnecting", slog.Int64("attempt_id", id), slog.Any("error", err))
+	}
+}
+
+// Renew extends the leases of the children of attempts ids
+// (StartRequest.Lease) to until, on this process's clock, unless they end
+// later already. The runner is sent the time remaining, measured right
+// before the write, and counts it from when it reads the renewal. term is
+// the control plane's lease length, kept for the exit record. Ids the
+// runner does not run are ignored. A renewal that cannot be sent (no
+// runner attached, or until has passed) is dropped: the leases stand, and
+// the next renewal extends them. It does not block on the runner beyond
+// one write.
+//
+// The children of runners of other versions, which know nothing of
+// leases, get theirs from the client itself: once one passes, the client
+// stops the child's tree as Proc.Terminate does and its Result says
+// LeaseExpired. That holds only while this client runs.
+func (c *Client) Renew(ids []int64, until time.Time, term time.Duration) {
+	if len(ids) == 0 {
+		return
+	}
+	c.mu.Lock()
+	var others []*Proc
+	for _, id := range ids {
+		if p := c.otherProcs[id]; p != nil {
+			others = append(others, p)
+		}
+	}
+	now := time.Now()
+	if remaining := until.Sub(now); c.conn != nil && remaining > 0 {
+		b, err := encodeJSON(&frame{Renew: &renew{IDs: ids, Remaining: remaining, Term: term, SentAt: now.Round(0)}})
+		if err == nil {
+			err = c.conn.write(b)
+		}
+		if err != nil {
+			c.log.Warn("cannot renew leases; the runner keeps the earlier deadlines", slog.Any("error", err))
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range others {
+		p.renewOther(until, term)
 	}
 }
 
@@ -464,6 +522,11 @@ func (c *Client) started(st *started) {
 		return
 	}
 	if st.Err != "" {
+		if st.LeaseExpired {
+			p.mu.Lock()
+			p.leaseExpired = true
+			p.mu.Unlock()
+		}
 		p.failStart(st.Err, false)
 		return
 	}
@@ -496,18 +559,14 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	var results []Result
 	var resend [][]byte
 
-	exact := w.ExactStarts && w.Instance != "" && len(w.Instance) <= MaxInstanceLen
-	if exact {
-		at.Instance = w.Instance
-	}
+	at.Instance = w.Instance
 	at.CleanExit = c.cleanExit()
 	c.mu.Lock()
-	// A child this client asked the same exact runner to start that the
-	// welcome does not list was never taken over, so it never starts. Any
-	// other child the welcome does not list is lost: its runner died, or
-	// (a runner that is not exact) it may have started after the welcome.
-	sameExact := exact && c.exact && c.instance == w.Instance
-	c.instance, c.exact = w.Instance, exact
+	// A child this client asked the same runner to start that the welcome
+	// does not list was never taken over, so it never starts. Any other
+	// child the welcome does not list is lost: its runner died.
+	sameRunner := c.instance == w.Instance
+	c.instance = w.Instance
 	seen := make(map[int64]bool)
 	for _, r := range w.Running {
 		seen[r.ID] = true
@@ -559,7 +618,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 		p.mu.Lock()
 		pending := p.pid == 0
 		p.mu.Unlock()
-		lost = append(lost, lostProc{p: p, unstarted: sameExact && pending})
+		lost = append(lost, lostProc{p: p, unstarted: sameRunner && pending})
 	}
 	c.conn = cc
 	close(c.connected)
@@ -710,6 +769,9 @@ func (c *Client) dial() (*cconn, *welcome, error) {
 	case f.Welcome == nil || f.Welcome.Version != c.version:
 		nc.Close()
 		return nil, nil, errors.New("read welcome: not a welcome of this protocol version")
+	case f.Welcome.Instance == "" || len(f.Welcome.Instance) > MaxInstanceLen:
+		nc.Close()
+		return nil, nil, errors.New("read welcome: the runner names no valid instance")
 	}
 	_ = nc.SetDeadline(time.Time{})
 	return &cconn{nc: nc, br: br, envBase: f.Welcome.EnvDigest == c.baseID}, f.Welcome, nil
@@ -831,6 +893,9 @@ func (c *Client) others(at *Attachment) {
 				p.setStarted(rec.Pid, rec.PidStart, rec.BootID, rec.Start)
 				p.other = &otherRunner{store: st, lock: filepath.Join(dir, lockName)}
 				at.Running = append(at.Running, p)
+				c.mu.Lock()
+				c.otherProcs[id] = p
+				c.mu.Unlock()
 				c.wg.Add(1)
 				go c.watch(p)
 			default:
@@ -848,6 +913,11 @@ func (c *Client) others(at *Attachment) {
 // shows the exit, or the runner dies.
 func (c *Client) watch(p *Proc) {
 	defer c.wg.Done()
+	defer func() {
+		c.mu.Lock()
+		delete(c.otherProcs, p.id)
+		c.mu.Unlock()
+	}()
 	t := time.NewTicker(c.cfg.PollInterval)
 	defer t.Stop()
 	for {
@@ -871,7 +941,14 @@ func (c *Client) watch(p *Proc) {
 			c.mu.Lock()
 			c.otherRecs[p.id] = p.other.store
 			c.mu.Unlock()
-			p.finish(Result{Record: *rec})
+			res := Result{Record: *rec}
+			o := p.other
+			o.mu.Lock()
+			if !o.expired.IsZero() && !rec.TimedOut {
+				res.LeaseExpired, res.LeaseExpiredAt, res.LeaseTerm = true, o.expired, o.leaseTerm
+			}
+			o.mu.Unlock()
+			p.finish(res)
 			return
 		case !ok && len(errs) == 0:
 			p.lose("outcome unknown: the record of the agent's older runner vanished")
@@ -897,6 +974,75 @@ type otherRunner struct {
 
 	mu        sync.Mutex
 	killTimer *time.Timer
+	signalled bool // the agent asked to stop the child
+	// lease is when the child's lease ends (zero: none), leaseTerm its
+	// length; fenced says it passed and the tree is being stopped,
+	// expired when, if before the agent asked for anything.
+	lease      time.Time
+	leaseTerm  time.Duration
+	leaseTimer *time.Timer
+	fenceKill  *time.Timer
+	fenced     bool
+	expired    time.Time
+}
+
+// renewOther extends the lease of p, a child of another version's
+// runner, to until unless it ends later already.
+func (p *Proc) renewOther(until time.Time, term time.Duration) {
+	o := p.other
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.fenced || !until.After(o.lease) {
+		return
+	}
+	o.lease, o.leaseTerm = until, term
+	if o.leaseTimer != nil {
+		o.leaseTimer.Reset(time.Until(until))
+	} else {
+		o.leaseTimer = time.AfterFunc(time.Until(until), p.leaseCheckOther)
+	}
+}
+
+// leaseCheckOther stops the tree of p, a child of another version's
+// runner, once its lease has passed: SIGTERM, SIGKILL after its grace.
+func (p *Proc) leaseCheckOther() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	// p.mu before o.mu, never inside it: finish takes them the other way.
+	p.mu.Lock()
+	pid, pidStart, boot, grace := p.pid, p.pidStart, p.boot, p.grace
+	p.mu.Unlock()
+	o := p.other
+	o.mu.Lock()
+	if o.fenced {
+		o.mu.Unlock()
+		return
+	}
+	if d := time.Until(o.lease); d > 0 {
+		o.leaseTimer.Reset(d)
+		o.mu.Unlock()
+		return
+	}
+	o.fenced = true
+	if !o.signalled {
+		o.expired = time.Now()
+	}
+	if grace > 0 {
+		o.fenceKill = time.AfterFunc(grace, func() { _ = signalTree(pid, pidStart, boot, syscall.SIGKILL) })
+	}
+	o.mu.Unlock()
+	p.c.log.Warn("attempt lease expired; stopping the process tree of a child of another runner version (self-fencing)",
+		slog.Int64("attempt_id", p.id), slog.Int("pid", pid), slog.Duration("kill_grace", grace))
+	sig := syscall.SIGTERM
+	if grace <= 0 {
+		sig = syscall.SIGKILL
+	}
+	if err := signalTree(pid, pidStart, boot, sig); err != nil {
+		p.c.log.Warn("cannot stop the child of another runner version", slog.Int64("attempt_id", p.id), slog.Any("error", err))
+	}
 }
 
 // Proc is a child the runner runs for the agent. Its methods are safe for
@@ -918,8 +1064,11 @@ type Proc struct {
 	grace       time.Duration
 	startErr    string
 	unavailable bool
-	lastSignal  *signal
-	result      Result
+	// leaseExpired says the runner refused the start because its lease
+	// had ended.
+	leaseExpired bool
+	lastSignal   *signal
+	result       Result
 }
 
 func newProc(c *Client, id int64) *Proc {
@@ -1005,10 +1154,13 @@ func (p *Proc) signalOther(kill bool, grace time.Duration) error {
 	p.mu.Lock()
 	pid, pidStart, boot := p.pid, p.pidStart, p.boot
 	p.mu.Unlock()
+	o := p.other
+	o.mu.Lock()
+	o.signalled = true
+	o.mu.Unlock()
 	if kill {
 		return signalTree(pid, pidStart, boot, syscall.SIGKILL)
 	}
-	o := p.other
 	o.mu.Lock()
 	if o.killTimer == nil {
 		o.killTimer = time.AfterFunc(grace, func() {
@@ -1079,8 +1231,10 @@ func (p *Proc) finish(res Result) {
 	p.result = res
 	if p.other != nil {
 		p.other.mu.Lock()
-		if p.other.killTimer != nil {
-			p.other.killTimer.Stop()
+		for _, t := range []*time.Timer{p.other.killTimer, p.other.leaseTimer, p.other.fenceKill} {
+			if t != nil {
+				t.Stop()
+			}
 		}
 		p.other.mu.Unlock()
 	}

@@ -7,7 +7,7 @@
 // domain socket in the state directory, and asks it to start and signal
 // children. The runner forks and execs each child in its own process
 // group, forwards the child's output to the attached agent, enforces the
-// child's timeout, and writes each exit durably to a record file before it
+// child's timeout and attempt lease (StartRequest.Lease), and writes each exit durably to a record file before it
 // tells the agent. The record stays until the agent confirms that it has
 // journaled the outcome. Killing or upgrading the agent therefore does not
 // touch the children: the next agent process attaches to the runner,
@@ -44,8 +44,10 @@ import (
 // package speaks. Runners of different versions keep apart: each version
 // has its own directory, lock and socket in the state directory. Version
 // 1 kept a file per child record (<id>.run, <id>.exit); version 2 keeps
-// them in one record log.
-const ProtocolVersion = 2
+// them in one record log. Version 3 added attempt leases: the start
+// request's Lease and the renew frame, which a version 2 runner would
+// refuse.
+const ProtocolVersion = 3
 
 const (
 	// DefaultIdleExit is how long a runner with no agent attached, no
@@ -101,6 +103,24 @@ type StartRequest struct {
 	Grace time.Duration `json:"grace,omitempty"`
 	// Fsync makes the runner flush the exit record to stable storage.
 	Fsync bool `json:"fsync,omitempty"`
+	// Lease, when positive, is how long the child's attempt lease lasts
+	// from when the runner reads the request: once it has passed without a
+	// renewal (Client.Renew) the runner stops the child's tree (SIGTERM,
+	// SIGKILL after Grace) and its exit record says LeaseExpired. It holds
+	// while no agent is attached. Zero: no lease, the child is never
+	// stopped for it (unless a renewal gives it one). The agent sends the
+	// time remaining, not a deadline, so that no clock is shared: the
+	// runner's deadline is later than the agent's by the socket's delay.
+	Lease time.Duration `json:"lease,omitempty"`
+	// LeaseTerm is the control plane's lease length, kept for the exit
+	// record (Record.LeaseTerm).
+	LeaseTerm time.Duration `json:"lease_term,omitempty"`
+	// LeaseUntil, when set, is when the lease ends on this process's
+	// clock, and Lease is ignored: Client.Start turns it into Lease just
+	// before it writes the request, so that time spent waiting for the
+	// runner does not lengthen the lease. A lease that has passed by then
+	// starts nothing (ErrLeaseExpired).
+	LeaseUntil time.Time `json:"-"`
 	// Instance, when set, names the only runner process the request may
 	// go to (Client.Instance): attached to another, Client.Start sends
 	// nothing and returns ErrUnavailable. The agent journals an attempt
@@ -115,8 +135,8 @@ func (r *StartRequest) validate() error {
 	if len(r.Argv) == 0 || r.Argv[0] == "" {
 		return errors.New("start: argv is empty")
 	}
-	if r.Timeout < 0 || r.Grace < 0 {
-		return errors.New("start: timeout and grace must not be negative")
+	if r.Timeout < 0 || r.Grace < 0 || r.Lease < 0 || r.LeaseTerm < 0 {
+		return errors.New("start: timeout, grace and lease must not be negative")
 	}
 	return nil
 }
@@ -159,6 +179,13 @@ type Record struct {
 	TimedOut bool `json:"timed_out,omitempty"`
 	// Reason is what the agent gave with the first signal it asked for.
 	Reason string `json:"reason,omitempty"`
+	// LeaseExpired says the runner stopped the child because its lease
+	// (StartRequest.Lease, Client.Renew) ran out before the agent asked
+	// for anything (self-fencing); LeaseExpiredAt is when, and LeaseTerm
+	// the lease length the agent last gave (zero if unknown).
+	LeaseExpired   bool          `json:"lease_expired,omitempty"`
+	LeaseExpiredAt time.Time     `json:"lease_expired_at,omitzero"`
+	LeaseTerm      time.Duration `json:"lease_term,omitempty"`
 	// StdoutTail and StderrTail are the last TailSize bytes of each
 	// stream; StdoutBytes and StderrBytes count all of it.
 	StdoutTail  []byte `json:"stdout_tail,omitempty"`
@@ -185,6 +212,11 @@ const MaxInstanceLen = 64
 // ErrUnavailable is returned when a start request did not reach a runner:
 // nothing was started.
 var ErrUnavailable = errors.New("runner unavailable; nothing was started")
+
+// ErrLeaseExpired is returned by Client.Start when the request's lease
+// (StartRequest.LeaseUntil) ended before the request could be sent:
+// nothing was started.
+var ErrLeaseExpired = errors.New("the attempt's lease ended before its start request was sent; nothing was started")
 
 // LostRunnerKilled is Result.Lost for the children of a runner that died.
 const LostRunnerKilled = "outcome unknown: the agent's runner was killed"

@@ -531,8 +531,8 @@ func replaceAgent(t *testing.T, c *Client) {
 		t.Fatalf("welcome: kind %q, %v", kind, err)
 	}
 	f, err := decodeJSON(body)
-	if err != nil || f.Welcome == nil || !f.Welcome.ExactStarts {
-		t.Fatalf("welcome = %+v, %v; want an exact runner's welcome", f, err)
+	if err != nil || f.Welcome == nil || f.Welcome.Instance == "" {
+		t.Fatalf("welcome = %+v, %v; want a runner's welcome", f, err)
 	}
 }
 
@@ -680,4 +680,156 @@ func TestCleanExitIsRecorded(t *testing.T) {
 		t.Errorf("Result = %+v, want exit 0", res)
 	}
 	c2.Confirm(1)
+}
+
+// TestLeaseExpiryStopsTheChild runs children with leases side by side: the
+// one whose lease is never renewed is stopped once it has passed (SIGKILL
+// after the grace, as it ignores SIGTERM) and its exit record says so;
+// those renewed past their first lease, once for long or again and again
+// for short, and the one without a lease keep running.
+func TestLeaseExpiryStopsTheChild(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	b.attachment(t)
+	start := func(id int64, script string, lease time.Duration) *Proc {
+		t.Helper()
+		req := shell(id, script)
+		req.Lease, req.LeaseTerm = lease, lease
+		p, err := c.Start(t.Context(), req, &captured{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const first = 300 * time.Millisecond
+	renewedOnce := start(1, "exec sleep 60", first)
+	c.Renew([]int64{1}, time.Now().Add(time.Hour), time.Hour)
+	c.Renew([]int64{1}, time.Now().Add(time.Millisecond), time.Millisecond) // never shortens
+	renewedOften := start(2, "exec sleep 60", first)
+	stopRenewing := make(chan struct{})
+	renewing := make(chan struct{})
+	go func() {
+		defer close(renewing)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				c.Renew([]int64{2, 99}, time.Now().Add(time.Second), time.Second) // 99 is unknown: ignored
+			case <-stopRenewing:
+				return
+			}
+		}
+	}()
+	noLease := start(3, "exec sleep 60", 0)
+	// Started last with a longer lease: when it expires the others'
+	// first leases have passed.
+	started := time.Now()
+	fenced := start(4, `trap "" TERM; echo before; exec sleep 60`, 3*first)
+
+	res := result(t, fenced)
+	close(stopRenewing)
+	<-renewing
+	if elapsed := time.Since(started); elapsed < 3*first {
+		t.Errorf("the child was stopped %s after it started, before its lease of %s ended", elapsed, 3*first)
+	}
+	if !res.LeaseExpired || res.LeaseExpiredAt.IsZero() || res.LeaseTerm != 3*first || res.Err != "signal: killed" ||
+		res.TimedOut || string(res.StdoutTail) != "before\n" {
+		t.Errorf("Result = %+v, want lease expired (term %s), killed after the grace, stdout tail kept", res, 3*first)
+	}
+	for _, p := range []*Proc{renewedOnce, renewedOften, noLease} {
+		select {
+		case <-p.Done():
+			t.Errorf("attempt %d ended (%+v), want it running", p.ID(), p.Result())
+			continue
+		default:
+		}
+		if err := p.Kill("stopped by the test"); err != nil {
+			t.Fatal(err)
+		}
+		if res := result(t, p); res.LeaseExpired || res.Reason != "stopped by the test" {
+			t.Errorf("attempt %d: Result = %+v, want stopped by the test, lease not expired", p.ID(), res)
+		}
+	}
+	for id := int64(1); id <= 4; id++ {
+		c.Confirm(id)
+	}
+}
+
+// TestLeaseHoldsWhileNoAgentIsAttached lets a child's lease run out while
+// no agent is attached: the runner alone stops it, and the next agent
+// learns from the exit record that its lease expired. A start whose lease
+// has already ended starts nothing.
+func TestLeaseHoldsWhileNoAgentIsAttached(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.open(t)
+	b.attachment(t)
+	req := shell(1, "exec sleep 60")
+	req.LeaseUntil, req.LeaseTerm = time.Now().Add(-time.Millisecond), 30*time.Second
+	if _, err := c.Start(t.Context(), req, &captured{}); !errors.Is(err, ErrLeaseExpired) {
+		t.Fatalf("Start with a lease that ended = %v, want ErrLeaseExpired", err)
+	}
+	req.LeaseUntil = time.Now().Add(300 * time.Millisecond)
+	p, err := c.Start(t.Context(), req, &captured{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := p.Pid()
+	c.Close()
+	waitGone(t, pid)
+
+	c2 := b.open(t)
+	at := b.attachment(t)
+	var res Result
+	switch {
+	case len(at.Exited) == 1:
+		res = Result{Record: *at.Exited[0]}
+	case len(at.Running) == 1: // attached before the runner reaped it
+		res = result(t, at.Running[0])
+	default:
+		t.Fatalf("Attachment = %+v, want attempt 1", at)
+	}
+	if !res.LeaseExpired || res.LeaseTerm != 30*time.Second || res.Err != "signal: terminated" {
+		t.Errorf("Result = %+v, want lease expired (term 30s), terminated", res)
+	}
+	c2.Confirm(1)
+}
+
+// TestStartReadAfterItsLeaseIsRefused holds the runner after it read a
+// start request until the request's lease has ended, as a runner that was
+// stopped or starved would be: the runner takes the delay off the lease,
+// so nothing starts and Start says why.
+func TestStartReadAfterItsLeaseIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	hold := holdSpec{Point: crashpoint.RunnerReceived, ID: 1, Dir: t.TempDir()}
+	b.env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", hold.env(t))
+	c := b.open(t)
+	b.attachment(t)
+	marker := filepath.Join(t.TempDir(), "ran")
+	req := shell(1, "echo ran >> "+marker)
+	req.LeaseUntil, req.LeaseTerm = time.Now().Add(500*time.Millisecond), time.Second
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(t.Context(), req, &captured{})
+		started <- err
+	}()
+	waitFile(t, filepath.Join(hold.Dir, "held"))
+	for time.Now().Before(req.LeaseUntil.Add(10 * time.Millisecond)) {
+		time.Sleep(10 * time.Millisecond) // waiting for the lease to end, the condition under test
+	}
+	hold.release(t)
+	select {
+	case err := <-started:
+		if !errors.Is(err, ErrLeaseExpired) {
+			t.Errorf("Start read after its lease ended = %v, want ErrLeaseExpired", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Start did not return")
+	}
+	if _, err := os.Stat(marker); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the child ran (%v), want never", err)
+	}
 }

@@ -73,10 +73,22 @@ type ratt struct {
 	errs  *streamSink
 	timer *time.Timer
 
-	signalled bool    // the agent asked for a signal; a later timeout does not count
+	signalled bool    // the agent asked for a signal; a later timeout or lease expiry does not count
 	timedOut  bool    // the runner's timeout stopped it first
 	reason    string  // the first signal's reason
 	pending   *signal // a signal that arrived while starting
+
+	// lease is when the child's lease ends (monotonic; zero: no lease),
+	// leaseTerm the lease length the agent last gave. leaseTimer fires at
+	// lease; fenced says the lease ran out and the tree is being stopped,
+	// leaseExpired (wall clock) when, if that came before any signal of
+	// the agent. fenceKill kills the tree a grace after the expiry.
+	lease        time.Time
+	leaseTerm    time.Duration
+	leaseTimer   *time.Timer
+	fenced       bool
+	leaseExpired time.Time
+	fenceKill    *time.Timer
 	// startDone and exitSeen say start has told the agent and the child
 	// has exited; whichever comes second handles the exit.
 	startDone bool
@@ -474,7 +486,7 @@ func (s *server) serveConn(nc net.Conn) {
 
 // welcomeLocked lists what the runner holds.
 func (s *server) welcomeLocked() *welcome {
-	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID, ExactStarts: true}
+	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID}
 	for _, a := range s.atts {
 		rec := a.rec
 		switch a.state {
@@ -520,7 +532,12 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 				req.Env = append(slices.Clip(s.env), req.Env...)
 			}
 			crashpoint.Reach(crashpoint.RunnerReceived, req.ID)
-			if a := s.accept(c, req); a != nil {
+			leaseEnded := false
+			if req.Lease > 0 {
+				req.Lease = leaseLeft(req.Lease, f.Start.SentAt)
+				leaseEnded = req.Lease <= 0
+			}
+			if a := s.accept(c, req, leaseEnded); a != nil {
 				s.wg.Add(1)
 				go func() {
 					defer s.wg.Done()
@@ -531,6 +548,8 @@ func (s *server) readLoop(c *sconn, br *bufio.Reader) error {
 			s.signal(f.Signal)
 		case f.Confirm != nil:
 			s.confirm(f.Confirm.IDs)
+		case f.Renew != nil:
+			s.renew(f.Renew)
 		default:
 			return errors.New("unexpected message")
 		}
@@ -567,11 +586,11 @@ func (s *server) replyLocked(f *frame) *sconn {
 //     holding that connection may start the attempt itself.
 //
 // So an attempt an agent sent to this runner that a welcome of this
-// runner does not list never started and never will (welcome.ExactStarts).
-func (s *server) accept(c *sconn, req *StartRequest) *ratt {
+// runner does not list never started and never will (welcome.Instance).
+func (s *server) accept(c *sconn, req *StartRequest, leaseEnded bool) *ratt {
 	log := s.log.With(slog.Int64("attempt_id", req.ID))
 	refuse := func(msg string) *ratt {
-		b, err := encodeJSON(&frame{Started: &started{ID: req.ID, Err: msg}})
+		b, err := encodeJSON(&frame{Started: &started{ID: req.ID, Err: msg, LeaseExpired: leaseEnded}})
 		if err != nil {
 			return nil
 		}
@@ -583,6 +602,10 @@ func (s *server) accept(c *sconn, req *StartRequest) *ratt {
 			c.flush()
 		}()
 		return nil
+	}
+	if leaseEnded {
+		log.Warn("refusing a start request whose lease ended before the runner read it; the attempt is not started")
+		return refuse(ErrLeaseExpired.Error())
 	}
 	if err := req.validate(); err != nil {
 		return refuse(err.Error())
@@ -602,6 +625,11 @@ func (s *server) accept(c *sconn, req *StartRequest) *ratt {
 		return refuse(fmt.Sprintf("attempt %d is already known to the runner", req.ID))
 	}
 	a := &ratt{id: req.ID, req: req, state: attStarting}
+	if req.Lease > 0 {
+		// Measured from now, when the request was read: later than the
+		// agent's deadline by the socket's delay only.
+		a.lease, a.leaseTerm = time.Now().Add(req.Lease), req.LeaseTerm
+	}
 	a.out = &streamSink{s: s, id: req.ID, stream: Stdout}
 	a.errs = &streamSink{s: s, id: req.ID, stream: Stderr}
 	s.atts[req.ID] = a
@@ -641,6 +669,9 @@ func (s *server) start(a *ratt) {
 	a.proc, a.rec, a.state = p, rec, attRunning
 	if req.Timeout > 0 {
 		a.timer = time.AfterFunc(req.Timeout, func() { s.timeout(a) })
+	}
+	if !a.lease.IsZero() {
+		a.leaseTimer = time.AfterFunc(time.Until(a.lease), func() { s.leaseCheck(a) })
 	}
 	pending := a.pending
 	a.pending = nil
@@ -683,12 +714,17 @@ func (s *server) exited(a *ratt) {
 	res := a.proc.Result()
 	end := time.Now()
 	s.mu.Lock()
-	if a.timer != nil {
-		a.timer.Stop()
+	for _, t := range []*time.Timer{a.timer, a.leaseTimer, a.fenceKill} {
+		if t != nil {
+			t.Stop()
+		}
 	}
 	rec := a.rec
 	rec.TimedOut = a.timedOut
 	rec.Reason = a.reason
+	if !a.leaseExpired.IsZero() {
+		rec.LeaseExpired, rec.LeaseExpiredAt, rec.LeaseTerm = true, a.leaseExpired, a.leaseTerm
+	}
 	s.mu.Unlock()
 	rec.Exited, rec.End, rec.ExitCode = true, end, res.ExitCode
 	if res.Err != nil {
@@ -713,10 +749,11 @@ func (s *server) exited(a *ratt) {
 	}
 }
 
-// timeout stops a's child unless the agent asked for a signal first.
+// timeout stops a's child unless the agent asked for a signal first or
+// its lease ran out first.
 func (s *server) timeout(a *ratt) {
 	s.mu.Lock()
-	if a.signalled || a.state != attRunning {
+	if a.signalled || a.fenced || a.state != attRunning {
 		s.mu.Unlock()
 		return
 	}
@@ -726,6 +763,68 @@ func (s *server) timeout(a *ratt) {
 	s.log.Info("child timed out; stopping its process tree", slog.Int64("attempt_id", a.id),
 		slog.Duration("timeout", a.req.Timeout))
 	_ = p.Terminate(grace)
+}
+
+// renew extends the leases of the children r names; see renew.
+func (s *server) renew(r *renew) {
+	remaining := leaseLeft(r.Remaining, r.SentAt)
+	if remaining <= 0 {
+		return
+	}
+	until := time.Now().Add(remaining)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range r.IDs {
+		a := s.atts[id]
+		if a == nil || (a.state != attStarting && a.state != attRunning) || a.fenced || !until.After(a.lease) {
+			continue
+		}
+		// A child started without a lease gets one: the control plane
+		// that renews it counts on it being fenced.
+		a.lease = until
+		if r.Term > 0 {
+			a.leaseTerm = r.Term
+		}
+		switch {
+		case a.leaseTimer != nil:
+			a.leaseTimer.Reset(remaining)
+		case a.state == attRunning:
+			a.leaseTimer = time.AfterFunc(remaining, func() { s.leaseCheck(a) })
+		}
+		// A child still starting gets its timer in start.
+	}
+}
+
+// leaseCheck stops a's child's tree once its lease has passed
+// (self-fencing): SIGTERM, and SIGKILL after the child's grace even when
+// the agent asked for a longer one. The expiry counts for the outcome
+// unless the agent asked for a signal or the timeout struck first.
+func (s *server) leaseCheck(a *ratt) {
+	s.mu.Lock()
+	if a.state != attRunning || a.fenced || a.timedOut {
+		s.mu.Unlock()
+		return
+	}
+	if d := time.Until(a.lease); d > 0 {
+		// Renewed since the timer was set.
+		a.leaseTimer.Reset(d)
+		s.mu.Unlock()
+		return
+	}
+	a.fenced = true
+	if !a.signalled {
+		a.leaseExpired = time.Now()
+	}
+	p, grace, term := a.proc, a.req.Grace, a.leaseTerm
+	if grace > 0 {
+		a.fenceKill = time.AfterFunc(grace, func() { _ = p.Kill() })
+	}
+	s.mu.Unlock()
+	s.log.Warn("attempt lease expired; stopping the child's process tree (self-fencing)", slog.Int64("attempt_id", a.id),
+		slog.Duration("lease", term), slog.Duration("kill_grace", grace))
+	if err := p.Terminate(grace); err != nil {
+		s.log.Warn("cannot signal child", slog.Int64("attempt_id", a.id), slog.Any("error", err))
+	}
 }
 
 // signal stops a child as the agent asks.

@@ -40,6 +40,7 @@ type frame struct {
 	Exit    *Record   `json:"exit,omitempty"`
 	Signal  *signal   `json:"signal,omitempty"`
 	Confirm *confirm  `json:"confirm,omitempty"`
+	Renew   *renew    `json:"renew,omitempty"`
 	// Error ends the connection: the runner refuses the agent.
 	Error string `json:"error,omitempty"`
 }
@@ -54,7 +55,12 @@ type hello struct {
 type welcome struct {
 	Version int `json:"version"`
 	// Pid and Instance identify the runner process; Instance changes with
-	// every runner process.
+	// every runner process and is never empty. The runner takes a start
+	// request over as it reads it, under the lock its welcomes are made
+	// under, and only while the connection it came on is the attached
+	// one: a welcome lists (in Running, Exits or Orphans) every start
+	// request of an earlier connection that the runner acts on, and the
+	// runner drops the rest.
 	Pid      int    `json:"pid"`
 	Instance string `json:"instance"`
 	// Running are the children still running (Pid 0: still starting).
@@ -66,14 +72,6 @@ type welcome struct {
 	Orphans []*Record `json:"orphans,omitempty"`
 	// EnvDigest identifies the runner's own environment (envDigest).
 	EnvDigest string `json:"env_digest,omitempty"`
-	// ExactStarts says the runner takes a start request over as it reads
-	// it, under the lock its welcomes are made under, and only while the
-	// connection it came on is the attached one: a welcome lists (in
-	// Running, Exits or Orphans) every start request of an earlier
-	// connection that the runner acts on, and the runner drops the rest.
-	// Runners before it took requests over on a goroutine of their own,
-	// so a welcome could miss a child that was about to start.
-	ExactStarts bool `json:"exact_starts,omitempty"`
 }
 
 // startMsg is a start request on the wire (agent -> runner). With
@@ -84,6 +82,24 @@ type welcome struct {
 type startMsg struct {
 	*StartRequest
 	EnvBase bool `json:"env_base,omitempty"`
+	// SentAt is the agent's wall clock when it measured Lease (see
+	// leaseLeft).
+	SentAt time.Time `json:"sent_at,omitzero"`
+}
+
+// leaseLeft returns what remains of a lease of remaining, measured by the
+// agent at sentAt on the wall clock the runner shares with it, now that
+// the runner reads it: a frame the runner reads late (it was stopped or
+// starved) must not lengthen the lease by the delay. The wall clock may
+// jump; it is only ever used to shorten a lease, which is safe.
+func leaseLeft(remaining time.Duration, sentAt time.Time) time.Duration {
+	if sentAt.IsZero() {
+		return remaining
+	}
+	if delay := time.Now().Round(0).Sub(sentAt); delay > 0 {
+		return remaining - delay
+	}
+	return remaining
 }
 
 // dedupEnv returns env with only the last entry of each name, where it
@@ -125,6 +141,9 @@ type started struct {
 	BootID   string    `json:"boot_id,omitempty"`
 	Start    time.Time `json:"start,omitzero"`
 	Err      string    `json:"err,omitempty"`
+	// LeaseExpired says the request's lease had ended when the runner read
+	// it, so nothing was started (Err says so too).
+	LeaseExpired bool `json:"lease_expired,omitempty"`
 }
 
 // signal asks the runner to stop a child's tree (agent -> runner): kill it
@@ -134,6 +153,19 @@ type signal struct {
 	Kill   bool          `json:"kill,omitempty"`
 	Grace  time.Duration `json:"grace,omitempty"`
 	Reason string        `json:"reason,omitempty"`
+}
+
+// renew extends the leases of children (agent -> runner): each runs until
+// Remaining after the runner reads the frame, unless it already ran
+// later (a renewal never shortens a lease). Unknown ids are ignored.
+type renew struct {
+	IDs       []int64       `json:"ids"`
+	Remaining time.Duration `json:"remaining"`
+	// Term is the control plane's lease length, for the exit record.
+	Term time.Duration `json:"term,omitempty"`
+	// SentAt is the agent's wall clock when it measured Remaining (see
+	// leaseLeft).
+	SentAt time.Time `json:"sent_at,omitzero"`
 }
 
 // confirm says the agent has journaled these exits (agent -> runner).

@@ -339,3 +339,28 @@ func TestDedupEnv(t *testing.T) {
 		t.Errorf("dedupEnv = %q, want %q", got, want)
 	}
 }
+
+func TestLeaseLeft(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		sentAgo  time.Duration // how long before the call the lease was measured
+		noSentAt bool
+		max      time.Duration
+		min      time.Duration
+	}{
+		{name: "no send time", noSentAt: true, max: time.Second, min: time.Second},
+		{name: "sent 300ms ago", sentAgo: 300 * time.Millisecond, max: 700 * time.Millisecond, min: 0},
+		{name: "sent after the runner's now (a clock step)", sentAgo: -time.Hour, max: time.Second, min: time.Second},
+		{name: "sent before the lease ended", sentAgo: 2 * time.Second, max: -time.Second, min: -time.Hour},
+	}
+	for _, tc := range tests {
+		var sentAt time.Time
+		if !tc.noSentAt {
+			sentAt = time.Now().Round(0).Add(-tc.sentAgo)
+		}
+		if got := leaseLeft(time.Second, sentAt); got > tc.max || got < tc.min {
+			t.Errorf("%s: leaseLeft(1s, %v) = %s, want between %s and %s", tc.name, sentAt, got, tc.min, tc.max)
+		}
+	}
+}
