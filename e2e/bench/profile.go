@@ -48,8 +48,7 @@ func startProfile(ctx context.Context, pid int, out string) (*profiler, error) {
 	}
 	ackR, ackW, err := os.Pipe()
 	if err != nil {
-		ctlR.Close()
-		ctlW.Close()
+		closeAll(ctlR, ctlW)
 		return nil, fmt.Errorf("profile: %w", err)
 	}
 	p := &profiler{out: out, ctl: ctlW, ackF: ackR, ack: bufio.NewReader(ackR), ended: make(chan error, 1)}
@@ -59,11 +58,9 @@ func startProfile(ctx context.Context, pid int, out string) (*profiler, error) {
 	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
 	p.cmd.SysProcAttr = sysProcAttr()
 	err = p.cmd.Start()
-	ctlR.Close()
-	ackW.Close()
+	closeAll(ctlR, ackW) // perf's ends, which it inherited
 	if err != nil {
-		ctlW.Close()
-		ackR.Close()
+		closeAll(ctlW, ackR)
 		return nil, fmt.Errorf("profile: start perf: %w", err)
 	}
 	go func() { p.ended <- p.cmd.Wait() }()
@@ -126,8 +123,7 @@ func (p *profiler) stop(ctx context.Context) (string, error) {
 		<-p.ended
 		err = errors.Join(err, fmt.Errorf("profile: perf did not exit within %s", perfTimeout))
 	}
-	p.ctl.Close()
-	p.ackF.Close()
+	closeAll(p.ctl, p.ackF)
 	if err != nil {
 		return "", err
 	}
@@ -179,8 +175,16 @@ func topSymbols(report string, n int) string {
 func (p *profiler) abort() {
 	_ = p.cmd.Process.Kill()
 	<-p.ended
-	p.ctl.Close()
-	p.ackF.Close()
+	closeAll(p.ctl, p.ackF)
+}
+
+// closeAll closes ends of perf's control pipes. Their Close errors are
+// dropped: closing a pipe loses nothing written to it, and a command perf
+// missed shows as a missing "ack", which [profiler.command] reports.
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		_ = f.Close()
+	}
 }
 
 // profiles are the profilers of one measurement: batond's and, when the
