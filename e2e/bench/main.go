@@ -41,15 +41,21 @@ import (
 	"time"
 )
 
-func main() {
+func main() { os.Exit(mainCode()) }
+
+// mainCode runs cli until SIGINT or SIGTERM cancels it and returns the exit
+// code. It is apart from main so that its deferred calls run before
+// os.Exit.
+func mainCode() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(cli(ctx, os.Args[1:], os.Stderr))
+	return cli(ctx, os.Args[1:], os.Stderr)
 }
 
 // cli runs the benchmark as the command line asks and returns the exit
 // code: 0 when the report was written, 1 when the benchmark failed, 2 on
-// bad usage.
+// bad usage. A failed write to stderr has nowhere to be reported; the exit
+// code still says what happened.
 func cli(ctx context.Context, args []string, stderr io.Writer) int {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -78,26 +84,26 @@ func cli(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fs.Arg(0))
+		_, _ = fmt.Fprintf(stderr, "bench: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	cfg.KeepDir = *keep
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
 	if err := cfg.validate(); err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
+		_, _ = fmt.Fprintln(stderr, "bench:", err)
 		return 2
 	}
 	start := time.Now()
 	res, err := Run(ctx, cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
+		_, _ = fmt.Fprintln(stderr, "bench:", err)
 		return 1
 	}
 	report := res.Markdown()
 	if cfg.Out == "-" {
 		fmt.Print(report)
 	} else if err := writeFileAtomic(cfg.Out, []byte(report)); err != nil {
-		fmt.Fprintln(stderr, "bench:", err)
+		_, _ = fmt.Fprintln(stderr, "bench:", err)
 		return 1
 	}
 	cfg.Logger.Info("benchmark done", slog.String("report", cfg.Out), slog.Duration("took", time.Since(start).Round(time.Second)))

@@ -54,7 +54,7 @@ func readProcStat(pid int) (procStat, error) {
 	if err != nil {
 		return ps, fmt.Errorf("read process stats: %w", err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }() // read only
 	sc := bufio.NewScanner(st)
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")

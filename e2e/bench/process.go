@@ -58,7 +58,7 @@ func start(dir, name string, pipe bool, bin string, args ...string) (*process, e
 	var stdout io.ReadCloser
 	if pipe {
 		if stdout, err = cmd.StdoutPipe(); err != nil {
-			f.Close()
+			_ = f.Close() // nothing was written to it
 			return nil, fmt.Errorf("start %s: %w", name, err)
 		}
 		p.lines = make(chan string, linesBuffer)
@@ -66,7 +66,7 @@ func start(dir, name string, pipe bool, bin string, args ...string) (*process, e
 		cmd.Stdout = f
 	}
 	if err := cmd.Start(); err != nil {
-		f.Close()
+		_ = f.Close() // nothing was written to it
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	var scanned chan struct{}
@@ -90,7 +90,9 @@ func start(dir, name string, pipe bool, bin string, args ...string) (*process, e
 			<-scanned
 		}
 		p.err = cmd.Wait()
-		f.Close()
+		// The process wrote through its own descriptor, straight to the
+		// file: closing ours cannot lose any of it.
+		_ = f.Close()
 		close(p.done)
 	}()
 	return p, nil
@@ -179,18 +181,20 @@ func writeFileAtomic(path string, b []byte) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	// On failure the temporary file is removed as well as can be; the
+	// error returned is the one that made the write fail.
 	_, werr := f.Write(b)
 	cerr := f.Close()
 	if err := errors.Join(werr, cerr); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Chmod(f.Name(), 0o644); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
-		os.Remove(f.Name())
+		_ = os.Remove(f.Name())
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

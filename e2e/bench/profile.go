@@ -26,13 +26,16 @@ const perfTimeout = 30 * time.Second
 // descriptors, each switch acknowledged, so exactly the measured part is
 // sampled.
 type profiler struct {
-	out   string
-	cmd   *exec.Cmd
-	ctl   *os.File
-	ack   *bufio.Reader
-	ackF  *os.File
-	log   bytes.Buffer
-	ended chan error
+	out  string
+	cmd  *exec.Cmd
+	ctl  *os.File
+	ack  *bufio.Reader
+	ackF *os.File
+	log  bytes.Buffer
+	// ended is closed when perf has exited, so that every wait sees it;
+	// waitErr, cmd.Wait's error, is set before.
+	ended   chan struct{}
+	waitErr error
 }
 
 // startProfile attaches perf to pid, writing to out, and enables sampling
@@ -48,25 +51,25 @@ func startProfile(ctx context.Context, pid int, out string) (*profiler, error) {
 	}
 	ackR, ackW, err := os.Pipe()
 	if err != nil {
-		ctlR.Close()
-		ctlW.Close()
+		closeAll(ctlR, ctlW)
 		return nil, fmt.Errorf("profile: %w", err)
 	}
-	p := &profiler{out: out, ctl: ctlW, ackF: ackR, ack: bufio.NewReader(ackR), ended: make(chan error, 1)}
+	p := &profiler{out: out, ctl: ctlW, ackF: ackR, ack: bufio.NewReader(ackR), ended: make(chan struct{})}
 	p.cmd = exec.Command(perf, "record", "-e", "cpu-clock", "-F", "999", "-g", "-D", "-1",
 		"--control", "fd:3,4", "-p", strconv.Itoa(pid), "-o", out)
 	p.cmd.ExtraFiles = []*os.File{ctlR, ackW}
 	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
 	p.cmd.SysProcAttr = sysProcAttr()
 	err = p.cmd.Start()
-	ctlR.Close()
-	ackW.Close()
+	closeAll(ctlR, ackW) // perf's ends, which it inherited
 	if err != nil {
-		ctlW.Close()
-		ackR.Close()
+		closeAll(ctlW, ackR)
 		return nil, fmt.Errorf("profile: start perf: %w", err)
 	}
-	go func() { p.ended <- p.cmd.Wait() }()
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.ended)
+	}()
 	if err := p.command(ctx, "enable"); err != nil {
 		p.abort()
 		return nil, err
@@ -97,8 +100,8 @@ func (p *profiler) command(ctx context.Context, cmd string) error {
 			return fmt.Errorf("profile: perf %s: %w", cmd, err)
 		}
 		return nil
-	case err := <-p.ended:
-		return fmt.Errorf("profile: perf exited (%v):\n%s", err, p.log.String())
+	case <-p.ended:
+		return fmt.Errorf("profile: perf exited (%v):\n%s", p.waitErr, p.log.String())
 	case <-t.C:
 		return fmt.Errorf("profile: perf did not acknowledge %q within %s", cmd, perfTimeout)
 	case <-ctx.Done():
@@ -115,19 +118,18 @@ func (p *profiler) stop(ctx context.Context) (string, error) {
 	t := time.NewTimer(perfTimeout)
 	defer t.Stop()
 	select {
-	case werr := <-p.ended:
+	case <-p.ended:
 		// perf exits with the signal's status after writing its file.
 		var ee *exec.ExitError
-		if werr != nil && !errors.As(werr, &ee) {
-			err = errors.Join(err, werr)
+		if p.waitErr != nil && !errors.As(p.waitErr, &ee) {
+			err = errors.Join(err, p.waitErr)
 		}
 	case <-t.C:
 		_ = p.cmd.Process.Kill()
-		<-p.ended
+		<-p.ended // waitErr only says perf was killed
 		err = errors.Join(err, fmt.Errorf("profile: perf did not exit within %s", perfTimeout))
 	}
-	p.ctl.Close()
-	p.ackF.Close()
+	closeAll(p.ctl, p.ackF)
 	if err != nil {
 		return "", err
 	}
@@ -178,9 +180,17 @@ func topSymbols(report string, n int) string {
 // abort ends perf without a report.
 func (p *profiler) abort() {
 	_ = p.cmd.Process.Kill()
-	<-p.ended
-	p.ctl.Close()
-	p.ackF.Close()
+	<-p.ended // no report is wanted, so neither is perf's exit error
+	closeAll(p.ctl, p.ackF)
+}
+
+// closeAll closes ends of perf's control pipes. Their Close errors are
+// dropped: closing a pipe loses nothing written to it, and a command perf
+// missed shows as a missing "ack", which [profiler.command] reports.
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		_ = f.Close()
+	}
 }
 
 // profiles are the profilers of one measurement: batond's and, when the

@@ -95,7 +95,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("work dir: %w", err)
 		}
 		if !cfg.KeepDir {
-			defer os.RemoveAll(work)
+			defer func() {
+				if err := os.RemoveAll(work); err != nil {
+					log.Warn("cannot remove the work directory", slog.String("dir", work), slog.Any("error", err))
+				}
+			}()
 		} else {
 			log.Info("keeping the work directory", slog.String("dir", work))
 		}

@@ -35,14 +35,21 @@ import (
 	"syscall"
 )
 
-func main() {
+func main() { os.Exit(mainCode()) }
+
+// mainCode runs the fleet until SIGINT or SIGTERM and returns the exit
+// code. It is apart from main so that its deferred calls run before
+// os.Exit.
+func mainCode() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	return run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 }
 
 // run parses args, runs the fleet until ctx is done and returns the exit
-// code: 0 after a clean stop, 1 when the fleet failed, 2 on bad usage.
+// code: 0 after a clean stop, 1 when the fleet failed, 2 on bad usage. A
+// failed write to stderr has nowhere to be reported; the exit code still
+// says what happened.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("simagent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -62,12 +69,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "simagent: unexpected argument %q\n", fs.Arg(0))
+		_, _ = fmt.Fprintf(stderr, "simagent: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		fmt.Fprintf(stderr, "simagent: --log-level: %q is not debug, info, warn or error\n", logLevel)
+		_, _ = fmt.Fprintf(stderr, "simagent: --log-level: %q is not debug, info, warn or error\n", logLevel)
 		return 2
 	}
 	cfg.Labels = labels.m
@@ -77,13 +84,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	fleet, err := NewFleet(cfg)
 	if err != nil {
-		fmt.Fprintln(stderr, "simagent:", err)
+		_, _ = fmt.Fprintln(stderr, "simagent:", err)
 		return 2
 	}
 	err = fleet.Run(ctx)
 	_ = enc.Encode(fleet.Totals())
 	if err != nil {
-		fmt.Fprintln(stderr, "simagent:", err)
+		_, _ = fmt.Fprintln(stderr, "simagent:", err)
 		return 1
 	}
 	return 0

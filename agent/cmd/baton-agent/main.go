@@ -147,7 +147,9 @@ the flag wins.`,
 	})
 
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(stderr, "baton-agent:", err)
+		// A failed write to stderr has nowhere to be reported; the exit
+		// code still says what happened.
+		_, _ = fmt.Fprintln(stderr, "baton-agent:", err)
 		if errors.As(err, new(usageError)) {
 			return 2
 		}

@@ -66,7 +66,7 @@ func runnerPid(t *testing.T, state string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only, to ask about the lock
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK}
 	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil || lk.Type == syscall.F_UNLCK {
 		t.Fatalf("no runner holds %s: %v", f.Name(), err)

@@ -21,12 +21,12 @@ var ErrClosed = errors.New("record log is closed")
 type Action int
 
 const (
-	// Keep: the record is its key's latest state so far.
+	// Keep means the record is its key's latest state so far.
 	Keep Action = iota
-	// Drop: the record ends its key; the key's records all go.
+	// Drop means the record ends its key; the key's records all go.
 	Drop
-	// Skip: the record is invalid; it goes, its key's earlier records
-	// stay.
+	// Skip means the record is invalid; it goes, its key's earlier
+	// records stay.
 	Skip
 )
 
@@ -143,7 +143,9 @@ func Open(path string, opts Options, replay func(body []byte) error) (*Log, erro
 		l.mu.Unlock()
 		if err != nil {
 			if l.f != nil {
-				l.f.Close()
+				// Nothing was written through l.f yet; the compaction's
+				// error is the one to report.
+				_ = l.f.Close()
 			}
 			return nil, err
 		}
@@ -428,9 +430,11 @@ func (l *Log) rewrite(f *os.File, size int64, hook func(int) error) (*os.File, i
 		_ = os.Remove(tmp)
 		return f, 0, err
 	}
-	// Windows cannot rename over an open file.
+	// Windows cannot rename over an open file. Its Close error is
+	// dropped: the live records were read back from it and are flushed
+	// in tmp, which replaces it; on a failed rename it is opened again.
 	if f != nil {
-		f.Close()
+		_ = f.Close()
 	}
 	if err := os.Rename(tmp, l.path); err != nil {
 		_ = os.Remove(tmp)
@@ -453,12 +457,14 @@ func writeSynced(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	// On failure the caller removes the file: the write's error is the
+	// one to report, not Close's.
 	if _, err := f.Write(data); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
+		_ = f.Close()
 		return err
 	}
 	return f.Close()

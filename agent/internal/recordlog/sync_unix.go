@@ -10,6 +10,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	err = d.Sync()
+	_ = d.Close() // read only: Sync's result is the one that counts
+	return err
 }

@@ -21,7 +21,7 @@ func lockFile(path string) (unlock func(), err error) {
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		owner, _ := os.ReadFile(path)
-		f.Close()
+		_ = f.Close() // nothing was written; the lock's error is the one to report
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			pid := strings.TrimSpace(string(owner))
 			if _, perr := strconv.Atoi(pid); perr != nil {
@@ -33,5 +33,8 @@ func lockFile(path string) (unlock func(), err error) {
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	return func() { f.Close() }, nil
+	// Closing releases the lock, which the kernel also drops at exit. Its
+	// error is dropped like the pid write's: the pid is only a hint for
+	// another batond's error message.
+	return func() { _ = f.Close() }, nil
 }

@@ -142,24 +142,27 @@ can then run as a login with DML rights only (see docs/operations.md).`,
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			defer closeStore(st, log)
 			if err := st.Migrate(cmd.Context()); err != nil {
 				return fmt.Errorf("migrate: %w", err)
 			}
-			fmt.Fprintln(stdout, "schema is up to date")
+			// The migration is done whether or not the note gets out.
+			_, _ = fmt.Fprintln(stdout, "schema is up to date")
 			return nil
 		},
 	}
 	root.AddCommand(migrate)
 
+	// A failed write to stderr has nowhere to be reported; the exit code
+	// still says what happened.
 	if err := applyEnv(root); err != nil {
-		fmt.Fprintln(stderr, "batond:", err)
+		_, _ = fmt.Fprintln(stderr, "batond:", err)
 		return 2
 	}
 	ctx, stop := signalContext()
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "batond:", err)
+		_, _ = fmt.Fprintln(stderr, "batond:", err)
 		if errors.As(err, new(usageError)) {
 			return 2
 		}
@@ -178,7 +181,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer closeStore(st, log)
 	if path := sqlitePath(o); path != "" {
 		// One batond per SQLite file: a second one would schedule the same
 		// runs. The lock goes with the process, also on SIGKILL.
@@ -228,6 +231,15 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		}
 	}
 	return srv.Run(ctx)
+}
+
+// closeStore closes st when batond is done with it. A failure is logged,
+// not returned: every write was committed before, so it loses nothing and
+// does not change the exit code.
+func closeStore(st store.Store, log *slog.Logger) {
+	if err := st.Close(); err != nil {
+		log.Error("cannot close the store", slog.Any("error", err))
+	}
 }
 
 // sqlitePath returns the SQLite file batond uses, or "" for SQL Server.
