@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -367,6 +368,14 @@ func (b *bg) wait(t *testing.T, timeout time.Duration) int {
 	case <-time.After(timeout):
 		t.Fatalf("baton %v did not exit within %s; stdout:\n%s\nstderr:\n%s", b.cmd.Args[1:], timeout, b.stdout.String(), b.stderr.String())
 		return 0
+	}
+}
+
+// signal sends sig to a process the test started.
+func (p *proc) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %s with %v: %v", p.name, sig, err)
 	}
 }
 
