@@ -139,7 +139,7 @@ type cconn struct {
 func (cc *cconn) write(b []byte) error {
 	_ = cc.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := cc.nc.Write(b); err != nil {
-		cc.nc.Close()
+		_ = cc.nc.Close() // the write error is the one to report
 		return err
 	}
 	return nil
@@ -205,7 +205,9 @@ func (c *Client) Close() {
 	c.mu.Unlock()
 	close(c.stop)
 	if cc != nil {
-		cc.nc.Close()
+		// Closing ends the read loop; the runner keeps running and a
+		// failed close of a socket loses nothing.
+		_ = cc.nc.Close()
 	}
 	c.wg.Wait()
 }
@@ -438,7 +440,7 @@ func (c *Client) run(cc *cconn) {
 	}()
 	for {
 		err := c.readLoop(cc)
-		cc.nc.Close()
+		_ = cc.nc.Close() // the connection is broken or closed already
 		c.mu.Lock()
 		if c.conn == cc {
 			c.conn = nil
@@ -746,7 +748,7 @@ func (c *Client) dial() (*cconn, *welcome, error) {
 		_, err = nc.Write(b)
 	}
 	if err != nil {
-		nc.Close()
+		_ = nc.Close() // the write error is the one to report
 		return nil, nil, fmt.Errorf("send hello: %w", err)
 	}
 	br := bufio.NewReaderSize(nc, 64<<10)
@@ -761,16 +763,16 @@ func (c *Client) dial() (*cconn, *welcome, error) {
 	}
 	switch {
 	case err != nil:
-		nc.Close()
+		_ = nc.Close() // the handshake failed: that is the error to report
 		return nil, nil, fmt.Errorf("read welcome: %w", err)
 	case f.Error != "":
-		nc.Close()
+		_ = nc.Close() // the handshake failed: that is the error to report
 		return nil, nil, fmt.Errorf("%w: %s", errRefused, f.Error)
 	case f.Welcome == nil || f.Welcome.Version != c.version:
-		nc.Close()
+		_ = nc.Close() // the handshake failed: that is the error to report
 		return nil, nil, errors.New("read welcome: not a welcome of this protocol version")
 	case f.Welcome.Instance == "" || len(f.Welcome.Instance) > MaxInstanceLen:
-		nc.Close()
+		_ = nc.Close() // the handshake failed: that is the error to report
 		return nil, nil, errors.New("read welcome: the runner names no valid instance")
 	}
 	_ = nc.SetDeadline(time.Time{})
@@ -791,12 +793,14 @@ func (c *Client) spawn(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open runner log: %w", err)
 	}
-	defer logf.Close()
+	// The runner writes its log through its own descriptor: ours is never
+	// written, so closing it loses nothing.
+	defer func() { _ = logf.Close() }()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("start runner: %w", err)
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }() // read only
 	args := append([]string(nil), c.cfg.Command[1:]...)
 	args = append(args, "--state-dir", c.cfg.StateDir)
 	if c.cfg.IdleExit > 0 {
@@ -812,13 +816,18 @@ func (c *Client) spawn(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w}
 	err = cmd.Start()
-	w.Close()
+	_ = w.Close() // the launcher has its own copy; closing ours lets ReadAll see its end
 	if err != nil {
 		return fmt.Errorf("start runner: %w", err)
 	}
 	// The launcher exits as soon as it has started the runner detached.
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
+	// What it reports on the pipe says how the start went, not its exit
+	// status.
+	waited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(waited)
+	}()
 	_ = r.SetReadDeadline(time.Now().Add(readyTimeout))
 	msg, readErr := io.ReadAll(io.LimitReader(r, 4096))
 	select {

@@ -148,7 +148,9 @@ func serve(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return fmt.Errorf("open runner lock: %w", err)
 	}
-	defer lock.Close()
+	// Closing the lock file releases the lock as the runner exits; the file
+	// is never written, so a failed close loses nothing.
+	defer func() { _ = lock.Close() }()
 	if err := lockFile(lock); err != nil {
 		return err
 	}
@@ -182,7 +184,7 @@ func serve(ctx context.Context, cfg serverConfig) error {
 			s.mu.Lock()
 			if s.closing {
 				s.mu.Unlock()
-				nc.Close()
+				_ = nc.Close() // refused unread: nothing to lose
 				continue
 			}
 			s.open[nc] = struct{}{}
@@ -199,7 +201,7 @@ func serve(ctx context.Context, cfg serverConfig) error {
 	}()
 
 	s.waitIdle(ctx)
-	ln.Close()
+	_ = ln.Close() // stops the accept loop; cleanup closes it again
 	s.mu.Lock()
 	c := s.conn
 	var running []*process.Process
@@ -209,7 +211,7 @@ func serve(ctx context.Context, cfg serverConfig) error {
 		}
 	}
 	for nc := range s.open {
-		nc.Close()
+		_ = nc.Close() // ends its serveConn, which closes it again
 	}
 	s.mu.Unlock()
 	if c != nil {
@@ -327,7 +329,7 @@ func listen(dir string) (*net.UnixListener, func(), error) {
 		tmpDir = d
 		path = filepath.Join(d, sockName)
 		if err := writeFileAtomic(filepath.Join(dir, sockDirName), []byte(d), false); err != nil {
-			os.RemoveAll(d)
+			_ = os.RemoveAll(d) // the write error is the one to report
 			return nil, nil, fmt.Errorf("record socket dir: %w", err)
 		}
 	}
@@ -339,15 +341,17 @@ func listen(dir string) (*net.UnixListener, func(), error) {
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		if tmpDir != "" {
-			os.RemoveAll(tmpDir)
+			_ = os.RemoveAll(tmpDir) // the listen error is the one to report
 		}
 		return nil, nil, fmt.Errorf("listen: %w", err)
 	}
+	// The cleanup is best effort: the listener may be closed already, and
+	// the next runner removes a socket dir left behind (removeSockDir).
 	return ln, func() {
-		ln.Close()
+		_ = ln.Close()
 		if tmpDir != "" {
-			os.RemoveAll(tmpDir)
-			os.Remove(filepath.Join(dir, sockDirName))
+			_ = os.RemoveAll(tmpDir)
+			_ = os.Remove(filepath.Join(dir, sockDirName))
 		}
 	}, nil
 }
@@ -357,7 +361,7 @@ func listen(dir string) (*net.UnixListener, func(), error) {
 func removeSockDir(d string) {
 	if filepath.IsAbs(d) && filepath.Dir(d) == filepath.Clean(os.TempDir()) &&
 		strings.HasPrefix(filepath.Base(d), "baton-runner-") {
-		os.RemoveAll(d)
+		_ = os.RemoveAll(d) // best effort: it only holds a socket nobody listens on
 	}
 }
 
@@ -415,7 +419,9 @@ func (s *server) current() *sconn {
 // serveConn runs one agent connection: the handshake, then requests until
 // it breaks. A new connection replaces the attached one.
 func (s *server) serveConn(nc net.Conn) {
-	defer nc.Close()
+	// Writes report their own errors; a failed close of a socket loses
+	// nothing.
+	defer func() { _ = nc.Close() }()
 	if err := checkPeer(nc); err != nil {
 		s.log.Warn("agent connection refused", slog.Any("error", err))
 		return
@@ -1042,7 +1048,7 @@ func (c *sconn) closeLocked() {
 	if !c.closed {
 		c.closed = true
 		c.queue = nil
-		c.nc.Close()
+		_ = c.nc.Close() // ends the connection's reads and writes
 		c.cond.Broadcast()
 	}
 }
