@@ -601,7 +601,7 @@ func (a *Agent) outcome(att *attempt, res runner.Result, logs *attemptLogs) *bat
 	logs.stdout.catchUp(res.StdoutTail, res.StdoutBytes)
 	logs.stderr.catchUp(res.StderrTail, res.StderrBytes)
 	for _, n := range notes {
-		fmt.Fprintf(logs.stderr, "baton-agent: %s\n", n)
+		_, _ = fmt.Fprintf(logs.stderr, "baton-agent: %s\n", n) // logStream.Write never fails
 	}
 	logs.finish()
 	tf.ExitCode = int32(res.ExitCode)

@@ -139,12 +139,13 @@ func (f *fakeServer) Connect(stream batonv1.AgentService_ConnectServer) error {
 		return err
 	}
 	ctx := stream.Context()
-	recvDone := make(chan error, 1)
+	// recvDone is closed when the agent's side of the stream ends.
+	recvDone := make(chan struct{})
 	go func() {
 		for {
 			m, err := stream.Recv()
 			if err != nil {
-				recvDone <- err
+				close(recvDone)
 				return
 			}
 			select {

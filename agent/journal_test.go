@@ -376,7 +376,9 @@ func TestJournalCrashAtEveryByte(t *testing.T) {
 		op.do(t, j)
 		if id, ok := strings.CutPrefix(op.name, "begin "); ok {
 			var n int64
-			fmt.Sscan(id, &n)
+			if _, err := fmt.Sscan(id, &n); err != nil {
+				t.Fatalf("op %q: %v", op.name, err)
+			}
 			begun = append(begun, n)
 		}
 		steps = append(steps, step{end: len(logFile(t, b.dir)), state: stateOfJournal(j), begun: slices.Clone(begun)})
@@ -562,7 +564,7 @@ func TestJournalSkipsCorruptRecords(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer cj.close()
+			defer closeJournal(t, cj)
 			cleanLogs.mu.Lock()
 			n := len(cleanLogs.records)
 			cleanLogs.mu.Unlock()

@@ -136,7 +136,11 @@ func child(behaviour string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		fmt.Fprintln(f, os.Getenv("BATON_ATTEMPT_ID"))
+		if _, err := fmt.Fprintln(f, os.Getenv("BATON_ATTEMPT_ID")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			_ = f.Close() // the write error is the one to report
+			return 1
+		}
 		if err := f.Close(); err != nil {
 			return 1
 		}
@@ -209,7 +213,7 @@ func appendLine(path, line string) error {
 		return err
 	}
 	if _, err := fmt.Fprintln(f, line); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return err
 	}
 	return f.Close()
@@ -463,7 +467,8 @@ func (b *testBundle) start(t testing.TB, cfg Config) *runningAgent {
 		cancel()
 		a.Abort()
 		select {
-		case <-r.done:
+		case err := <-r.done:
+			_ = err // a test that cares about Run's error reads it with wait
 		case <-time.After(waitTimeout):
 			t.Errorf("Run did not return within %s of Abort", waitTimeout)
 		}

@@ -34,7 +34,7 @@ func readOutputs(path string) (map[string]string, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open output file: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only: the read reports any error
 	data, err := io.ReadAll(io.LimitReader(f, outputCap+1))
 	if err != nil {
 		return nil, nil, fmt.Errorf("read output file: %w", err)

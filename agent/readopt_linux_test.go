@@ -90,7 +90,7 @@ func runnerPids(t *testing.T, stateDir string) []int {
 		if err != nil {
 			continue
 		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
 		if err != nil {
 			continue
 		}
@@ -493,7 +493,7 @@ func init() {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // a lock file, never written
 		lk := syscall.Flock_t{Type: syscall.F_WRLCK}
 		if err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -37,7 +37,7 @@ func lockStateDir(dir string) (release func(), err error) {
 		return nil, fmt.Errorf("open state dir lock: %w", err)
 	}
 	if err := lockFile(f); err != nil {
-		f.Close()
+		_ = f.Close() // the lock error is the one to report
 		return nil, err
 	}
 	heldDirs[key] = true
@@ -47,8 +47,9 @@ func lockStateDir(dir string) (release func(), err error) {
 			heldMu.Lock()
 			defer heldMu.Unlock()
 			// Close before forgetting: closing any descriptor of the file
-			// drops this process's POSIX lock, also one taken anew.
-			f.Close()
+			// drops this process's POSIX lock, also one taken anew. The
+			// file is never written: a Close error has nothing to lose.
+			_ = f.Close()
 			delete(heldDirs, key)
 		})
 	}, nil

@@ -23,7 +23,7 @@ func procStart(pid int) (uint64, error) {
 		return 0, err
 	}
 	n, err := syscall.Read(fd, buf[:])
-	syscall.Close(fd)
+	_ = syscall.Close(fd) // read only: the read reports any error
 	if err != nil {
 		return 0, err
 	}

@@ -42,25 +42,26 @@ func Main(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// Writes to stderr are best effort: the exit code reports the failure.
 	switch {
 	case fs.NArg() > 0:
-		fmt.Fprintf(stderr, "runner: unexpected argument %q\n", fs.Arg(0))
+		_, _ = fmt.Fprintf(stderr, "runner: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	case *stateDir == "" || !filepath.IsAbs(*stateDir):
-		fmt.Fprintln(stderr, "runner: --state-dir must be an absolute path")
+		_, _ = fmt.Fprintln(stderr, "runner: --state-dir must be an absolute path")
 		return 2
 	case *idle <= 0:
-		fmt.Fprintln(stderr, "runner: --idle-exit must be positive")
+		_, _ = fmt.Fprintln(stderr, "runner: --idle-exit must be positive")
 		return 2
 	case *version < 0:
-		fmt.Fprintln(stderr, "runner: --protocol-version must not be negative")
+		_, _ = fmt.Fprintln(stderr, "runner: --protocol-version must not be negative")
 		return 2
 	}
 	ready := newReady()
 	if !*detached {
 		if err := launch(args, ready.f); err != nil {
 			ready.say("error: " + err.Error())
-			fmt.Fprintln(stderr, "runner:", err)
+			_, _ = fmt.Fprintln(stderr, "runner:", err)
 			return 1
 		}
 		return 0

@@ -386,7 +386,7 @@ func writeFileAtomic(path string, data []byte, fsync bool) (err error) {
 		if err != nil {
 			return err
 		}
-		defer d.Close()
+		defer func() { _ = d.Close() }() // opened only to sync: Sync reports the error
 		return d.Sync()
 	}
 	return nil

@@ -105,7 +105,7 @@ func (b *testBundle) runnerPid(t *testing.T) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened only to test the lock
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK}
 	if err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk); err != nil {
 		t.Fatal(err)
@@ -270,12 +270,12 @@ func TestSecondRunnerIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }() // read only
 	cmd := exec.Command(b.exe, "runner", "--state-dir", b.stateDir, "--detached")
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0")
 	cmd.ExtraFiles = []*os.File{w}
 	err = cmd.Start()
-	w.Close()
+	_ = w.Close() // the runner has its own copy; closing ours lets ReadAll see its end
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +296,7 @@ func TestRunnerRefusesOtherVersions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	defer func() { _ = nc.Close() }() // a failed write or read fails the test first
 	hi, err := encodeJSON(&frame{Hello: &hello{Version: ProtocolVersion + 1}})
 	if err != nil {
 		t.Fatal(err)
@@ -517,7 +517,7 @@ func replaceAgent(t *testing.T, c *Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	defer func() { _ = nc.Close() }() // a failed write or read fails the test first
 	hi, err := encodeJSON(&frame{Hello: &hello{Version: ProtocolVersion}})
 	if err != nil {
 		t.Fatal(err)

@@ -26,8 +26,8 @@ func TestFrameRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := append(b, encodeOutput(7, Stderr, 1<<33, []byte("line\n\x00\xff"))...)
-	r := bufio.NewReader(bytes.NewReader(data))
+	b = append(b, encodeOutput(7, Stderr, 1<<33, []byte("line\n\x00\xff"))...)
+	r := bufio.NewReader(bytes.NewReader(b))
 
 	kind, body, err := readFrame(r)
 	if err != nil || kind != kindJSON {
@@ -327,7 +327,7 @@ func TestVersionOf(t *testing.T) {
 			t.Errorf("versionOf(%q) = %d, %v; want %d, %v", tc.name, v, ok, tc.v, tc.ok)
 		}
 	}
-	if got := versionDir("/state", 3); got != filepath.Join("/state", "r3") {
+	if got := versionDir("/state", 3); got != filepath.FromSlash("/state/r3") {
 		t.Errorf("versionDir = %q", got)
 	}
 }
