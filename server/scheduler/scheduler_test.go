@@ -3,16 +3,12 @@ package scheduler
 import (
 	"context"
 	"errors"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
-	"github.com/batonhq/baton/server/job"
 	"github.com/batonhq/baton/server/store"
-	"github.com/batonhq/baton/server/store/sqlite"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -27,32 +23,10 @@ type testBundle struct {
 func setup(t *testing.T) *testBundle {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(t.TempDir(), "baton.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	if err := st.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	spec, err := job.Parse([]byte("name: j\ntasks:\n  - {name: a, run: [x]}\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	canonical, err := spec.Canonical()
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := st.JobApply(ctx, &store.JobApplyParams{Name: "j", Spec: canonical, Source: "name: j"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := openStore(t)
+	j := applyJob(t, st, "name: j\ntasks:\n  - {name: a, run: [x]}\n")
 	res, err := st.RunCreate(ctx, &store.RunCreateParams{
-		JobID: j.Job.ID, JobName: "j", JobVersion: j.Job.Version, Overlap: store.OverlapForbid,
+		JobID: j.ID, JobName: "j", JobVersion: j.Version, Overlap: store.OverlapForbid,
 		Instances: []store.InstanceInit{{Task: "a", Item: store.NoItem, State: store.InstancePending}},
 	})
 	if err != nil {
@@ -61,24 +35,11 @@ func setup(t *testing.T) *testBundle {
 	return &testBundle{st: st, run: res.Run}
 }
 
-// start runs a scheduler until the test ends, or until stop is called.
+// start runs a scheduler with a short leader lease until the test ends,
+// or until stop is called.
 func start(t *testing.T, st store.Store, holder string) (s *Scheduler, stop func()) {
 	t.Helper()
-	s, err := New(Config{Store: st, Logger: slog.New(slog.DiscardHandler), Holder: holder, LeaseTTL: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(ctx) }()
-	stop = func() { cancel(); <-done }
-	t.Cleanup(stop)
-	select {
-	case <-s.Settled():
-	case <-time.After(10 * time.Second):
-		t.Fatalf("scheduler %s never settled", holder)
-	}
-	return s, stop
+	return startWith(t, st, holder, 300*time.Millisecond)
 }
 
 // TestStandbyTakesOver: a second scheduler on the same store stands by
