@@ -833,11 +833,16 @@ func (a *simAgent) deliver() {
 			if sm.rng.IntN(4) == 0 {
 				c.outcome = dispatch.OutcomeFailed
 			}
-			if until, ok := a.leaseFrom(m.LeaseSeq); ok {
-				c.deadline = until
-			} else {
-				c.deadline = now // a lease already gone
+			until, ok := a.leaseFrom(m.LeaseSeq)
+			if !ok || !until.IsZero() && !now.Before(until) {
+				// As the agent does: a start whose lease is unknown or over
+				// (it waited while the agent was cut off) runs nothing.
+				f := &dispatch.Finished{AttemptID: m.AttemptID, Outcome: dispatch.OutcomeRejected, Error: "lease expired before the start", ExitCode: -1}
+				a.unacked[m.AttemptID] = f
+				sm.send(a, f)
+				continue
 			}
+			c.deadline = until
 			a.running[m.AttemptID] = c
 			sm.execs[key] = append(sm.execs[key], c)
 			// Reordered: sometimes the start report is skipped and the
@@ -874,9 +879,6 @@ func (a *simAgent) tick() {
 		if c.stopAt.IsZero() && !c.deadline.IsZero() && c.deadline.Before(c.plannedEnd) && !now.Before(c.deadline) {
 			// The worst case: SIGTERM ignored, SIGKILL after the grace.
 			c.stopAt = c.deadline.Add(simKillGrace)
-			if c.stopAt.Before(c.start) {
-				c.stopAt = c.start.Add(simKillGrace) // started with its lease already over
-			}
 			c.stopWith = dispatch.OutcomeLeaseExpired
 			sm.logf("%s fences attempt %d (lease ended %s)", a.name, id, c.deadline.Format("15:04:05.000"))
 		}
