@@ -45,7 +45,7 @@ type testBundle struct {
 func setup(t *testing.T) *testBundle {
 	t.Helper()
 	st := openStore(t)
-	srv := startBatond(t, st, "node-a")
+	srv := startBatond(t, st, "node-a", 0)
 	srv.waitServing(t)
 	return &testBundle{
 		st: st, srv: srv,
@@ -94,14 +94,15 @@ type batond struct {
 }
 
 // startBatond starts a server.Server on st as node and stops it when the
-// test ends. Its scheduler's agent timeout is short so that its leader
-// lease (half of it) is retried quickly by a standby.
-func startBatond(t *testing.T, st *sqlite.Store, node string) *batond {
+// test ends. agentTimeout 0 is batond's default; the scheduler's leader
+// lease lasts half of it (at most 15s), and a standby retries taking it
+// every third of that.
+func startBatond(t *testing.T, st *sqlite.Store, node string, agentTimeout time.Duration) *batond {
 	t.Helper()
 	log := newTestLogger(t, node)
 	srv, err := server.New(server.Config{
 		Store: st, Logger: log, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		AgentTimeout: 3 * time.Second, ShutdownTimeout: 5 * time.Second, Version: "test", NodeID: node,
+		AgentTimeout: agentTimeout, ShutdownTimeout: 5 * time.Second, Version: "test", NodeID: node,
 	})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
