@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -155,6 +156,35 @@ func (b *batond) stop(t *testing.T) {
 			t.Errorf("Run did not return within %s of cancel", waitTimeout)
 		}
 	})
+}
+
+// url is the gateway URL of path.
+func (b *batond) url(path string) string { return "http://" + b.addrs.HTTP + path }
+
+// do sends an HTTP request to the gateway and returns the status and body.
+func (b *batond) do(t *testing.T, method, path, body string) (int, string) {
+	t.Helper()
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(testContext(t), method, b.url(path), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := b.http.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	return resp.StatusCode, string(out)
 }
 
 // wantCode fails the test unless err is a status with code.
