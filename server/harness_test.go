@@ -94,24 +94,17 @@ type batond struct {
 	once   sync.Once
 }
 
-// startBatond starts a server.Server on st as node and stops it when the
-// test ends. agentTimeout 0 is batond's default; the scheduler's leader
-// lease lasts half of it (at most 15s), and a standby retries taking it
-// every third of that.
+// startBatond starts a server.Server on st as node, with a plaintext gRPC
+// connection and an HTTP client for it, and stops it when the test ends.
+// agentTimeout 0 is batond's default; the scheduler's leader lease lasts
+// half of it (at most 15s), and a standby retries taking it every third of
+// that.
 func startBatond(t *testing.T, st *sqlite.Store, node string, agentTimeout time.Duration) *batond {
 	t.Helper()
-	log := newTestLogger(t, node)
-	srv, err := server.New(server.Config{
-		Store: st, Logger: log, GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
+	b := runServer(t, server.Config{
+		Store: st, Logger: newTestLogger(t, node), GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		AgentTimeout: agentTimeout, ShutdownTimeout: 5 * time.Second, Version: "test", NodeID: node,
 	})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	b := &batond{srv: srv, addrs: srv.Addrs(), cancel: cancel, done: make(chan error, 1)}
-	go func() { b.done <- srv.Run(ctx) }()
-	t.Cleanup(func() { b.stop(t) })
 	conn, err := grpc.NewClient("passthrough:///"+b.addrs.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatalf("grpc.NewClient: %v", err)
@@ -121,6 +114,21 @@ func startBatond(t *testing.T, st *sqlite.Store, node string, agentTimeout time.
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
 	b.http = &http.Client{Transport: tr, Timeout: waitTimeout}
+	return b
+}
+
+// runServer creates a server.Server from cfg and runs it until the test
+// ends.
+func runServer(t *testing.T, cfg server.Config) *batond {
+	t.Helper()
+	srv, err := server.New(cfg)
+	if err != nil {
+		t.Fatalf("server.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &batond{srv: srv, addrs: srv.Addrs(), cancel: cancel, done: make(chan error, 1)}
+	go func() { b.done <- srv.Run(ctx) }()
+	t.Cleanup(func() { b.stop(t) })
 	return b
 }
 
