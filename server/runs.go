@@ -54,7 +54,7 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if err := s.sched.Status().Error(); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	if len(req.GetRequestId()) > maxRequestID || !utf8.ValidString(req.GetRequestId()) {
+	if !utf8.ValidString(req.GetRequestId()) || utf8.RuneCountInString(req.GetRequestId()) > maxRequestID {
 		return nil, invalidArg("request_id", fmt.Sprintf("must be at most %d characters", maxRequestID))
 	}
 	j, err := s.st.JobGet(ctx, &store.JobGetParams{Name: req.GetJob()})

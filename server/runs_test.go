@@ -105,6 +105,7 @@ func TestStartRunInvalid(t *testing.T) {
 		{"param of a job without params", &batonv1.StartRunRequest{Job: "plain", Params: map[string]string{"day": "tue"}}, codes.InvalidArgument, "params.day"},
 		{"param value too long", &batonv1.StartRunRequest{Job: "etl", Params: map[string]string{"day": strings.Repeat("x", 64<<10+1)}}, codes.InvalidArgument, "params.day"},
 		{"request_id too long", &batonv1.StartRunRequest{Job: "etl", RequestId: strings.Repeat("r", 201)}, codes.InvalidArgument, "request_id"},
+		{"request_id of too many characters", &batonv1.StartRunRequest{Job: "etl", RequestId: strings.Repeat("é", 201)}, codes.InvalidArgument, "request_id"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -119,13 +120,15 @@ func TestStartRunInvalid(t *testing.T) {
 	if n := countRuns(t, b, ""); n != 0 {
 		t.Errorf("ListRuns after refused StartRuns = %d runs, want 0", n)
 	}
-	// The longest request id allowed is accepted.
-	res, err := b.runs.StartRun(testContext(t), &batonv1.StartRunRequest{Job: "etl", RequestId: strings.Repeat("r", 200)})
+	// The longest request id allowed is accepted: 200 characters, however
+	// many bytes they take.
+	long := strings.Repeat("é", 200)
+	res, err := b.runs.StartRun(testContext(t), &batonv1.StartRunRequest{Job: "etl", RequestId: long})
 	if err != nil {
-		t.Fatalf("StartRun with a 200-character request_id: %v", err)
+		t.Fatalf("StartRun with a 200-character (400-byte) request_id: %v", err)
 	}
-	if got := res.GetRun().GetRequestId(); len(got) != 200 {
-		t.Errorf("run request_id has %d characters, want 200", len(got))
+	if got := res.GetRun().GetRequestId(); got != long {
+		t.Errorf("run request_id = %q, want %q", got, long)
 	}
 }
 
