@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,9 @@ type fakeAgent struct {
 	stream batonv1.AgentService_ConnectClient
 	cancel context.CancelFunc
 	msgs   chan *batonv1.ConnectResponse // closed when the stream ends
+	// sent counts the output bytes sent per attempt and stream: the next
+	// chunk's offset.
+	sent map[[2]int64]int64
 }
 
 // connectAgent connects an agent and waits for its Welcome.
@@ -34,7 +38,7 @@ func connectAgent(t *testing.T, conn *grpc.ClientConn, hello *batonv1.Hello) *fa
 		cancel()
 		t.Fatalf("Connect: %v", err)
 	}
-	a := &fakeAgent{stream: stream, cancel: cancel, msgs: make(chan *batonv1.ConnectResponse, 64)}
+	a := &fakeAgent{stream: stream, cancel: cancel, msgs: make(chan *batonv1.ConnectResponse, 64), sent: map[[2]int64]int64{}}
 	go func() {
 		defer close(a.msgs)
 		for {
@@ -93,21 +97,16 @@ func (a *fakeAgent) disconnect() {
 }
 
 // run plays one attempt: started, a stdout and a stderr chunk (unless
-// empty), then
-// finished with outcome and exit code.
+// empty), then finished with outcome and exit code.
 func (a *fakeAgent) run(t *testing.T, st *batonv1.StartTask, stdout, stderr string, outcome batonv1.AttemptOutcome, exit int32, outputs map[string]string) {
 	t.Helper()
 	id := st.GetAttemptId()
-	now := timestamppb.Now()
-	a.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: &batonv1.TaskStarted{AttemptId: id, StartTime: now, Pid: 4242}}})
-	for _, c := range []struct {
-		stream batonv1.LogStream
-		data   string
-	}{{batonv1.LogStream_LOG_STREAM_STDOUT, stdout}, {batonv1.LogStream_LOG_STREAM_STDERR, stderr}} {
-		if c.data != "" {
-			a.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_LogChunk{LogChunk: &batonv1.LogChunk{
-				AttemptId: id, Stream: c.stream, Data: []byte(c.data)}}})
-		}
+	a.started(t, id)
+	if stdout != "" {
+		a.log(t, id, batonv1.LogStream_LOG_STREAM_STDOUT, stdout)
+	}
+	if stderr != "" {
+		a.log(t, id, batonv1.LogStream_LOG_STREAM_STDERR, stderr)
 	}
 	var errMsg string
 	if exit != 0 {
@@ -115,8 +114,71 @@ func (a *fakeAgent) run(t *testing.T, st *batonv1.StartTask, stdout, stderr stri
 	}
 	a.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskFinished{TaskFinished: &batonv1.TaskFinished{
 		AttemptId: id, Outcome: outcome, ExitCode: exit, Error: errMsg, Outputs: outputs,
-		StdoutTail: []byte(stdout), StderrTail: []byte(stderr), StartTime: now, EndTime: timestamppb.Now(),
+		StdoutTail: []byte(stdout), StderrTail: []byte(stderr), StartTime: timestamppb.Now(), EndTime: timestamppb.Now(),
 	}}})
+}
+
+func (a *fakeAgent) started(t *testing.T, id int64) {
+	t.Helper()
+	a.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskStarted{TaskStarted: &batonv1.TaskStarted{
+		AttemptId: id, StartTime: timestamppb.Now(), Pid: 4242}}})
+}
+
+// log sends the next chunk of a stream's output.
+func (a *fakeAgent) log(t *testing.T, id int64, stream batonv1.LogStream, data string) {
+	t.Helper()
+	key := [2]int64{id, int64(stream)}
+	a.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_LogChunk{LogChunk: &batonv1.LogChunk{
+		AttemptId: id, Stream: stream, Offset: a.sent[key], Data: []byte(data)}}})
+	a.sent[key] += int64(len(data))
+}
+
+// TestTaskLogsUTF8: agents cut output into chunks at any byte, also
+// inside a character. GetTaskLogs returns each character whole: only bytes
+// that are not UTF-8 become U+FFFD, as does a character the output ends
+// inside of.
+func TestTaskLogsUTF8(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	applyJob(t, b, "name: one\ntasks:\n  - name: a\n    run: [/bin/a]\n")
+	run := startRun(t, b, "one")
+	agent := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "etl-01", Slots: 1})
+	st := agent.nextStart(t)
+	id := st.GetAttemptId()
+	stdout, stderr := batonv1.LogStream_LOG_STREAM_STDOUT, batonv1.LogStream_LOG_STREAM_STDERR
+	agent.started(t, id)
+	agent.log(t, id, stdout, "Gr\xc3")                  // "Grüße" cut inside ü
+	agent.log(t, id, stderr, "\xe2\x82")                // "€" cut after two of its three bytes
+	agent.log(t, id, stdout, "\xbc\xc3\x9fe\n\xf0\x9f") // the rest of ü, ß, then half of 🙂
+	agent.log(t, id, stderr, "\xac \xff\n")             // the rest of €, then a byte that is never UTF-8
+	agent.log(t, id, stdout, "\x99\x82 ok\n\xe2\x82")   // the rest of 🙂, then an unfinished €
+	agent.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskFinished{TaskFinished: &batonv1.TaskFinished{
+		AttemptId: id, Outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_SUCCEEDED,
+	}}})
+	waitEnded(t, b.runs, run.GetId())
+
+	logs, err := b.runs.GetTaskLogs(ctx, &batonv1.GetTaskLogsRequest{RunId: run.GetId(), Task: "a"})
+	if err != nil {
+		t.Fatalf("GetTaskLogs: %v", err)
+	}
+	var out, errOut strings.Builder
+	for _, c := range logs.GetChunks() {
+		if c.GetStream() == stdout {
+			out.WriteString(c.GetData())
+		} else {
+			errOut.WriteString(c.GetData())
+		}
+	}
+	if got, want := out.String(), "Grüße\n🙂 ok\n\uFFFD"; got != want {
+		t.Errorf("GetTaskLogs stdout = %q, want %q", got, want)
+	}
+	if got, want := errOut.String(), "€ \uFFFD\n"; got != want {
+		t.Errorf("GetTaskLogs stderr = %q, want %q", got, want)
+	}
+	if n := len(logs.GetChunks()); n != 5 {
+		t.Errorf("GetTaskLogs = %d chunks, want the 5 stored", n)
+	}
 }
 
 // flowJob fans out over two items between two plain tasks.
