@@ -225,3 +225,31 @@ func TestListRunsPageSize(t *testing.T) {
 		wantInvalid(t, fmt.Sprintf("ListRuns(page_token %q)", tok), err, "page_token")
 	}
 }
+
+// TestWatchRunPages: a finished run with more events than WatchRun reads
+// from the store at once is sent whole, in cursor order, and the stream
+// then ends.
+func TestWatchRunPages(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	applyJob(t, b, etlJob)
+	id := seedRuns(t, b, "etl", 1)[0]
+	const n = 2345 // more than two of WatchRun's pages of 1000
+	evs := make([]*store.Event, n)
+	for i := range evs {
+		evs[i] = &store.Event{RunID: id, Item: store.NoItem, Message: fmt.Sprintf("event %d", i)}
+	}
+	if err := b.st.EventAppend(ctx, &store.EventAppendParams{Events: evs}); err != nil {
+		t.Fatalf("EventAppend: %v", err)
+	}
+	got, _ := waitEnded(t, b.runs, id)
+	if len(got) != n {
+		t.Fatalf("WatchRun sent %d events, want %d", len(got), n)
+	}
+	for i, ev := range got {
+		if want := fmt.Sprintf("event %d", i); ev.GetMessage() != want || (i > 0 && ev.GetCursor() <= got[i-1].GetCursor()) {
+			t.Fatalf("event %d = %q cursor %d, want %q after cursor %d", i, ev.GetMessage(), ev.GetCursor(), want, got[max(i-1, 0)].GetCursor())
+		}
+	}
+}

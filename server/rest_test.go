@@ -139,6 +139,9 @@ func TestREST(t *testing.T) {
 		want               int
 	}{
 		{"GET", "/v1/runs/999999", "", http.StatusNotFound},
+		{"GET", "/v1/runs/999999/events", "", http.StatusNotFound},
+		{"GET", "/v1/runs/abc", "", http.StatusBadRequest},
+		{"POST", "/v1/jobs", "not json", http.StatusBadRequest},
 		{"GET", "/v1/jobs/nope", "", http.StatusNotFound},
 		{"POST", "/v1/runs", `{"job":"etl"}`, http.StatusConflict},
 		{"POST", "/v1/runs", `{"job":"etl","params":{"dya":"x"}}`, http.StatusBadRequest},
