@@ -459,3 +459,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		<-tick.C
 	}
 }
+
+// TestListAgents: connected agents come first, then the rest, each by
+// name; running counts an agent's attempts in flight.
+func TestListAgents(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	applyJob(t, b, "name: pinned\ntasks:\n  - name: a\n    runs_on: {agent: zeta}\n    run: [/bin/a]\n")
+	zeta := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "zeta", Slots: 4})
+	alpha := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "alpha", Slots: 1})
+	connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "mid", Slots: 1})
+	startRun(t, b, "pinned")
+	zeta.started(t, zeta.nextStart(t).GetAttemptId())
+	alpha.disconnect()
+
+	type view struct {
+		Name    string
+		State   batonv1.AgentState
+		Running int32
+	}
+	connected, disconnected := batonv1.AgentState_AGENT_STATE_CONNECTED, batonv1.AgentState_AGENT_STATE_DISCONNECTED
+	want := []view{{"mid", connected, 0}, {"zeta", connected, 1}, {"alpha", disconnected, 0}}
+	var got []view
+	waitFor(t, "alpha to be listed as disconnected", func() bool {
+		res, err := b.admin.ListAgents(ctx, &batonv1.ListAgentsRequest{})
+		if err != nil {
+			t.Fatalf("ListAgents: %v", err)
+		}
+		got = got[:0]
+		done := false
+		for _, a := range res.GetAgents() {
+			got = append(got, view{a.GetName(), a.GetState(), a.GetRunning()})
+			done = done || (a.GetName() == "alpha" && a.GetState() == disconnected)
+		}
+		return done
+	})
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ListAgents (-want +got):\n%s", diff)
+	}
+}
