@@ -25,15 +25,15 @@ import (
 func TestStandby(t *testing.T) {
 	t.Parallel()
 	st := openStore(t)
-	// A 4s agent timeout makes the lease 2s, retried every 667ms.
-	const agentTimeout = 4 * time.Second
-	leader := startBatond(t, st, "node-a", agentTimeout)
+	// The leader keeps batond's 15s lease; the standby's 4s agent timeout
+	// makes it retry taking the lease every 667ms.
+	leader := startBatond(t, st, "node-a", 0)
 	leader.waitServing(t)
 	a := &testBundle{st: st, srv: leader, jobs: batonv1.NewJobServiceClient(leader.conn), runs: batonv1.NewRunServiceClient(leader.conn)}
 	applyJob(t, a, etlJob)
 	run := startRun(t, a, "etl")
 
-	standby := startBatond(t, st, "node-b", agentTimeout)
+	standby := startBatond(t, st, "node-b", 4*time.Second)
 	standby.waitServing(t)
 	runs := batonv1.NewRunServiceClient(standby.conn)
 	admin := batonv1.NewAgentAdminServiceClient(standby.conn)
