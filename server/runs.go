@@ -54,7 +54,7 @@ func (s *runService) StartRun(ctx context.Context, req *batonv1.StartRunRequest)
 	if err := s.sched.Status().Error(); err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
-	if len(req.GetRequestId()) > maxRequestID || !utf8.ValidString(req.GetRequestId()) {
+	if !utf8.ValidString(req.GetRequestId()) || utf8.RuneCountInString(req.GetRequestId()) > maxRequestID {
 		return nil, invalidArg("request_id", fmt.Sprintf("must be at most %d characters", maxRequestID))
 	}
 	j, err := s.st.JobGet(ctx, &store.JobGetParams{Name: req.GetJob()})
@@ -300,18 +300,45 @@ func (s *runService) GetTaskLogs(ctx context.Context, req *batonv1.GetTaskLogsRe
 		return nil, toStatus(ctx, s.log, err)
 	}
 	var total int64
+	// Agents cut output at any byte, so a character may straddle two
+	// chunks of a stream: its first bytes wait for the stream's next
+	// chunk, and only bytes that are not UTF-8 become U+FFFD.
+	carry := map[store.LogStream][]byte{}
+	last := map[store.LogStream]*batonv1.TaskLogChunk{}
 	for _, c := range chunks {
 		total += int64(len(c.Data))
-		out.Chunks = append(out.Chunks, &batonv1.TaskLogChunk{
+		data, rest := cutIncomplete(slices.Concat(carry[c.Stream], c.Data))
+		carry[c.Stream] = rest
+		last[c.Stream] = &batonv1.TaskLogChunk{
 			Stream: streamToProto(c.Stream),
-			Data:   strings.ToValidUTF8(string(c.Data), "\uFFFD"),
+			Data:   strings.ToValidUTF8(string(data), "\uFFFD"),
 			Time:   timestamppb.New(c.At),
-		})
+		}
+		out.Chunks = append(out.Chunks, last[c.Stream])
+	}
+	for stream, rest := range carry {
+		if len(rest) > 0 { // the output ends inside a character
+			last[stream].Data += strings.ToValidUTF8(string(rest), "\uFFFD")
+		}
 	}
 	out.Truncated = total >= s.logCap
 	out.StdoutTail = att.StdoutTail
 	out.StderrTail = att.StderrTail
 	return out, nil
+}
+
+// cutIncomplete splits b before a character cut short at its end: the
+// first bytes of a UTF-8 sequence whose remaining bytes are missing.
+func cutIncomplete(b []byte) (whole, rest []byte) {
+	for i := len(b) - 1; i >= 0 && i > len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if !utf8.FullRune(b[i:]) {
+				return b[:i], b[i:]
+			}
+			break
+		}
+	}
+	return b, nil
 }
 
 func (s *runService) RestartRun(ctx context.Context, req *batonv1.RestartRunRequest) (*batonv1.RestartRunResponse, error) {
