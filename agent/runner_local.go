@@ -185,11 +185,12 @@ func (lp *localProc) leaseCheck() {
 	if !lp.signalled {
 		lp.leaseExpired = time.Now()
 	}
-	if lp.grace > 0 {
-		lp.fenceKill = time.AfterFunc(lp.grace, func() { _ = lp.p.Kill() })
+	grace := runner.GraceLeft(lp.lease, time.Now(), lp.grace)
+	if grace > 0 {
+		lp.fenceKill = time.AfterFunc(grace, func() { _ = lp.p.Kill() })
 	}
 	lp.mu.Unlock()
-	_ = lp.p.Terminate(lp.grace)
+	_ = lp.p.Terminate(grace)
 }
 
 func (lp *localProc) wait() {

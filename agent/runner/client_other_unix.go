@@ -194,6 +194,7 @@ func (p *Proc) leaseCheckOther() {
 	if !o.signalled {
 		o.expired = time.Now()
 	}
+	grace = GraceLeft(o.lease, time.Now(), grace)
 	if grace > 0 {
 		o.fenceKill = time.AfterFunc(grace, func() { _ = signalTree(pid, pidStart, boot, syscall.SIGKILL) })
 	}

@@ -49,6 +49,16 @@ import (
 // refuse.
 const ProtocolVersion = 3
 
+// GraceLeft is the part of a child's kill grace left when its lease, which
+// ended at deadline, is enforced at now. The control plane counts the grace
+// from the lease's end, so a check that runs late (the host or the process
+// was paused, a timer fired late) leaves the child only the rest: SIGKILL
+// still comes no later than deadline + grace, and at once when that has
+// passed.
+func GraceLeft(deadline, now time.Time, grace time.Duration) time.Duration {
+	return max(grace-now.Sub(deadline), 0)
+}
+
 const (
 	// DefaultIdleExit is how long a runner with no agent attached, no
 	// child running and no unconfirmed exit waits before it exits.

@@ -258,7 +258,7 @@ func (s *server) leaseCheck(a *ratt) {
 	if !a.signalled {
 		a.leaseExpired = time.Now()
 	}
-	p, grace, term := a.proc, a.req.Grace, a.leaseTerm
+	p, grace, term := a.proc, GraceLeft(a.lease, time.Now(), a.req.Grace), a.leaseTerm
 	if grace > 0 {
 		a.fenceKill = time.AfterFunc(grace, func() { _ = p.Kill() })
 	}
