@@ -92,6 +92,15 @@ func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 // lost handles an instance whose attempt was lost with its agent: it is
 // retried elsewhere when the task allows, else it is lost.
 func (s *Scheduler) lost(in *instRT, msg string) {
+	s.lose(in, msg, true)
+}
+
+// lose is lost, saying whether the attempt's child is certainly gone. It
+// is not when a silent agent's lease expired but the agent cannot stop its
+// children on its own while its process is stopped (see fencesFrozen): then
+// the instance is replaced only when its task asks for it explicitly
+// (retry_on_lost: true), and otherwise left lost for an operator.
+func (s *Scheduler) lose(in *instRT, msg string, gone bool) {
 	fence := in.attemptID
 	if att := in.live; att != nil {
 		s.release(att)
@@ -104,8 +113,30 @@ func (s *Scheduler) lost(in *instRT, msg string) {
 			return err
 		})
 	}
+	task := in.run.g.Nodes[in.task].Task
+	if !gone && task.RetryOnLost == nil {
+		in.losses++
+		if m := s.cfg.Metrics; m != nil {
+			s.after(m.lost.Inc)
+		}
+		msg += "; not replaced: the agent stops its children itself only while its process runs, so the child may still run" +
+			" (set retry_on_lost: true to replace anyway; restart the run once the child is known to be gone)"
+		state := store.InstanceLost
+		if in.run.eng.Stopping() {
+			state = store.InstanceCancelled
+		}
+		s.transition(in, state, msg, nil, fence)
+		s.done(in, state, nil, msg)
+		return
+	}
 	s.afterLoss(in, fence, msg)
 }
+
+// fencesFrozen reports whether an agent's children are stopped when their
+// leases run out even while the agent process itself is stopped or hung:
+// on Unix its runner, a process of its own, enforces the leases. On Windows
+// the agent runs its children itself and enforces them with its own timers.
+func (a *agentRT) fencesFrozen() bool { return a.os != "windows" }
 
 // afterLoss retries an instance whose attempt fence was lost elsewhere when
 // its task allows (a replacement), and otherwise settles it lost (or
@@ -143,7 +174,7 @@ func (s *Scheduler) sweep() {
 				a.name, now.Sub(a.lastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
 			for att := range a.attempts {
 				if now.Sub(att.renewedAt) > s.lostAfter() {
-					s.lost(att.inst, msg)
+					s.lose(att.inst, msg, a.fencesFrozen())
 				}
 			}
 		}

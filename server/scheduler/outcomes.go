@@ -125,9 +125,16 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id).ExitCode = exit
 		s.done(in, store.InstanceSucceeded, f.Outputs, "")
 	case dispatch.OutcomeRejected:
+		msg := "rejected by agent " + a.name + ": " + errMsg
+		if r.eng.Stopping() {
+			// Nothing ran, and nothing may start any more.
+			s.transition(in, store.InstanceCancelled, msg, nil, att.id)
+			s.done(in, store.InstanceCancelled, nil, msg)
+			break
+		}
 		// Nothing ran; place it again without counting a retry.
 		a.draining = true
-		s.requeueAfter(in, att.id, "rejected by agent "+a.name+": "+errMsg, 0)
+		s.requeueAfter(in, att.id, msg, 0)
 	case dispatch.OutcomeLeaseExpired:
 		// The agent stopped the child on its own when the lease ran out:
 		// the attempt is lost, as if its agent had been.

@@ -134,8 +134,15 @@ type cancelMark struct {
 }
 
 type simAgent struct {
-	sim     *sim
-	name    string
+	sim  *sim
+	name string
+	// windows: the agent says it runs on Windows, where it runs its
+	// children itself; batond then replaces none of its lost attempts by
+	// default. Cut off here means a partition: its process runs and fences
+	// on time. (A stopped Windows agent process fences nothing until it
+	// resumes; an operator's restart could then overlap the child: see
+	// docs/operations.md.)
+	windows bool
 	slots   int
 	boot    int
 	sess    *dispatch.Session
@@ -245,7 +252,7 @@ func newSim(t *testing.T, seed int64) *sim {
 		t.Fatal(err)
 	}
 	for i := range 2 + sm.rng.IntN(2) {
-		sm.ags = append(sm.ags, &simAgent{sim: sm, name: fmt.Sprintf("a%d", i), slots: 1 + sm.rng.IntN(3),
+		sm.ags = append(sm.ags, &simAgent{sim: sm, name: fmt.Sprintf("a%d", i), slots: 1 + sm.rng.IntN(3), windows: sm.rng.IntN(3) == 0,
 			started: map[int64]bool{}, running: map[int64]*child{}, unacked: map[int64]*dispatch.Finished{}})
 	}
 	for _, a := range sm.ags {
@@ -675,7 +682,27 @@ func (sm *sim) finish() {
 		run, _ := sm.st.RunGet(sm.ctx, &store.RunGetParams{ID: id})
 		states = append(states, fmt.Sprintf("%d:%s", id, run.State))
 	}
-	sm.fatalf("runs never finished: %v", states)
+	var mem []string
+	for _, r := range sm.s.runs {
+		for _, t := range r.tasks {
+			for _, in := range append([]*instRT{t.inst}, t.items...) {
+				if in == nil || in.state.Done() {
+					continue
+				}
+				desc := fmt.Sprintf("run %d %s/%d %s", r.run.ID, r.taskName(in.task), in.item, in.state)
+				if att := in.live; att != nil {
+					desc += fmt.Sprintf(" attempt %d on %s (renewed %s, state %s, cancel sent %v)", att.id, att.agent.name,
+						att.renewedAt.Format("15:04:05.000"), att.state, att.cancelSent)
+				}
+				mem = append(mem, desc)
+			}
+		}
+	}
+	for _, a := range sm.ags {
+		mem = append(mem, fmt.Sprintf("agent %s: connected %v, running %v, unacked %v", a.name, a.sess != nil,
+			slices.Sorted(mapKeys(a.running)), slices.Sorted(mapKeys(a.unacked))))
+	}
+	sm.fatalf("runs never finished: %v\n%s", states, strings.Join(mem, "\n"))
 }
 
 // --- agents ---
@@ -717,6 +744,9 @@ func (a *simAgent) connect() {
 	a.seq = 0
 	a.sent = map[uint64]time.Time{0: now}
 	h := &dispatch.Hello{Name: a.name, Slots: a.slots, BootID: fmt.Sprintf("%s-%d", a.name, a.boot)}
+	if a.windows {
+		h.OS = "windows"
+	}
 	for id := range a.running {
 		h.Running = append(h.Running, id)
 	}
