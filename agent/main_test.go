@@ -416,9 +416,14 @@ func setup(t testing.TB) *testBundle {
 		t.Fatal(err)
 	}
 	logger, logs := newTestLog(t)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	// Runs after every later cleanup (the agents' are registered later):
+	// a runner that still holds an exit no agent collected waits for one
+	// for ever, by design; the test's must not outlive it.
+	t.Cleanup(func() { killRunners(t, stateDir) })
 	return &testBundle{
 		srv:      newFakeServer(t),
-		stateDir: filepath.Join(t.TempDir(), "state"),
+		stateDir: stateDir,
 		logs:     logs,
 		logger:   logger,
 		exe:      exe,
