@@ -222,3 +222,39 @@ func TestDeposedLeaderCannotCreateRuns(t *testing.T) {
 		t.Fatalf("runs after a deposed leader's CreateRun = %d, want 1 (nothing written)", len(runs))
 	}
 }
+
+// TestRestartOfDeletedJobRefused: a job with no active run may be deleted;
+// restarting one of its finished runs must not make it active again.
+func TestRestartOfDeletedJobRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, _ := openStore(t)
+	j := applyJob(t, st, "name: gone\ntasks:\n  - {name: a, run: [x]}\n")
+	s, _ := startWith(t, st, "a", time.Minute)
+	res, err := s.CreateRun(ctx, &store.RunCreateParams{
+		JobID: j.ID, JobName: j.Name, JobVersion: j.Version, Overlap: store.OverlapForbid,
+		Instances: []store.InstanceInit{{Task: "a", Item: store.NoItem, State: store.InstancePending}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Cancel(ctx, res.Run.ID, "done with it"); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.JobDelete(ctx, &store.JobDeleteParams{Name: "gone"}); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Restart(ctx, res.Run.ID, engine.RestartFailed, "", "")
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("Restart of a deleted job's run = %v, want store.ErrConflict", err)
+	}
+	run, err := st.RunGet(ctx, &store.RunGetParams{ID: res.Run.ID})
+	if err != nil || run.State != store.RunCancelled || run.RestartCount != 0 {
+		t.Fatalf("run after the refused restart = %+v, %v; want cancelled, never restarted", run, err)
+	}
+	// Applied again, the job's runs restart.
+	applyJob(t, st, "name: gone\ntasks:\n  - {name: a, run: [x]}\n")
+	if err := s.Restart(ctx, res.Run.ID, engine.RestartFailed, "", ""); err != nil {
+		t.Fatalf("Restart after the job was applied again: %v", err)
+	}
+}

@@ -56,6 +56,15 @@ func (s *Scheduler) restartRequest(ctx context.Context, runID int64, mode engine
 	if !run.State.Terminal() {
 		return restartInput{}, ErrActive
 	}
+	// A deleted job has no active run (JobDelete refuses while one is):
+	// a restart must not bring one back.
+	j, err := s.st.JobGet(ctx, &store.JobGetParams{Name: run.JobName})
+	if errors.Is(err, store.ErrNotFound) || err == nil && j.ID != run.JobID {
+		return restartInput{}, fmt.Errorf("job %q was deleted; apply it again to restart its runs: %w", run.JobName, store.ErrConflict)
+	}
+	if err != nil {
+		return restartInput{}, err
+	}
 	insts, err := s.st.InstanceList(ctx, &store.InstanceListParams{RunID: run.ID})
 	if err != nil {
 		return restartInput{}, err
