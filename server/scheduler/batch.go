@@ -38,11 +38,11 @@ func (b *batch) empty() bool {
 // writeReady writes the moves to ready that no claim made unnecessary.
 func (s *Scheduler) writeReady() {
 	for _, in := range s.b.ready {
-		if !in.readyUnwritten {
+		// Still pending in the store and ready now: no claim or settlement
+		// of this batch wrote it.
+		if in.stored != store.InstancePending || in.now() != store.InstanceReady || s.runs[in.run.run.ID] != in.run {
 			continue
 		}
-		in.readyUnwritten = false
-		in.state = store.InstancePending
 		s.transition(in, store.InstanceReady, "", nil, 0)
 	}
 	s.b.ready = nil
@@ -110,6 +110,7 @@ func (s *Scheduler) flushLazy() {
 		s.writeStart(att)
 	}
 	s.lazyStarts = s.lazyStarts[:0]
+	clear(s.lazyStarted)
 }
 
 // commit writes the batch in one transaction, then runs its effects.

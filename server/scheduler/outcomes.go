@@ -28,7 +28,7 @@ func (s *Scheduler) started(a *agentRT, m *dispatch.Started) {
 	// commit that happens anyway, or after lazyDelay; when the attempt's
 	// outcome comes first, the outcome records the start itself and the
 	// start costs no write at all.
-	att.startUnwritten = true
+	s.lazyStarted[att] = true
 	s.lazyStarts = append(s.lazyStarts, att)
 	s.armLazy()
 	in := att.inst
@@ -37,10 +37,10 @@ func (s *Scheduler) started(a *agentRT, m *dispatch.Started) {
 
 // writeStart writes an attempt's start and its instance's move to running.
 func (s *Scheduler) writeStart(att *attemptRT) {
-	if !att.startUnwritten {
-		return
+	if !s.lazyStarted[att] {
+		return // written already, or ended first and its outcome records it
 	}
-	att.startUnwritten = false
+	delete(s.lazyStarted, att)
 	id, name, ttl, at := att.id, att.agent.name, s.leaseTTL(), att.startedAt
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AttemptStarted(ctx, &store.AttemptStartedParams{ID: id, Agent: name, StartedAt: at, LeaseTTL: ttl})
@@ -72,7 +72,7 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	}
 	params := finishParams(a.name, f)
 	att := s.live[f.AttemptID]
-	if att != nil && att.agent == a && att.startUnwritten && params.StartedAt.IsZero() {
+	if att != nil && att.agent == a && s.lazyStarted[att] && params.StartedAt.IsZero() {
 		params.StartedAt = att.startedAt
 	}
 	if att == nil || att.agent != a {
@@ -171,7 +171,7 @@ func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time
 // release detaches a live attempt from its agent and frees its slot. A
 // start not yet written is dropped: what ends the attempt records it.
 func (s *Scheduler) release(att *attemptRT) {
-	att.startUnwritten = false
+	delete(s.lazyStarted, att)
 	delete(s.live, att.id)
 	delete(att.agent.attempts, att)
 	in := att.inst

@@ -60,7 +60,7 @@ func (s *Scheduler) readyAfter(in *instRT, delay time.Duration) {
 	}
 	r := in.run
 	s.at(s.now().Add(delay), func() {
-		if s.runs[r.run.ID] == r && in.state == store.InstanceReady && !r.eng.Stopping() {
+		if s.runs[r.run.ID] == r && in.now() == store.InstanceReady && !r.eng.Stopping() {
 			s.ready(in)
 		}
 	})
@@ -70,7 +70,7 @@ func (s *Scheduler) readyAfter(in *instRT, delay time.Duration) {
 // queue entries (cancelled, finished runs) are dropped when popped.
 func (s *Scheduler) placeable(in *instRT) bool {
 	r := in.run
-	return in.state == store.InstanceReady && s.runs[r.run.ID] == r && !r.eng.Stopping()
+	return s.runs[r.run.ID] == r && !r.eng.Stopping() && in.now() == store.InstanceReady
 }
 
 // place starts as much ready work as agents have free slots for, best
@@ -213,12 +213,13 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 		att.start.Item = itemText(in.itemValue)
 	}
 	kind := in.kind
-	claimFrom := []store.InstanceState{in.dbState()}
-	in.readyUnwritten = false
+	// Claimed from where the store has it: pending when it became ready in
+	// this batch (one statement instead of two).
+	claimFrom := []store.InstanceState{in.stored}
 	in.attempts++
 	in.live = att
 	in.agent = a.name
-	in.state = store.InstanceDispatched
+	in.stored = store.InstanceDispatched
 	r.inflight++
 	if in.item != store.NoItem {
 		t.inflight++

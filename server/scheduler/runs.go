@@ -57,7 +57,7 @@ func (s *Scheduler) loadRun(run *store.Run, insts []*store.Instance, atts []*sto
 		}
 		rt := &instRT{
 			id: in.ID, run: r, task: ti, item: in.Item, itemValue: in.ItemValue,
-			state: in.State, attempts: in.Attempts, attemptID: in.AttemptID, kind: store.AttemptFirst,
+			stored: in.State, attempts: in.Attempts, attemptID: in.AttemptID, kind: store.AttemptFirst,
 		}
 		byID[in.ID] = rt
 		t := r.tasks[ti]
@@ -97,7 +97,7 @@ func (s *Scheduler) loadRun(run *store.Run, insts []*store.Instance, atts []*sto
 		case store.AttemptLost:
 			in.losses++
 		}
-		if a.ID == in.attemptID && in.state.InFlight() && a.State.Live() {
+		if a.ID == in.attemptID && in.stored.InFlight() && a.State.Live() {
 			s.adopt(r, in, a)
 		}
 	}
@@ -110,9 +110,9 @@ func (s *Scheduler) loadRun(run *store.Run, insts []*store.Instance, atts []*sto
 				continue
 			}
 			switch {
-			case in.state.InFlight() && in.live == nil && !(in.item == store.NoItem && t.node.Task.ForEach != nil):
+			case in.stored.InFlight() && in.live == nil && !(in.item == store.NoItem && t.node.Task.ForEach != nil):
 				s.lost(in, "the attempt was no longer live when the control plane started")
-			case in.state == store.InstanceReady:
+			case in.stored == store.InstanceReady:
 				s.ready(in)
 			}
 		}
@@ -154,8 +154,6 @@ func (s *Scheduler) apply(r *runRT, changes []engine.Change) {
 		case ch.To == store.InstanceReady:
 			// Written at commit unless it is dispatched first: then its
 			// claim moves it from pending in one statement.
-			in.state = store.InstanceReady
-			in.readyUnwritten = true
 			s.b.ready = append(s.b.ready, in)
 			s.ready(in)
 		case ch.To == store.InstanceRunning && ch.Items != nil:
@@ -170,9 +168,8 @@ func (s *Scheduler) apply(r *runRT, changes []engine.Change) {
 // state and, when fence is non-zero, by its latest attempt) and logs it; it
 // returns the event so callers can add to it.
 func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string, outputs map[string]string, fence int64) *store.Event {
-	from := in.dbState()
-	in.state = to
-	in.readyUnwritten = false
+	from := in.stored
+	in.stored = to
 	r := in.run
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.InstanceTransition(ctx, &store.InstanceTransitionParams{
@@ -194,7 +191,7 @@ func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string
 // settle moves an instance to a done state the engine decided (skipped,
 // blocked, cancelled, failed before running, or a for-each task's result).
 func (s *Scheduler) settle(in *instRT, to store.InstanceState, errMsg string, outputs map[string]string) {
-	if in.state.Done() || in.state == to {
+	if in.stored.Done() || in.stored == to {
 		return
 	}
 	if in.live != nil {
@@ -215,7 +212,7 @@ func (s *Scheduler) expand(r *runRT, t *taskRT, items []job.Item) {
 			val, _ = json.Marshal(it.Text)
 		}
 		inits[k] = store.InstanceInit{Task: t.node.Name, Item: k, ItemValue: string(val), State: store.InstanceReady}
-		t.items[k] = &instRT{run: r, task: t.node.Index, item: k, itemValue: string(val), state: store.InstanceReady, kind: store.AttemptFirst}
+		t.items[k] = &instRT{run: r, task: t.node.Index, item: k, itemValue: string(val), stored: store.InstanceReady, kind: store.AttemptFirst}
 	}
 	created := t.items
 	s.write(func(ctx context.Context, tx store.Store) error {

@@ -136,12 +136,15 @@ type Scheduler struct {
 	b *batch
 	// lazy holds writes waiting to ride along with the next commit;
 	// lazyArmed says a timer will flush them.
-	lazy       *batch
-	lazyStarts []*attemptRT
-	lazyArmed  bool
-	local      []input // inputs produced by effects, applied next iteration
-	runs       map[int64]*runRT
-	queued     map[int64][]*queuedRun // job id -> queued runs, oldest first
+	lazy *batch
+	// lazyStarts are the starts not written yet, in the order they came;
+	// lazyStarted holds the same attempts until they are written or end.
+	lazyStarts  []*attemptRT
+	lazyStarted map[*attemptRT]bool
+	lazyArmed   bool
+	local       []input // inputs produced by effects, applied next iteration
+	runs        map[int64]*runRT
+	queued      map[int64][]*queuedRun // job id -> queued runs, oldest first
 	// restarts holds the restart count of each run this loop restarted
 	// lately (see restartInput).
 	restarts map[int64]restartMark
@@ -338,6 +341,7 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	s.b = newBatch()
 	s.lazy = newBatch()
 	s.lazyStarts = nil
+	s.lazyStarted = map[*attemptRT]bool{}
 	s.lazyArmed = false
 	s.runs = map[int64]*runRT{}
 	s.queued = map[int64][]*queuedRun{}

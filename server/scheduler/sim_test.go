@@ -686,10 +686,10 @@ func (sm *sim) finish() {
 	for _, r := range sm.s.runs {
 		for _, t := range r.tasks {
 			for _, in := range append([]*instRT{t.inst}, t.items...) {
-				if in == nil || in.state.Done() {
+				if in == nil || in.now().Done() {
 					continue
 				}
-				desc := fmt.Sprintf("run %d %s/%d %s", r.run.ID, r.taskName(in.task), in.item, in.state)
+				desc := fmt.Sprintf("run %d %s/%d %s (stored %s)", r.run.ID, r.taskName(in.task), in.item, in.now(), in.stored)
 				if att := in.live; att != nil {
 					desc += fmt.Sprintf(" attempt %d on %s (renewed %s, state %s, cancel sent %v)", att.id, att.agent.name,
 						att.renewedAt.Format("15:04:05.000"), att.state, att.cancelSent)
@@ -1253,12 +1253,16 @@ func (sm *sim) checkMemory(run *store.Run, insts []*store.Instance) {
 		if m == nil {
 			sm.fatalf("run %d: %s item %d is in the store but not in memory", run.ID, in.Task, in.Item)
 		}
-		got := m.state
-		if m.live != nil && m.live.startUnwritten && got == store.InstanceRunning {
-			got = store.InstanceDispatched // the start rides along with a later commit
+		// What the loop believes the store holds is what it holds.
+		if m.stored != in.State {
+			sm.fatalf("run %d: %s item %d is %s in the store, but the loop believes %s", run.ID, in.Task, in.Item, in.State, m.stored)
 		}
-		if got != in.State {
-			sm.fatalf("run %d: %s item %d is %s in memory but %s in the store", run.ID, in.Task, in.Item, got, in.State)
+		// The engine's state is the store's but for a start that rides
+		// along with a later commit.
+		now := m.now()
+		lazy := m.live != nil && sm.s.lazyStarted[m.live] && now == store.InstanceRunning && in.State == store.InstanceDispatched
+		if now != in.State && !lazy {
+			sm.fatalf("run %d: %s item %d is %s in the engine but %s in the store", run.ID, in.Task, in.Item, now, in.State)
 		}
 	}
 }

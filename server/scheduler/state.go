@@ -50,7 +50,12 @@ type instRT struct {
 	task      int
 	item      int
 	itemValue string // JSON of the for-each item
-	state     store.InstanceState
+	// stored is the instance's state as the store holds it once the
+	// current batch commits: what its next write is guarded by. Where the
+	// instance stands now is the engine's (Run.State, Run.ItemState): a
+	// move to ready or to running is written later or not at all (see
+	// writeReady and Scheduler.started).
+	stored    store.InstanceState
 	attempts  int
 	attemptID int64
 	failures  int
@@ -63,11 +68,8 @@ type instRT struct {
 	agent string
 	// queued is true while the instance sits in a ready queue.
 	queued bool
-	// readyUnwritten is set while the instance is ready in memory but
-	// still pending in the store (see batch.ready).
-	readyUnwritten bool
-	seq            uint64
-	hidx           int
+	seq    uint64
+	hidx   int
 }
 
 // attemptRT is a live attempt.
@@ -78,10 +80,8 @@ type attemptRT struct {
 	no    int
 	state store.AttemptState
 	start *dispatch.Start
-	// startedAt is when the child started; startUnwritten says the start
-	// is not written yet (see Scheduler.started).
-	startedAt      time.Time
-	startUnwritten bool
+	// startedAt is when the child started (see Scheduler.started).
+	startedAt time.Time
 	// logged counts the output bytes stored so far.
 	logged     int64
 	cancelSent bool
@@ -132,12 +132,12 @@ func (s *Scheduler) prepare(ctx context.Context, run *store.Run) (*prepared, err
 
 func (r *runRT) taskName(t int) string { return r.g.Nodes[t].Name }
 
-// dbState is the instance's state as the batch has written it so far.
-func (in *instRT) dbState() store.InstanceState {
-	if in.readyUnwritten {
-		return store.InstancePending
+// now returns where the instance stands: the engine's state of it.
+func (in *instRT) now() store.InstanceState {
+	if in.item == store.NoItem {
+		return in.run.eng.State(in.task)
 	}
-	return in.state
+	return in.run.eng.ItemState(in.task, in.item)
 }
 
 // instance returns the in-memory instance of (task, item), or nil.
