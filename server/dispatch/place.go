@@ -30,7 +30,8 @@ func Matches(sel job.Selector, name string, labels map[string]string) bool {
 
 // Pick chooses where to place one task instance: among the candidates that
 // match sel and have a free slot, the one with the most free slots; ties go
-// to the least recently used. It returns -1 when none fits.
+// to the least recently used, then to the first name. It returns -1 when
+// none fits.
 func Pick(cands []Candidate, sel job.Selector) int {
 	best := -1
 	for i := range cands {
@@ -38,8 +39,10 @@ func Pick(cands []Candidate, sel job.Selector) int {
 		if c.Free <= 0 || !Matches(sel, c.Name, c.Labels) {
 			continue
 		}
-		if best < 0 || c.Free > cands[best].Free ||
-			(c.Free == cands[best].Free && c.LastUsed < cands[best].LastUsed) {
+		b := &cands[max(best, 0)]
+		if best < 0 || c.Free > b.Free ||
+			(c.Free == b.Free && c.LastUsed < b.LastUsed) ||
+			(c.Free == b.Free && c.LastUsed == b.LastUsed && c.Name < b.Name) {
 			best = i
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"time"
 
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/job"
@@ -16,58 +15,12 @@ import (
 // Hello (re-attaching running attempts, taking unacknowledged outcomes) and
 // a session's end.
 
-// agentRT is an agent known to the loop: connected, or holding attempts
-// while it may still reconnect.
-type agentRT struct {
-	name        string
-	sess        *dispatch.Session
-	bootID      string
-	labels      map[string]string
-	slots       int
-	version     string
-	hostname    string
-	os          string
-	draining    bool
-	lastSeen    time.Time
-	connectedAt time.Time
-	// attempts are the live attempts placed on this agent.
-	attempts map[*attemptRT]struct{}
-	// zombies are attempts the agent runs that no longer decide anything
-	// (replaced after a loss); they still use its slots.
-	zombies  map[int64]struct{}
-	lastUsed uint64
-	lost     bool
-	// seq is the latest message of the current session the leases can be
-	// measured from: 0 for its Hello, then each heartbeat's Seq.
-	seq uint64
-	// renewedAt is when the agent's leases were last renewed (its Hello
-	// or latest heartbeat).
-	renewedAt time.Time
-}
+// agentRT is an agent of the registry (dispatch.Agents), holding the
+// loop's live attempts.
+type agentRT = dispatch.Agent[*attemptRT]
 
-func (s *Scheduler) newAgent(name string) *agentRT {
-	return &agentRT{name: name, attempts: map[*attemptRT]struct{}{}, zombies: map[int64]struct{}{}, lastSeen: s.now()}
-}
-
-func (a *agentRT) usable() bool { return a.sess != nil && !a.draining && !a.lost }
-func (a *agentRT) free() int    { return a.slots - len(a.attempts) - len(a.zombies) }
-
-func (a *agentRT) record(state store.AgentState) *store.Agent {
-	return &store.Agent{
-		Name: a.name, Labels: a.labels, Slots: a.slots, Version: a.version, Hostname: a.hostname,
-		OS: a.os, State: state, ConnectedAt: a.connectedAt, LastSeenAt: a.lastSeen,
-	}
-}
-
-// agentFor returns the agent record for name, creating a disconnected one.
-func (s *Scheduler) agentFor(name string) *agentRT {
-	a := s.agents[name]
-	if a == nil {
-		a = s.newAgent(name)
-		s.agents[name] = a
-	}
-	return a
-}
+// agentFor returns the agent named name, creating a disconnected one.
+func (s *Scheduler) agentFor(name string) *agentRT { return s.agents.Ensure(name, s.now()) }
 
 // adopt re-creates a live attempt loaded from the store; its agent is
 // expected to reconnect and re-attach it.
@@ -83,7 +36,7 @@ func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 	if in.item != store.NoItem {
 		r.tasks[in.task].inflight++
 	}
-	ag.attempts[att] = struct{}{}
+	ag.Attempts[att] = struct{}{}
 	s.live[a.ID] = att
 	// Rebuild the StartTask so it can be sent again if the agent never got it.
 	name := r.taskName(in.task)
@@ -122,27 +75,14 @@ func (in helloInput) apply(s *Scheduler) {
 		return
 	default:
 	}
-	a := s.agents[h.Name]
-	if a != nil && a.sess != nil {
-		if h.BootID == "" || h.BootID != a.bootID {
-			in.reply <- fmt.Errorf("an agent named %q is already connected: %w", h.Name, dispatch.ErrNameTaken)
-			return
-		}
-		// The same agent process reconnected before its old stream ended.
-		a.sess.Close(dispatch.ErrReplaced)
-	}
-	if a == nil {
-		a = s.newAgent(h.Name)
-		s.agents[h.Name] = a
-	}
 	now := s.now()
-	a.sess, a.bootID = in.sess, h.BootID
-	a.seq, a.renewedAt = 0, now
+	a, err := s.agents.Admit(in.sess, h, now)
+	if err != nil {
+		in.reply <- err
+		return
+	}
 	s.countAgents()
-	a.labels, a.slots, a.version, a.hostname, a.os = h.Labels, h.Slots, h.Version, h.Hostname, h.OS
-	a.draining, a.lost = false, false
-	a.lastSeen, a.connectedAt = now, now
-	rec := a.record(store.AgentConnected)
+	rec := a.Record(store.AgentConnected)
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
 	})
@@ -173,8 +113,8 @@ func (in helloInput) apply(s *Scheduler) {
 	for _, f := range h.Unacked {
 		unacked[f.AttemptID] = true
 	}
-	clear(a.zombies)
-	for att := range a.attempts {
+	clear(a.Zombies)
+	for _, att := range byID(a.Attempts) {
 		att.renewedAt = now
 		switch {
 		case running[att.id]:
@@ -192,7 +132,7 @@ func (in helloInput) apply(s *Scheduler) {
 			start.LeaseSeq = 0
 			s.after(func() { sess.Send(&start) })
 		default:
-			s.lost(att.inst, fmt.Sprintf("agent %s restarted without attempt %d", a.name, att.id))
+			s.lost(att.inst, fmt.Sprintf("agent %s restarted without attempt %d", a.Name, att.id))
 		}
 	}
 	for _, id := range h.Running {
@@ -201,7 +141,7 @@ func (in helloInput) apply(s *Scheduler) {
 		}
 		// Not ours any more: it was replaced after a loss. Stop the
 		// duplicate; its outcome is recorded as late history.
-		a.zombies[id] = struct{}{}
+		a.Zombies[id] = struct{}{}
 		s.after(func() {
 			sess.Send(&dispatch.Cancel{AttemptID: id, Reason: "the attempt was replaced after its agent was lost", KillGrace: s.cfg.KillGrace})
 		})
@@ -218,17 +158,16 @@ type goneInput struct {
 }
 
 func (in goneInput) apply(s *Scheduler) {
-	a := s.agents[in.sess.Name]
-	if a == nil || a.sess != in.sess {
+	a := s.agents.Gone(in.sess)
+	if a == nil {
 		return
 	}
-	a.sess = nil
 	s.countAgents()
-	rec := a.record(store.AgentDisconnected)
+	rec := a.Record(store.AgentDisconnected)
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
 	})
-	s.log.Info("agent disconnected", slog.String("agent", a.name), slog.Int("attempts", len(a.attempts)), slog.Any("cause", in.err))
+	s.log.Info("agent disconnected", slog.String("agent", a.Name), slog.Int("attempts", len(a.Attempts)), slog.Any("cause", in.err))
 }
 
 // messageInput carries a message of a live session.
@@ -238,11 +177,11 @@ type messageInput struct {
 }
 
 func (in messageInput) apply(s *Scheduler) {
-	a := s.agents[in.sess.Name]
-	if a == nil || a.sess != in.sess {
+	a := s.agents.Current(in.sess)
+	if a == nil {
 		return // a stale session; the agent repeats what matters
 	}
-	a.lastSeen = s.now()
+	a.LastSeen = s.now()
 	switch m := in.msg.(type) {
 	case *dispatch.Heartbeat:
 		s.heartbeat(a, m)
@@ -261,11 +200,5 @@ func (s *Scheduler) countAgents() {
 	if m == nil {
 		return
 	}
-	n := 0
-	for _, a := range s.agents {
-		if a.sess != nil {
-			n++
-		}
-	}
-	m.agents.Set(float64(n))
+	m.agents.Set(float64(s.agents.Connected()))
 }

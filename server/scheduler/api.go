@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/batonhq/baton/server/dispatch"
@@ -245,17 +244,10 @@ func (s *Scheduler) Agents(ctx context.Context) ([]AgentInfo, error) {
 type agentsInput struct{ reply chan []AgentInfo }
 
 func (in agentsInput) apply(s *Scheduler) {
-	out := make([]AgentInfo, 0, len(s.agents))
-	for _, a := range s.agents {
-		state := store.AgentDisconnected
-		switch {
-		case a.lost:
-			state = store.AgentLost
-		case a.sess != nil:
-			state = store.AgentConnected
-		}
-		out = append(out, AgentInfo{Agent: *a.record(state), Running: len(a.attempts) + len(a.zombies), Draining: a.draining})
+	all := s.agents.All()
+	out := make([]AgentInfo, 0, len(all))
+	for _, a := range all {
+		out = append(out, AgentInfo{Agent: *a.Record(a.State()), Running: len(a.Attempts) + len(a.Zombies), Draining: a.Draining})
 	}
-	slices.SortFunc(out, func(a, b AgentInfo) int { return strings.Compare(a.Name, b.Name) })
 	in.reply <- out
 }

@@ -1,10 +1,12 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/batonhq/baton/server/dispatch"
@@ -45,27 +47,27 @@ func (s *Scheduler) leaseTTL() time.Duration {
 // renewed: the agent stops them when their leases run out, if a CancelTask
 // has not stopped them before.
 func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
-	a.draining = hb.Draining
-	clear(a.zombies)
+	a.Draining = hb.Draining
+	clear(a.Zombies)
 	for _, id := range hb.Running {
 		if att := s.live[id]; att == nil || att.agent != a {
-			a.zombies[id] = struct{}{}
+			a.Zombies[id] = struct{}{}
 		}
 	}
 	now := s.now()
-	a.seq = max(a.seq, hb.Seq)
-	a.renewedAt = now
-	if len(a.attempts) == 0 {
+	a.Seq = max(a.Seq, hb.Seq)
+	a.RenewedAt = now
+	if len(a.Attempts) == 0 {
 		return
 	}
-	for att := range a.attempts {
+	for att := range a.Attempts {
 		att.renewedAt = now
 	}
-	sess, seq := a.sess, hb.Seq
+	sess, seq := a.Sess, hb.Seq
 	s.after(func() {
 		// Ids are known once the claims of this batch are committed.
-		ids := make([]int64, 0, len(a.attempts))
-		for att := range a.attempts {
+		ids := make([]int64, 0, len(a.Attempts))
+		for att := range a.Attempts {
 			if att.id != 0 {
 				ids = append(ids, att.id)
 			}
@@ -74,13 +76,13 @@ func (s *Scheduler) heartbeat(a *agentRT, hb *dispatch.Heartbeat) {
 			sess.Send(&dispatch.LeaseRenewal{Seq: seq, AttemptIDs: ids})
 		}
 	})
-	ids := make([]int64, 0, len(a.attempts))
-	for att := range a.attempts {
+	ids := make([]int64, 0, len(a.Attempts))
+	for _, att := range byID(a.Attempts) {
 		if att.id != 0 {
 			ids = append(ids, att.id)
 		}
 	}
-	name, ttl := a.name, s.leaseTTL()
+	name, ttl := a.Name, s.leaseTTL()
 	s.lazily(func() {
 		s.write(func(ctx context.Context, tx store.Store) error {
 			_, err := tx.AttemptHeartbeat(ctx, &store.AttemptHeartbeatParams{Agent: name, AttemptIDs: ids, LeaseTTL: ttl})
@@ -132,12 +134,6 @@ func (s *Scheduler) lose(in *instRT, msg string, gone bool) {
 	s.afterLoss(in, fence, msg)
 }
 
-// fencesFrozen reports whether an agent's children are stopped when their
-// leases run out even while the agent process itself is stopped or hung:
-// on Unix its runner, a process of its own, enforces the leases. On Windows
-// the agent runs its children itself and enforces them with its own timers.
-func (a *agentRT) fencesFrozen() bool { return a.os != "windows" }
-
 // afterLoss retries an instance whose attempt fence was lost elsewhere when
 // its task allows (a replacement), and otherwise settles it lost (or
 // cancelled, when its run is stopping).
@@ -168,34 +164,40 @@ func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string) {
 // replacement start.
 func (s *Scheduler) sweep() {
 	now := s.now()
-	for _, a := range s.agents {
-		if len(a.attempts) > 0 && now.Sub(a.renewedAt) > s.lostAfter() {
-			msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",
-				a.name, now.Sub(a.lastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
-			for att := range a.attempts {
-				if now.Sub(att.renewedAt) > s.lostAfter() {
-					s.lose(att.inst, msg, a.fencesFrozen())
-				}
-			}
-		}
-		if a.lost || now.Sub(a.lastSeen) <= s.cfg.AgentTimeout {
+	for _, a := range s.agents.All() {
+		if len(a.Attempts) == 0 || now.Sub(a.RenewedAt) <= s.lostAfter() {
 			continue
 		}
-		a.lost = true
-		if a.sess != nil {
-			a.sess.Close(dispatch.Unavailable("agent timed out"))
-			a.sess = nil
-			s.countAgents()
+		msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",
+			a.Name, now.Sub(a.LastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
+		for _, att := range byID(a.Attempts) {
+			if now.Sub(att.renewedAt) > s.lostAfter() {
+				s.lose(att.inst, msg, a.FencesFrozen())
+			}
 		}
-		s.log.Warn("agent lost", slog.String("agent", a.name), slog.Duration("silent_for", now.Sub(a.lastSeen)),
-			slog.Int("attempts", len(a.attempts)))
-		rec := a.record(store.AgentLost)
+	}
+	// Liveness: silent agents get no new work.
+	for _, a := range s.agents.Silent(now, s.cfg.AgentTimeout) {
+		s.countAgents()
+		s.log.Warn("agent lost", slog.String("agent", a.Name), slog.Duration("silent_for", now.Sub(a.LastSeen)),
+			slog.Int("attempts", len(a.Attempts)))
+		rec := a.Record(store.AgentLost)
 		s.write(func(ctx context.Context, tx store.Store) error {
 			return tx.AgentUpsert(ctx, &store.AgentUpsertParams{Agent: rec})
 		})
-		clear(a.zombies)
 	}
 	s.at(now.Add(s.sweepInterval()), s.sweep)
+}
+
+// byID returns an agent's attempts ordered by id, so that what the loop
+// does with them does not depend on map order.
+func byID(atts map[*attemptRT]struct{}) []*attemptRT {
+	out := make([]*attemptRT, 0, len(atts))
+	for att := range atts {
+		out = append(out, att)
+	}
+	slices.SortFunc(out, func(x, y *attemptRT) int { return cmp.Compare(x.id, y.id) })
+	return out
 }
 
 func (s *Scheduler) sweepInterval() time.Duration {

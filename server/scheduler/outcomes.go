@@ -41,7 +41,7 @@ func (s *Scheduler) writeStart(att *attemptRT) {
 		return // written already, or ended first and its outcome records it
 	}
 	delete(s.lazyStarted, att)
-	id, name, ttl, at := att.id, att.agent.name, s.leaseTTL(), att.startedAt
+	id, name, ttl, at := att.id, att.agent.Name, s.leaseTTL(), att.startedAt
 	s.write(func(ctx context.Context, tx store.Store) error {
 		return tx.AttemptStarted(ctx, &store.AttemptStartedParams{ID: id, Agent: name, StartedAt: at, LeaseTTL: ttl})
 	})
@@ -66,11 +66,11 @@ func (s *Scheduler) logChunk(a *agentRT, m *dispatch.Log) {
 // finished records an attempt's outcome and decides its instance.
 func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	ack := func() {
-		if a.sess != nil {
-			a.sess.Send(&dispatch.Ack{AttemptIDs: []int64{f.AttemptID}})
+		if a.Sess != nil {
+			a.Sess.Send(&dispatch.Ack{AttemptIDs: []int64{f.AttemptID}})
 		}
 	}
-	params := finishParams(a.name, f)
+	params := finishParams(a.Name, f)
 	att := s.live[f.AttemptID]
 	if att != nil && att.agent == a && s.lazyStarted[att] && params.StartedAt.IsZero() {
 		params.StartedAt = att.startedAt
@@ -99,11 +99,11 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 			}
 			return tx.EventAppend(ctx, &store.EventAppendParams{Events: []*store.Event{{
 				RunID: old.RunID, At: s.now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
-				Agent: a.name, ExitCode: params.ExitCode,
+				Agent: a.Name, ExitCode: params.ExitCode,
 				Message: fmt.Sprintf("late outcome %s of attempt %d ignored: the attempt is %s", params.State, old.ID, old.State),
 			}}})
 		})
-		delete(a.zombies, f.AttemptID)
+		delete(a.Zombies, f.AttemptID)
 		s.after(ack)
 		return
 	}
@@ -125,7 +125,7 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		s.transition(in, store.InstanceSucceeded, "", f.Outputs, att.id).ExitCode = exit
 		s.done(in, store.InstanceSucceeded, f.Outputs, "")
 	case dispatch.OutcomeRejected:
-		msg := "rejected by agent " + a.name + ": " + errMsg
+		msg := "rejected by agent " + a.Name + ": " + errMsg
 		if r.eng.Stopping() {
 			// Nothing ran, and nothing may start any more.
 			s.transition(in, store.InstanceCancelled, msg, nil, att.id)
@@ -133,12 +133,12 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 			break
 		}
 		// Nothing ran; place it again without counting a retry.
-		a.draining = true
+		a.Draining = true
 		s.requeueAfter(in, att.id, msg, 0)
 	case dispatch.OutcomeLeaseExpired:
 		// The agent stopped the child on its own when the lease ran out:
 		// the attempt is lost, as if its agent had been.
-		s.afterLoss(in, att.id, "lease expired on agent "+a.name+": "+errMsg)
+		s.afterLoss(in, att.id, "lease expired on agent "+a.Name+": "+errMsg)
 	case dispatch.OutcomeCancelled:
 		if r.eng.Stopping() {
 			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id).ExitCode = exit
@@ -173,7 +173,7 @@ func (s *Scheduler) requeueAfter(in *instRT, fence int64, msg string, delay time
 func (s *Scheduler) release(att *attemptRT) {
 	delete(s.lazyStarted, att)
 	delete(s.live, att.id)
-	delete(att.agent.attempts, att)
+	delete(att.agent.Attempts, att)
 	in := att.inst
 	in.live = nil
 	r := in.run
@@ -194,11 +194,11 @@ func (s *Scheduler) done(in *instRT, state store.InstanceState, outputs map[stri
 
 // cancelAttempt asks an attempt's agent to stop it.
 func (s *Scheduler) cancelAttempt(att *attemptRT, reason string) {
-	if att.cancelSent || att.agent.sess == nil {
+	if att.cancelSent || att.agent.Sess == nil {
 		return
 	}
 	att.cancelSent = true
-	sess := att.agent.sess
+	sess := att.agent.Sess
 	s.after(func() {
 		sess.Send(&dispatch.Cancel{AttemptID: att.id, Reason: reason, KillGrace: s.cfg.KillGrace})
 	})

@@ -96,7 +96,7 @@ func (s *Scheduler) place() {
 			if best != nil && !keyOf(g.ready[0]).Less(keyOf(best.ready[0])) {
 				continue
 			}
-			a := s.pickAgent(g.sel)
+			a := s.agents.Pick(g.sel)
 			if a == nil {
 				full[g] = true
 				continue
@@ -135,24 +135,6 @@ func (s *Scheduler) place() {
 		}
 		return false
 	})
-}
-
-// pickAgent chooses a connected agent with a free slot for sel, by the
-// placement rule of dispatch.Pick.
-func (s *Scheduler) pickAgent(sel job.Selector) *agentRT {
-	s.cands = s.cands[:0]
-	s.candAgents = s.candAgents[:0]
-	for _, a := range s.agents {
-		if !a.usable() {
-			continue
-		}
-		s.cands = append(s.cands, dispatch.Candidate{Name: a.name, Labels: a.labels, Free: a.free(), LastUsed: a.lastUsed})
-		s.candAgents = append(s.candAgents, a)
-	}
-	if i := dispatch.Pick(s.cands, sel); i >= 0 {
-		return s.candAgents[i]
-	}
-	return nil
 }
 
 // unpark moves held-back work of a run and a task back to the ready
@@ -218,21 +200,20 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 	claimFrom := []store.InstanceState{in.stored}
 	in.attempts++
 	in.live = att
-	in.agent = a.name
+	in.agent = a.Name
 	in.stored = store.InstanceDispatched
 	r.inflight++
 	if in.item != store.NoItem {
 		t.inflight++
 	}
 	r.eng.Transition(in.task, in.item, store.InstanceDispatched)
-	a.attempts[att] = struct{}{}
-	s.seq++
-	a.lastUsed = s.seq
-	ev := &store.Event{RunID: r.run.ID, Task: name, Item: in.item, InstanceState: store.InstanceDispatched, Agent: a.name}
+	a.Attempts[att] = struct{}{}
+	s.agents.Use(a)
+	ev := &store.Event{RunID: r.run.ID, Task: name, Item: in.item, InstanceState: store.InstanceDispatched, Agent: a.Name}
 	ttl, restart := s.leaseTTL(), r.run.RestartCount
 	s.write(func(ctx context.Context, tx store.Store) error {
 		got, err := tx.AttemptClaim(ctx, &store.AttemptClaimParams{
-			InstanceID: in.id, From: claimFrom, Agent: a.name, Kind: kind, LeaseTTL: ttl, Restart: restart,
+			InstanceID: in.id, From: claimFrom, Agent: a.Name, Kind: kind, LeaseTTL: ttl, Restart: restart,
 		})
 		if err != nil {
 			return err
@@ -249,13 +230,13 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 		}
 		att.start.AttemptID = att.id
 		s.live[att.id] = att
-		if a.sess != nil {
+		if a.Sess != nil {
 			// The lease runs from the agent's latest message this control
 			// plane had when it dispatched the attempt: never later than
 			// renewedAt.
 			start := *att.start
-			start.LeaseSeq = a.seq
-			a.sess.Send(&start)
+			start.LeaseSeq = a.Seq
+			a.Sess.Send(&start)
 		}
 	})
 }

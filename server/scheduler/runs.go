@@ -179,7 +179,7 @@ func (s *Scheduler) transition(in *instRT, to store.InstanceState, errMsg string
 	ev := &store.Event{RunID: r.run.ID, Task: r.taskName(in.task), Item: in.item, InstanceState: to, Message: errMsg}
 	if in.live != nil {
 		ev.AttemptID = in.live.id
-		ev.Agent = in.live.agent.name
+		ev.Agent = in.live.agent.Name
 	} else if fence != 0 {
 		ev.AttemptID = fence
 		ev.Agent = in.agent

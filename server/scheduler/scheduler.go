@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -148,17 +150,14 @@ type Scheduler struct {
 	// restarts holds the restart count of each run this loop restarted
 	// lately (see restartInput).
 	restarts map[int64]restartMark
-	agents   map[string]*agentRT
+	agents   *dispatch.Agents[*attemptRT]
 	live     map[int64]*attemptRT // live attempts by id
 	groups   map[string]*group    // ready queues by selector
 	glist    []*group
 	timers   timerHeap
 	seq      uint64
-	// cands and candAgents are pickAgent's reusable buffers.
-	cands      []dispatch.Candidate
-	candAgents []*agentRT
-	ctx        context.Context
-	lease      *store.Lease
+	ctx      context.Context
+	lease    *store.Lease
 	// token is the leader lease's fencing token while this process leads,
 	// for writes made outside the loop (CreateRun).
 	token atomic.Int64
@@ -316,9 +315,11 @@ func (s *Scheduler) shutdown() {
 			f()
 		}
 	}
-	for _, a := range s.agents {
-		if a.sess != nil {
-			a.sess.Close(dispatch.Unavailable("control plane is restarting"))
+	if s.agents != nil {
+		for _, a := range s.agents.All() {
+			if a.Sess != nil {
+				a.Sess.Close(dispatch.Unavailable("control plane is restarting"))
+			}
 		}
 	}
 	for _, r := range s.runs {
@@ -346,7 +347,7 @@ func (s *Scheduler) recover(ctx context.Context) error {
 	s.runs = map[int64]*runRT{}
 	s.queued = map[int64][]*queuedRun{}
 	s.restarts = map[int64]restartMark{}
-	s.agents = map[string]*agentRT{}
+	s.agents = dispatch.NewAgents[*attemptRT]()
 	s.live = map[int64]*attemptRT{}
 	s.groups = map[string]*group{}
 	s.glist = nil
@@ -375,7 +376,7 @@ func (s *Scheduler) recover(ctx context.Context) error {
 			return err
 		}
 	}
-	for jobID := range s.queued {
+	for _, jobID := range slices.Sorted(maps.Keys(s.queued)) {
 		s.promote(jobID)
 	}
 	s.at(s.now().Add(s.sweepInterval()), s.sweep)

@@ -175,6 +175,11 @@ func runSeed(t *testing.T, seed int64) {
 	sm := newSim(t, seed)
 	defer sm.close()
 	defer func() {
+		if !t.Failed() && *flagSeed >= 0 && testing.Verbose() {
+			for _, l := range sm.trace {
+				t.Log(l)
+			}
+		}
 		if t.Failed() {
 			t.Logf("seed %d failed at step %d; replay: go test ./server/scheduler -run 'TestSim$' -seed=%d -v", seed, sm.step, seed)
 			for _, l := range sm.trace[max(0, len(sm.trace)-60):] {
@@ -691,7 +696,7 @@ func (sm *sim) finish() {
 				}
 				desc := fmt.Sprintf("run %d %s/%d %s (stored %s)", r.run.ID, r.taskName(in.task), in.item, in.now(), in.stored)
 				if att := in.live; att != nil {
-					desc += fmt.Sprintf(" attempt %d on %s (renewed %s, state %s, cancel sent %v)", att.id, att.agent.name,
+					desc += fmt.Sprintf(" attempt %d on %s (renewed %s, state %s, cancel sent %v)", att.id, att.agent.Name,
 						att.renewedAt.Format("15:04:05.000"), att.state, att.cancelSent)
 				}
 				mem = append(mem, desc)
