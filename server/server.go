@@ -76,6 +76,12 @@ type Config struct {
 	// NodeID names this process in the leader lease; replicas sharing a
 	// store need distinct ids. Defaults to host:pid.
 	NodeID string
+	// HTTPAllowHosts are Host names the REST gateway answers besides
+	// loopback ones when it listens on loopback (a reverse proxy's name).
+	HTTPAllowHosts []string
+	// HTTPAllowOrigins are Origins (scheme://host[:port]) whose browser
+	// requests the REST gateway accepts besides its own.
+	HTTPAllowOrigins []string
 }
 
 // Addrs are the addresses batond listens on.
@@ -252,7 +258,8 @@ func (s *Server) Run(ctx context.Context) error {
 		})
 		mux.Handle("GET /readyz", readyHandler(s.sched.Status))
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
+		guard := newRESTGuard(mux, s.httpLis.Addr(), s.cfg.HTTPAllowHosts, s.cfg.HTTPAllowOrigins)
+		httpSrv = &http.Server{Handler: guard, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -49,6 +49,8 @@ type options struct {
 	noMigrate    bool
 	addrFile     string
 	nodeID       string
+	allowHosts   []string
+	allowOrigins []string
 	debugAddr    string
 	logLevel     string
 	logFormat    string
@@ -56,22 +58,24 @@ type options struct {
 
 // envs maps each flag to its environment variable.
 var envs = map[string]string{
-	"db":            "BATON_DB",
-	"db-schema":     "BATON_DB_SCHEMA",
-	"data-dir":      "BATON_DATA_DIR",
-	"grpc-addr":     "BATON_GRPC_ADDR",
-	"http-addr":     "BATON_HTTP_ADDR",
-	"tls-cert":      "BATON_TLS_CERT",
-	"tls-key":       "BATON_TLS_KEY",
-	"insecure":      "BATON_INSECURE",
-	"agent-timeout": "BATON_AGENT_TIMEOUT",
-	"kill-grace":    "BATON_KILL_GRACE",
-	"no-migrate":    "BATON_NO_MIGRATE",
-	"addr-file":     "BATON_ADDR_FILE",
-	"node-id":       "BATON_NODE_ID",
-	"debug-addr":    "BATON_DEBUG_ADDR",
-	"log-level":     "BATON_LOG_LEVEL",
-	"log-format":    "BATON_LOG_FORMAT",
+	"db":                "BATON_DB",
+	"db-schema":         "BATON_DB_SCHEMA",
+	"data-dir":          "BATON_DATA_DIR",
+	"grpc-addr":         "BATON_GRPC_ADDR",
+	"http-addr":         "BATON_HTTP_ADDR",
+	"tls-cert":          "BATON_TLS_CERT",
+	"tls-key":           "BATON_TLS_KEY",
+	"insecure":          "BATON_INSECURE",
+	"agent-timeout":     "BATON_AGENT_TIMEOUT",
+	"kill-grace":        "BATON_KILL_GRACE",
+	"no-migrate":        "BATON_NO_MIGRATE",
+	"addr-file":         "BATON_ADDR_FILE",
+	"node-id":           "BATON_NODE_ID",
+	"http-allow-host":   "BATON_HTTP_ALLOW_HOST",
+	"http-allow-origin": "BATON_HTTP_ALLOW_ORIGIN",
+	"debug-addr":        "BATON_DEBUG_ADDR",
+	"log-level":         "BATON_LOG_LEVEL",
+	"log-format":        "BATON_LOG_FORMAT",
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -121,6 +125,8 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
 	sf.StringVar(&o.addrFile, "addr-file", "", "write the listening addresses as JSON to this file once serving")
 	sf.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's /debug/pprof/ profiles on this loopback address (off by default)")
+	sf.StringSliceVar(&o.allowHosts, "http-allow-host", nil, "a Host name the REST gateway answers besides localhost, 127.0.0.1 and [::1] while it listens on loopback, e.g. a reverse proxy's (repeatable)")
+	sf.StringSliceVar(&o.allowOrigins, "http-allow-origin", nil, "an Origin (https://host[:port]) whose browser requests the REST gateway accepts besides its own (repeatable)")
 	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port, or host:sqlite on the embedded store)")
 
 	migrate := &cobra.Command{
@@ -212,6 +218,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
 		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
 		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version, NodeID: node,
+		HTTPAllowHosts: o.allowHosts, HTTPAllowOrigins: o.allowOrigins,
 	})
 	if err != nil {
 		return err
