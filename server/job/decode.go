@@ -327,12 +327,32 @@ func (p *parser) expr(n *yaml.Node, task, path string) (string, bool) {
 	return s, ok
 }
 
+// isDigits reports whether s is an optional sign followed by decimal
+// digits only.
+func isDigits(s string) bool {
+	s = strings.TrimLeft(s, "+-")
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // integer reads a non-negative whole number.
 func (p *parser) integer(n *yaml.Node, task, path string) (int, bool) {
 	if n = p.node(n); n == nil {
 		return 0, false
 	}
 	p.lines[path] = n.Line
+	if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" && isDigits(n.Value) {
+		// A whole number too large for YAML's integers.
+		p.errs.add(n.Line, task, path, "must be a whole number between 0 and %d, not %s", maxInt, n.Value)
+		return 0, false
+	}
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
 		p.errs.add(n.Line, task, path, "must be a whole number, not %s", describe(n))
 		return 0, false

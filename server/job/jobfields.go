@@ -153,6 +153,13 @@ func (p *parser) task(n *yaml.Node, i int) *Task {
 			t.Run = p.run(kv.val, task, fp)
 		case "env":
 			t.Env = p.textMap(kv.val, task, fp, checkEnvName)
+			for name, val := range t.Env {
+				if len(name)+1+len(val) > MaxArgBytes {
+					p.errs.add(kv.line, task, join(fp, name), "is %d bytes; one environment entry (NAME=value) may be at most %d (128 KiB, Linux's limit): pass large values in a file",
+						len(name)+1+len(val), MaxArgBytes)
+					delete(t.Env, name)
+				}
+			}
 		case "working_dir":
 			t.WorkingDir, _ = p.str(kv.val, task, fp)
 		case "retries":
@@ -219,6 +226,11 @@ func (p *parser) run(n *yaml.Node, task, path string) []string {
 		p.lines[ip] = line
 		if i == 0 && strings.TrimSpace(v) == "" {
 			p.errs.add(line, task, ip, "the program to run must not be empty")
+		}
+		if len(v) > MaxArgBytes {
+			p.errs.add(line, task, ip, "is %d bytes; one argument may be at most %d (128 KiB, Linux's limit; a whole Windows command line may be 32,767 characters): pass large values in a file",
+				len(v), MaxArgBytes)
+			continue
 		}
 		argv = append(argv, v)
 	}

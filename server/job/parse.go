@@ -10,6 +10,11 @@ import (
 // MaxSourceSize is the largest job file [Parse] accepts, in bytes.
 const MaxSourceSize = 1 << 20
 
+// MaxArgBytes bounds one argument of a task's run and one NAME=value entry
+// of its env: Linux refuses a longer one when the child starts
+// (MAX_ARG_STRLEN), so the job is refused when it is applied instead.
+const MaxArgBytes = 128<<10 - 1
+
 // Values of [Spec.Overlap].
 const (
 	OverlapForbid = "forbid"

@@ -81,6 +81,9 @@ func (v *validator) validate() {
 	}
 }
 
+// maxCycleShown bounds the tasks a cycle's error names.
+const maxCycleShown = 8
+
 // reportCycle reports one dependency cycle at its first task.
 func (v *validator) reportCycle(g *graph, cyc []int) {
 	var names []string
@@ -103,7 +106,17 @@ func (v *validator) reportCycle(g *graph, cyc []int) {
 	if _, ok := v.lines[path]; !ok {
 		path = tp + ".stage"
 	}
-	msg := fmt.Sprintf("dependency cycle: %s (x -> y means x needs y)", strings.Join(names, " -> "))
+	what := "dependency cycle"
+	if tasks := len(names) - 1; tasks > maxCycleShown {
+		// A long cycle: its start and end, and how long it is.
+		names = append(append(names[:maxCycleShown/2:maxCycleShown/2], fmt.Sprintf("... %d more ...", tasks-maxCycleShown+1)),
+			names[len(names)-maxCycleShown/2:]...)
+		what = fmt.Sprintf("dependency cycle of %d tasks", tasks)
+	}
+	msg := fmt.Sprintf("%s: %s (x -> y means x needs y)", what, strings.Join(names, " -> "))
+	if len(notes) > maxCycleShown/2 {
+		notes = append(notes[:maxCycleShown/2:maxCycleShown/2], fmt.Sprintf("%d more stage orders", len(notes)-maxCycleShown/2))
+	}
 	if len(notes) > 0 {
 		msg += "; " + strings.Join(notes, "; ")
 	}

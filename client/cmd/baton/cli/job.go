@@ -139,7 +139,7 @@ func (a *app) readJobFile(file string) (src, name string, err error) {
 		return "", "", fmt.Errorf("read job file %s: %w", name, err)
 	}
 	if len(b) > maxJobFile {
-		return "", "", fmt.Errorf("job file %s is larger than %d MiB", name, maxJobFile>>20)
+		return "", "", fmt.Errorf("job file %s is larger than %d MiB; the control plane accepts job files of at most 1 MiB", name, maxJobFile>>20)
 	}
 	return string(b), name, nil
 }

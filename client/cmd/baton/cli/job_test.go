@@ -80,7 +80,7 @@ func TestJobFileErrors(t *testing.T) {
 	}
 	b.stdin = strings.Repeat("#", 4<<20+1)
 	r = b.run(t, "job", "apply", "-f", "-")
-	if r.code != cli.ExitError || r.stderr != "baton: job file <stdin> is larger than 4 MiB\n" {
+	if r.code != cli.ExitError || r.stderr != "baton: job file <stdin> is larger than 4 MiB; the control plane accepts job files of at most 1 MiB\n" {
 		t.Errorf("apply huge file = %d %q, want exit 2 and the limit", r.code, r.stderr)
 	}
 }
