@@ -17,6 +17,10 @@ import (
 // expanding into each other cannot make a small file expensive.
 const maxNodes = 1 << 20
 
+// maxExpanded bounds the text one parse reads, aliases expanded: twice
+// the largest job file.
+const maxExpanded = 2 * MaxSourceSize
+
 // maxInt is the largest value of an integer field. Stores keep these in
 // 32-bit columns.
 const maxInt = math.MaxInt32
@@ -86,6 +90,8 @@ type parser struct {
 	lines     map[string]int
 	taskNames map[string]int // task name -> line of its first definition
 	budget    int
+	// bytes is what is left of maxExpanded.
+	bytes int
 }
 
 // pair is one key/value of a YAML mapping.
@@ -117,7 +123,15 @@ func (p *parser) node(n *yaml.Node) *yaml.Node {
 	if p.budget == -1 {
 		p.errs.add(0, "", "", "job file is too large once its aliases are expanded (more than %d values)", maxNodes)
 	}
-	if p.budget < 0 {
+	if n != nil && n.Kind == yaml.ScalarNode && p.bytes >= 0 {
+		// Text read through aliases counts each time: a short file must
+		// not expand into a huge job.
+		p.bytes -= len(n.Value)
+		if p.bytes < 0 {
+			p.errs.add(n.Line, "", "", "job file is too large once its aliases are expanded (more than %d MiB of text)", maxExpanded>>20)
+		}
+	}
+	if p.budget < 0 || p.bytes < 0 {
 		return nil
 	}
 	return n

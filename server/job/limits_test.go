@@ -73,3 +73,30 @@ func TestLongCycle(t *testing.T) {
 		t.Fatalf("a %d-task cycle is reported as %d errors, the first %d characters long: %.300q", n, len(got), len(got[0]), got[0])
 	}
 }
+
+// TestAliasAmplification: a small file whose aliases expand into a huge
+// job is refused while it is read, before the text is copied out.
+func TestAliasAmplification(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("name: bomb\ndescription: &d \"" + strings.Repeat("x", 100_000) + "\"\ntasks:\n")
+	for i := range 1000 {
+		fmt.Fprintf(&b, "  - {name: t%d, run: [x], description: *d}\n", i)
+	}
+	if b.Len() > MaxSourceSize {
+		t.Fatalf("the test file is %d bytes, over the file limit: it would not test the aliases", b.Len())
+	}
+	got := parseErrs(t, b.String())
+	found := false
+	for _, e := range got {
+		found = found || strings.Contains(e, "too large once its aliases are expanded (more than 2 MiB of text)")
+	}
+	if !found {
+		t.Fatalf("errors %.300q, want the expansion refused", got)
+	}
+	// A few aliases stay fine.
+	small := "name: ok\ndescription: &d \"" + strings.Repeat("x", 1000) + "\"\ntasks:\n  - {name: a, run: [x], description: *d}\n  - {name: b, run: [x], description: *d}\n"
+	if _, err := Parse([]byte(small)); err != nil {
+		t.Errorf("a file with two aliases: %v", err)
+	}
+}

@@ -94,7 +94,7 @@ func parse(src []byte) (*Spec, *Exprs, error) {
 	if root == nil {
 		return nil, nil, errs.err()
 	}
-	p := &parser{errs: &errs, lines: make(map[string]int), taskNames: make(map[string]int), budget: maxNodes}
+	p := &parser{errs: &errs, lines: make(map[string]int), taskNames: make(map[string]int), budget: maxNodes, bytes: maxExpanded}
 	s := p.job(root)
 	if p.budget < 0 {
 		return nil, nil, errs.err()
