@@ -86,6 +86,11 @@ func (g *restGuard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			refuse(w, http.StatusBadRequest, codes.InvalidArgument, "cannot read the request body: "+err.Error())
 			return
 		}
+		if !json.Valid(body) {
+			refuse(w, http.StatusBadRequest, codes.InvalidArgument,
+				`the request body is not JSON; REST takes JSON (a job file goes in as {"source": "<the YAML>"})`)
+			return
+		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 	}

@@ -65,6 +65,10 @@ func TestRESTGuard(t *testing.T) {
 			t.Errorf("%s: POST /v1/jobs = %d %q, want %d saying %q", tc.name, code, msg, tc.code, tc.says)
 		}
 	}
+	// YAML sent as if it were JSON.
+	if code, msg := restRequest(t, b, "POST", "/v1/jobs", strings.NewReader(etlJob), map[string]string{"Content-Type": "application/json"}); code != 400 || !strings.Contains(msg, `{"source": "<the YAML>"}`) {
+		t.Errorf("YAML posted as JSON = %d %q, want 400 saying how to wrap it", code, msg)
+	}
 	// Reads by a rebinding page are refused too.
 	if code, _ := restRequest(t, b, "GET", "/metrics", nil, map[string]string{"Host": "evil.example"}); code != 403 {
 		t.Errorf("GET /metrics with a foreign Host = %d, want 403", code)

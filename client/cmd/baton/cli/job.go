@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
@@ -141,7 +143,24 @@ func (a *app) readJobFile(file string) (src, name string, err error) {
 	if len(b) > maxJobFile {
 		return "", "", fmt.Errorf("job file %s is larger than %d MiB; the control plane accepts job files of at most 1 MiB", name, maxJobFile>>20)
 	}
+	if !utf8.Valid(b) {
+		line := 1 + bytes.Count(b[:invalidUTF8At(b)], []byte("\n"))
+		return "", "", fmt.Errorf("job file %s is not UTF-8 text (line %d): a job file is YAML; save it as UTF-8", name, line)
+	}
 	return string(b), name, nil
+}
+
+// invalidUTF8At returns the offset of b's first byte that is not valid
+// UTF-8, or len(b).
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size <= 1 {
+			return i
+		}
+		i += size
+	}
+	return len(b)
 }
 
 // invalidJobError is a job file the control plane refused.

@@ -78,6 +78,11 @@ func TestJobFileErrors(t *testing.T) {
 	if r.code != cli.ExitError || !strings.Contains(r.stderr, "baton: read job file: open "+missing) {
 		t.Errorf("apply missing file = %d %q, want exit 2 naming the file", r.code, r.stderr)
 	}
+	b.stdin = "name: bin\ntasks:\n  - {name: a, run: [x]}\n\xff\xfe\x00\x01"
+	r = b.run(t, "job", "apply", "-f", "-")
+	if r.code != cli.ExitError || r.stderr != "baton: job file <stdin> is not UTF-8 text (line 4): a job file is YAML; save it as UTF-8\n" {
+		t.Errorf("apply binary file = %d %q, want exit 2 naming the file and line", r.code, r.stderr)
+	}
 	b.stdin = strings.Repeat("#", 4<<20+1)
 	r = b.run(t, "job", "apply", "-f", "-")
 	if r.code != cli.ExitError || r.stderr != "baton: job file <stdin> is larger than 4 MiB; the control plane accepts job files of at most 1 MiB\n" {
