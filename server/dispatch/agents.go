@@ -205,10 +205,16 @@ func (r *Agents[A]) Connected() int {
 }
 
 // All returns every agent, ordered by name.
-func (r *Agents[A]) All() []*Agent[A] {
-	out := make([]*Agent[A], 0, len(r.m))
+func (r *Agents[A]) All() []*Agent[A] { return r.Where(nil) }
+
+// Where returns the agents keep accepts (every one for nil), ordered by
+// name; it allocates only for those.
+func (r *Agents[A]) Where(keep func(*Agent[A]) bool) []*Agent[A] {
+	var out []*Agent[A]
 	for _, a := range r.m {
-		out = append(out, a)
+		if keep == nil || keep(a) {
+			out = append(out, a)
+		}
 	}
 	slices.SortFunc(out, func(x, y *Agent[A]) int { return cmp.Compare(x.Name, y.Name) })
 	return out

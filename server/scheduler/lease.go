@@ -99,7 +99,8 @@ func (s *Scheduler) lost(in *instRT, msg string) {
 
 // lose is lost, saying whether the attempt's child is certainly gone. It
 // is not when a silent agent's lease expired but the agent cannot stop its
-// children on its own while its process is stopped (see fencesFrozen): then
+// children on its own while its process is stopped (see
+// dispatch.Agent.FencesFrozen): then
 // the instance is replaced only when its task asks for it explicitly
 // (retry_on_lost: true), and otherwise left lost for an operator.
 func (s *Scheduler) lose(in *instRT, msg string, gone bool) {
@@ -115,36 +116,24 @@ func (s *Scheduler) lose(in *instRT, msg string, gone bool) {
 			return err
 		})
 	}
-	task := in.run.g.Nodes[in.task].Task
-	if !gone && task.RetryOnLost == nil {
-		in.losses++
-		if m := s.cfg.Metrics; m != nil {
-			s.after(m.lost.Inc)
-		}
-		msg += "; not replaced: the agent stops its children itself only while its process runs, so the child may still run" +
-			" (set retry_on_lost: true to replace anyway; restart the run once the child is known to be gone)"
-		state := store.InstanceLost
-		if in.run.eng.Stopping() {
-			state = store.InstanceCancelled
-		}
-		s.transition(in, state, msg, nil, fence)
-		s.done(in, state, nil, msg)
-		return
-	}
-	s.afterLoss(in, fence, msg)
+	s.afterLoss(in, fence, msg, gone)
 }
 
 // afterLoss retries an instance whose attempt fence was lost elsewhere when
 // its task allows (a replacement), and otherwise settles it lost (or
 // cancelled, when its run is stopping).
-func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string) {
+func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string, gone bool) {
 	r := in.run
 	in.losses++
 	if m := s.cfg.Metrics; m != nil {
 		s.after(m.lost.Inc)
 	}
 	task := r.g.Nodes[in.task].Task
-	if !r.eng.Stopping() && engine.RetryAfterLoss(task, in.losses) {
+	if !gone && task.RetryOnLost == nil {
+		// Replaced only when the task asks for it explicitly.
+		msg += "; not replaced: the agent stops its children itself only while its process runs, so the child may still run" +
+			" (set retry_on_lost: true to replace anyway; restart the run once the child is known to be gone)"
+	} else if !r.eng.Stopping() && engine.RetryAfterLoss(task, in.losses) {
 		in.kind = store.AttemptReplacement
 		s.requeueAfter(in, fence, msg, 0)
 		return
@@ -164,10 +153,12 @@ func (s *Scheduler) afterLoss(in *instRT, fence int64, msg string) {
 // replacement start.
 func (s *Scheduler) sweep() {
 	now := s.now()
-	for _, a := range s.agents.All() {
-		if len(a.Attempts) == 0 || now.Sub(a.RenewedAt) <= s.lostAfter() {
-			continue
-		}
+	// Only agents holding an attempt whose lease may have ended: the sweep
+	// runs every tick and most agents are fine.
+	stale := s.agents.Where(func(a *agentRT) bool {
+		return len(a.Attempts) > 0 && now.Sub(a.RenewedAt) > s.lostAfter()
+	})
+	for _, a := range stale {
 		msg := fmt.Sprintf("agent %s did not renew the attempt's lease: not heard from for %s (agent timeout %s, kill grace %s)",
 			a.Name, now.Sub(a.LastSeen).Round(time.Millisecond), s.cfg.AgentTimeout, s.cfg.KillGrace)
 		for _, att := range byID(a.Attempts) {

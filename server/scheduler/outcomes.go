@@ -138,7 +138,7 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 	case dispatch.OutcomeLeaseExpired:
 		// The agent stopped the child on its own when the lease ran out:
 		// the attempt is lost, as if its agent had been.
-		s.afterLoss(in, att.id, "lease expired on agent "+a.Name+": "+errMsg)
+		s.afterLoss(in, att.id, "lease expired on agent "+a.Name+": "+errMsg, true)
 	case dispatch.OutcomeCancelled:
 		if r.eng.Stopping() {
 			s.transition(in, store.InstanceCancelled, errMsg, nil, att.id).ExitCode = exit
