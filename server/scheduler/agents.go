@@ -11,9 +11,9 @@ import (
 	"github.com/batonhq/baton/server/store"
 )
 
-// The agent registry: who is connected, what each agent holds, admitting a
-// Hello (re-attaching running attempts, taking unacknowledged outcomes) and
-// a session's end.
+// Agents as the loop sees them: the registry is dispatch.Agents; here a
+// Hello re-attaches the attempts the agent still runs and takes its
+// unacknowledged outcomes, and a session's end is recorded.
 
 // agentRT is an agent of the registry (dispatch.Agents), holding the
 // loop's live attempts.

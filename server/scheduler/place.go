@@ -58,9 +58,8 @@ func (s *Scheduler) readyAfter(in *instRT, delay time.Duration) {
 		s.ready(in)
 		return
 	}
-	r := in.run
 	s.at(s.now().Add(delay), func() {
-		if s.runs[r.run.ID] == r && in.now() == store.InstanceReady && !r.eng.Stopping() {
+		if s.placeable(in) {
 			s.ready(in)
 		}
 	})
