@@ -120,7 +120,7 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for both listeners")
 	sf.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	sf.BoolVar(&o.insecure, "insecure", false, "allow listening on a non-loopback address without TLS")
-	sf.DurationVar(&o.agentTimeout, "agent-timeout", 30*time.Second, "how long an agent may be silent before its attempts are lost and retried elsewhere")
+	sf.DurationVar(&o.agentTimeout, "agent-timeout", 30*time.Second, "how long an agent may be silent before it gets no new work, and the lease of each attempt: a cut-off agent stops its children when their leases run out, and they are retried elsewhere after the lease and --kill-grace have passed")
 	sf.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a child")
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
 	sf.StringVar(&o.addrFile, "addr-file", "", "write the listening addresses as JSON to this file once serving")
