@@ -175,6 +175,16 @@ type Store interface {
 	AgentUpsert(ctx context.Context, p *AgentUpsertParams) error
 	// AgentList returns every known agent ordered by name.
 	AgentList(ctx context.Context, p *AgentListParams) ([]*Agent, error)
+	// AgentApprove records (or replaces) an agent's approval.
+	AgentApprove(ctx context.Context, p *AgentApproveParams) error
+	// AgentApprovalGet returns the approval of the agent Name, or
+	// ErrNotFound.
+	AgentApprovalGet(ctx context.Context, p *AgentApprovalGetParams) (*AgentApproval, error)
+	// AgentApprovalList returns every approval ordered by name.
+	AgentApprovalList(ctx context.Context, p *AgentApprovalListParams) ([]*AgentApproval, error)
+	// AgentApprovalDelete removes the approval of the agent Name; an agent
+	// without one is ErrNotFound.
+	AgentApprovalDelete(ctx context.Context, p *AgentApprovalDeleteParams) error
 
 	// LeaderAcquire takes or renews the named lease for Holder for TTL. A
 	// renewal by the current holder keeps the token; a takeover (the lease
@@ -424,6 +434,24 @@ type AgentUpsertParams struct {
 
 // AgentListParams are the arguments of [Store.AgentList].
 type AgentListParams struct{}
+
+// AgentApproveParams are the arguments of [Store.AgentApprove].
+type AgentApproveParams struct {
+	Approval *AgentApproval
+}
+
+// AgentApprovalGetParams are the arguments of [Store.AgentApprovalGet].
+type AgentApprovalGetParams struct {
+	Name string
+}
+
+// AgentApprovalListParams are the arguments of [Store.AgentApprovalList].
+type AgentApprovalListParams struct{}
+
+// AgentApprovalDeleteParams are the arguments of [Store.AgentApprovalDelete].
+type AgentApprovalDeleteParams struct {
+	Name string
+}
 
 // LeaderAcquireParams are the arguments of [Store.LeaderAcquire].
 type LeaderAcquireParams struct {

@@ -277,6 +277,20 @@ type Agent struct {
 	LastSeenAt  time.Time
 }
 
+// AgentApproval is what an admin approved an agent to claim: an agent
+// whose Hello claims labels outside Labels, or more slots than Slots, waits
+// in pending approval and gets no work.
+type AgentApproval struct {
+	Name string
+	// Labels are the labels the agent may claim; it may claim fewer.
+	Labels map[string]string
+	// Slots is the most slots the agent may claim; 0 means any number.
+	Slots int
+	// ApprovedBy names who approved it (the audit trail's who).
+	ApprovedBy string
+	ApprovedAt time.Time
+}
+
 // Lease is a held leader lease. Token grows by one on every change of
 // holder; writes fenced with an older token fail with [ErrNotLeader].
 type Lease struct {

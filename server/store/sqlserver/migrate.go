@@ -235,7 +235,7 @@ func (s *Store) applyMigration(ctx context.Context, m migration, applied *bool) 
 // files.
 var dropTables = []string{
 	"log_chunks", "events", "attempts", "task_instances", "runs", "job_versions", "jobs",
-	"agents", "leader_lease", "schema_migrations",
+	"agents", "agent_approvals", "leader_lease", "schema_migrations",
 }
 
 var qDropSchema = register("drop_schema", `

@@ -61,6 +61,7 @@ func Run(t *testing.T, h Harness) {
 		{"EventTailConcurrent", testEventTailConcurrent},
 		{"Log", testLog},
 		{"Agent", testAgent},
+		{"AgentApproval", testAgentApproval},
 		{"Leader", testLeader},
 		{"LeaderFencing", testLeaderFencing},
 	}
