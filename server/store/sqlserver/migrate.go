@@ -250,6 +250,7 @@ DROP TABLE IF EXISTS {{schema}}.runs;
 DROP TABLE IF EXISTS {{schema}}.job_versions;
 DROP TABLE IF EXISTS {{schema}}.jobs;
 DROP TABLE IF EXISTS {{schema}}.agents;
+DROP TABLE IF EXISTS {{schema}}.agent_approvals;
 DROP TABLE IF EXISTS {{schema}}.leader_lease;
 DROP TABLE IF EXISTS {{schema}}.schema_migrations;
 IF SCHEMA_ID(N'{{schema_name}}') IS NOT NULL EXEC (N'DROP SCHEMA {{schema}}');`)
