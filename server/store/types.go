@@ -286,6 +286,10 @@ type AgentApproval struct {
 	Labels map[string]string
 	// Slots is the most slots the agent may claim; 0 means any number.
 	Slots int
+	// CertSHA256, when set, is the hex SHA-256 of the only client
+	// certificate the agent may present: a new certificate for the same
+	// name needs a new approval.
+	CertSHA256 string
 	// ApprovedBy names who approved it (the audit trail's who).
 	ApprovedBy string
 	ApprovedAt time.Time

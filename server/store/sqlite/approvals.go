@@ -24,11 +24,11 @@ func (s *Store) AgentApprove(ctx context.Context, p *store.AgentApproveParams) e
 	}
 	err := s.write(ctx, func(tx *Store) error {
 		_, err := tx.exec(ctx, `
-			INSERT INTO agent_approvals (name, labels, slots, approved_by, approved_at)
-			VALUES (@name, @labels, @slots, @by, @at)
-			ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, slots = excluded.slots,
+			INSERT INTO agent_approvals (name, labels, slots, cert_sha256, approved_by, approved_at)
+			VALUES (@name, @labels, @slots, @cert, @by, @at)
+			ON CONFLICT (name) DO UPDATE SET labels = excluded.labels, slots = excluded.slots, cert_sha256 = excluded.cert_sha256,
 			    approved_by = excluded.approved_by, approved_at = excluded.approved_at`,
-			sql.Named("name", a.Name), sql.Named("labels", encodeMap(a.Labels)), sql.Named("slots", a.Slots),
+			sql.Named("name", a.Name), sql.Named("labels", encodeMap(a.Labels)), sql.Named("slots", a.Slots), sql.Named("cert", a.CertSHA256),
 			sql.Named("by", a.ApprovedBy), sql.Named("at", msOrNil(a.ApprovedAt)))
 		return err
 	})
@@ -38,7 +38,7 @@ func (s *Store) AgentApprove(ctx context.Context, p *store.AgentApproveParams) e
 	return nil
 }
 
-const selectApproval = `SELECT name, labels, slots, approved_by, approved_at FROM agent_approvals`
+const selectApproval = `SELECT name, labels, slots, cert_sha256, approved_by, approved_at FROM agent_approvals`
 
 // AgentApprovalGet returns one agent's approval, or store.ErrNotFound.
 func (s *Store) AgentApprovalGet(ctx context.Context, p *store.AgentApprovalGetParams) (*store.AgentApproval, error) {
@@ -83,7 +83,7 @@ func (s *Store) AgentApprovalDelete(ctx context.Context, p *store.AgentApprovalD
 
 func scanApproval(sc scanner) (*store.AgentApproval, error) {
 	var a store.AgentApproval
-	if err := sc.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.ApprovedBy, nullTime{&a.ApprovedAt}); err != nil {
+	if err := sc.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.CertSHA256, &a.ApprovedBy, nullTime{&a.ApprovedAt}); err != nil {
 		return nil, err
 	}
 	return &a, nil

@@ -14,18 +14,18 @@ var (
 	// The same lossless upsert as qAgentUpsert.
 	qAgentApprove = register("agent_approve", `
 UPDATE {{schema}}.agent_approvals WITH (SERIALIZABLE)
-SET labels = @labels, slots = @slots, approved_by = @by, approved_at = @at
+SET labels = @labels, slots = @slots, cert_sha256 = @cert, approved_by = @by, approved_at = @at
 WHERE name = @name;
 IF @@ROWCOUNT = 0
-    INSERT INTO {{schema}}.agent_approvals (name, labels, slots, approved_by, approved_at)
-    VALUES (@name, @labels, @slots, @by, @at);`)
+    INSERT INTO {{schema}}.agent_approvals (name, labels, slots, cert_sha256, approved_by, approved_at)
+    VALUES (@name, @labels, @slots, @cert, @by, @at);`)
 
 	qAgentApprovalGet = register("agent_approval_get", `
-SELECT name, labels, slots, approved_by, approved_at
+SELECT name, labels, slots, cert_sha256, approved_by, approved_at
 FROM {{schema}}.agent_approvals WHERE name = @name`)
 
 	qAgentApprovalList = register("agent_approval_list", `
-SELECT name, labels, slots, approved_by, approved_at
+SELECT name, labels, slots, cert_sha256, approved_by, approved_at
 FROM {{schema}}.agent_approvals ORDER BY name`)
 
 	qAgentApprovalDelete = register("agent_approval_delete", `
@@ -46,12 +46,15 @@ func (s *Store) AgentApprove(ctx context.Context, p *store.AgentApproveParams) e
 	if err := checkKey("agent approve: name", a.Name, false); err != nil {
 		return err
 	}
+	if len(a.CertSHA256) > 64 {
+		return fmt.Errorf("agent approve %s: certificate hash is %d characters long; a SHA-256 in hex is 64", a.Name, len(a.CertSHA256))
+	}
 	if err := checkKey("agent approve "+a.Name+": approved by", a.ApprovedBy, true); err != nil {
 		return err
 	}
 	err := s.write(ctx, func(tx *Store) error {
 		_, err := tx.exec(ctx, qAgentApprove,
-			sql.Named("name", a.Name), sql.Named("labels", encodeMap(a.Labels)), sql.Named("slots", int32(a.Slots)),
+			sql.Named("name", a.Name), sql.Named("labels", encodeMap(a.Labels)), sql.Named("slots", int32(a.Slots)), sql.Named("cert", a.CertSHA256),
 			sql.Named("by", a.ApprovedBy), sql.Named("at", timeOrNil(a.ApprovedAt)))
 		return err
 	})
@@ -111,7 +114,7 @@ func (s *Store) AgentApprovalDelete(ctx context.Context, p *store.AgentApprovalD
 func scanApprovals(out *[]*store.AgentApproval) func(*sql.Rows) error {
 	return func(r *sql.Rows) error {
 		var a store.AgentApproval
-		if err := r.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.ApprovedBy, nullTime{&a.ApprovedAt}); err != nil {
+		if err := r.Scan(&a.Name, jsonMap{&a.Labels}, &a.Slots, &a.CertSHA256, &a.ApprovedBy, nullTime{&a.ApprovedAt}); err != nil {
 			return err
 		}
 		*out = append(*out, &a)

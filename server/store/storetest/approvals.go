@@ -38,7 +38,7 @@ func testAgentApproval(t *testing.T, h Harness) {
 	}
 	now := ms(time.Now())
 	sql01 := &store.AgentApproval{Name: "sql01", Labels: map[string]string{"role": "ssis", "dc": "east"}, Slots: 8,
-		ApprovedBy: "token:alice", ApprovedAt: now}
+		CertSHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", ApprovedBy: "token:alice", ApprovedAt: now}
 	etl := &store.AgentApproval{Name: "etl-01", ApprovedAt: now}
 	approve(sql01)
 	approve(etl)
