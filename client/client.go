@@ -328,3 +328,21 @@ func (e *callError) Error() string {
 // Unwrap returns the underlying error, so status.Code and errors.As see the
 // gRPC status.
 func (e *callError) Unwrap() error { return e.err }
+
+// ApproveAgent records what an agent may claim; with no labels and no
+// slots, what the connected agent claims now (and its certificate).
+func (c *Client) ApproveAgent(ctx context.Context, name string, labels map[string]string, slots int32) (*batonv1.ApproveAgentResponse, error) {
+	resp, err := c.agents.ApproveAgent(ctx, &batonv1.ApproveAgentRequest{Name: name, Labels: labels, Slots: slots})
+	if err != nil {
+		return nil, wrap(fmt.Sprintf("approve agent %q", name), err)
+	}
+	return resp, nil
+}
+
+// RevokeAgent removes an agent's approval.
+func (c *Client) RevokeAgent(ctx context.Context, name string) error {
+	if _, err := c.agents.RevokeAgent(ctx, &batonv1.RevokeAgentRequest{Name: name}); err != nil {
+		return wrap(fmt.Sprintf("revoke agent %q", name), err)
+	}
+	return nil
+}

@@ -34,15 +34,37 @@ type DialConfig struct {
 	// ServerName overrides the host name verified in the server's
 	// certificate. Defaults to the host part of Addr.
 	ServerName string
+	// CertFile and KeyFile, when set, are the client certificate and key
+	// presented to the control plane (an agent's identity). They are read
+	// at every handshake, so a renewed certificate is used from the next
+	// connection on without a restart. They turn TLS on.
+	CertFile string
+	KeyFile  string
 }
 
 // TLSConfig returns the client TLS configuration c asks for, or nil for a
 // plaintext connection.
 func (c DialConfig) TLSConfig() (*tls.Config, error) {
-	if c.CAFile == "" && !c.TLS {
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, errors.New("a client certificate needs both its certificate and its key file")
+	}
+	if c.CAFile == "" && !c.TLS && c.CertFile == "" {
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.ServerName}
+	if c.CertFile != "" {
+		// Fail now on a bad pair rather than at the first handshake.
+		if _, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile); err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("client certificate: %w", err)
+			}
+			return &cert, nil
+		}
+	}
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
 		if err != nil {

@@ -6,11 +6,13 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -58,8 +60,17 @@ type Config struct {
 	// TLS.
 	TLSCertFile string
 	TLSKeyFile  string
-	// Insecure allows listening on a non-loopback address without TLS.
+	// Insecure allows listening on a non-loopback address without TLS, and
+	// agents on such an address without client certificates.
 	Insecure bool
+	// AgentCAFile, when set, is the PEM bundle of CAs that issue agent
+	// client certificates: every agent must present one, and its name is
+	// the certificate's (baton-agent:///NAME URI SAN, or common name).
+	// Needs TLSCertFile.
+	AgentCAFile string
+	// AgentApproval keeps each agent pending, with no work, until an admin
+	// approves the labels and slots it claims.
+	AgentApproval bool
 	// AgentTimeout is how long an agent may be silent before its attempts
 	// are lost. Defaults to 30s.
 	AgentTimeout time.Duration
@@ -129,6 +140,23 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	if cfg.AgentCAFile != "" {
+		if s.tls == nil {
+			return nil, errors.New("--agent-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake")
+		}
+		pem, err := os.ReadFile(cfg.AgentCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--agent-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--agent-ca %s: no PEM certificate in the file", cfg.AgentCAFile)
+		}
+		// API callers authenticate with tokens and present no certificate;
+		// agents must (the agent service checks it).
+		s.tls.ClientCAs = pool
+		s.tls.ClientAuth = tls.VerifyClientCertIfGiven
+	}
 	addrs := []string{cfg.GRPCAddr}
 	if cfg.HTTPAddr != "off" {
 		addrs = append(addrs, cfg.HTTPAddr)
@@ -138,6 +166,10 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("refusing to listen on %s without TLS: give --tls-cert and --tls-key, "+
 				"or --insecure to accept plaintext from other machines", a)
 		}
+	}
+	if cfg.AgentCAFile == "" && !cfg.Insecure && !isLoopback(cfg.GRPCAddr) {
+		return nil, fmt.Errorf("refusing to accept agents on %s without client certificates: any machine could "+
+			"connect as any agent and be sent tasks; give --agent-ca (see 'baton cert'), or --insecure", cfg.GRPCAddr)
 	}
 	s.metrics = prometheus.NewRegistry()
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -180,11 +212,16 @@ func (s *Server) Addrs() Addrs {
 func (s *Server) Run(ctx context.Context) error {
 	stopping := make(chan struct{})
 	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping, specs: s.specs}
+	guard := dispatch.Guard{
+		RequireCert: s.cfg.AgentCAFile != "", RequireApproval: s.cfg.AgentApproval,
+		Approval: func(ctx context.Context, name string) (*store.AgentApproval, error) {
+			return s.cfg.Store.AgentApprovalGet(ctx, &store.AgentApprovalGetParams{Name: name})
+		},
+	}
 	register := func(g *grpc.Server) {
-		batonv1.RegisterAgentServiceServer(g, dispatch.NewService(s.sched, s.log))
 		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: s.specs})
 		batonv1.RegisterRunServiceServer(g, runs)
-		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log})
+		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log, approval: s.cfg.AgentApproval, now: time.Now})
 	}
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
@@ -202,6 +239,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	grpcSrv := grpc.NewServer(external...)
 	register(grpcSrv)
+	// Agents connect only from outside: the in-process server below serves
+	// the gateway, which has no route to the agent service.
+	batonv1.RegisterAgentServiceServer(grpcSrv, dispatch.NewService(s.sched, s.log, guard))
 	// The gateway reaches the API through an in-process listener, so it
 	// needs neither the network nor the TLS certificate.
 	inner := grpc.NewServer(opts...)

@@ -24,6 +24,12 @@ type Agent[A comparable] struct {
 	Hostname string
 	OS       string
 	Draining bool
+	// Pending says why the agent gets no work until an admin approves
+	// what it claims; "" when it may work.
+	Pending string
+	// CertSHA256 is the fingerprint of the certificate that proved its
+	// name on its current session, "" without one.
+	CertSHA256 string
 	// Lost is set once the agent was silent for the agent timeout: no new
 	// work goes to it until it says Hello again.
 	Lost        bool
@@ -45,7 +51,7 @@ type Agent[A comparable] struct {
 }
 
 // Usable reports whether new work may be placed on the agent.
-func (a *Agent[A]) Usable() bool { return a.Sess != nil && !a.Draining && !a.Lost }
+func (a *Agent[A]) Usable() bool { return a.Sess != nil && !a.Draining && !a.Lost && a.Pending == "" }
 
 // Free is how many more children the agent may run.
 func (a *Agent[A]) Free() int { return a.Slots - len(a.Attempts) - len(a.Zombies) }
@@ -122,6 +128,7 @@ func (r *Agents[A]) Admit(sess *Session, h *Hello, now time.Time) (*Agent[A], er
 	a.Seq, a.RenewedAt = 0, now
 	a.Labels, a.Slots, a.Version, a.Hostname, a.OS = h.Labels, h.Slots, h.Version, h.Hostname, h.OS
 	a.Draining, a.Lost = false, false
+	a.Pending, a.CertSHA256 = h.Pending, h.CertSHA256
 	a.LastSeen, a.ConnectedAt = now, now
 	return a, nil
 }

@@ -26,6 +26,14 @@ type Hello struct {
 	Running []int64
 	// Unacked lists outcomes the control plane has not acknowledged.
 	Unacked []*Finished
+
+	// Set by the control plane, not the agent:
+	// CertSHA256 is the fingerprint of the client certificate that proved
+	// the agent's name, "" without one.
+	CertSHA256 string
+	// Pending says why the agent gets no work until an admin approves
+	// what it claims; "" when it may work.
+	Pending string
 }
 
 // Heartbeat keeps a session alive and asks for the agent's attempt leases

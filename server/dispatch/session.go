@@ -101,11 +101,13 @@ type Service struct {
 	batonv1.UnimplementedAgentServiceServer
 	handler Handler
 	log     *slog.Logger
+	guard   Guard
 }
 
-// NewService returns the AgentService that hands agents to h.
-func NewService(h Handler, log *slog.Logger) *Service {
-	return &Service{handler: h, log: log}
+// NewService returns the AgentService that hands agents to h, admitting
+// those guard lets in.
+func NewService(h Handler, log *slog.Logger, guard Guard) *Service {
+	return &Service{handler: h, log: log, guard: guard}
 }
 
 // Connect serves one agent's stream for as long as it lasts.
@@ -122,6 +124,14 @@ func (svc *Service) Connect(stream batonv1.AgentService_ConnectServer) error {
 	hello, err := helloFromProto(hp)
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := svc.guard.check(ctx, hello); err != nil {
+		svc.log.WarnContext(ctx, "agent refused", slog.String("agent", hello.Name),
+			slog.String("peer", PeerAddr(ctx)), slog.Any("error", err))
+		if svc.guard.Refused != nil {
+			svc.guard.Refused(ctx, hello.Name, PeerAddr(ctx), err)
+		}
+		return toStatus(err)
 	}
 	sess := newSession(hello.Name)
 	if err := svc.handler.Hello(ctx, sess, hello); err != nil {
@@ -290,6 +300,10 @@ func toStatus(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, ErrReplaced):
 		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, ErrNoCert):
+		return status.Error(codes.Unauthenticated, err.Error())
+	case errors.Is(err, ErrWrongCert):
+		return status.Error(codes.PermissionDenied, err.Error())
 	}
 	return status.Error(codes.Unavailable, err.Error())
 }

@@ -101,6 +101,10 @@ func (in helloInput) apply(s *Scheduler) {
 		in.reply <- nil
 	})
 	s.onFail(func() { in.reply <- dispatch.Unavailable("control plane is restarting") })
+	if h.Pending != "" {
+		s.log.Warn("agent connected and gets no work until approved", slog.String("agent", h.Name),
+			slog.Any("labels", h.Labels), slog.Int("slots", h.Slots), slog.String("pending", h.Pending))
+	}
 	s.log.Info("agent connected", slog.String("agent", h.Name), slog.Int("slots", h.Slots),
 		slog.Int("running", len(h.Running)), slog.Int("unacked", len(h.Unacked)))
 

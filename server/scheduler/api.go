@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -223,6 +224,12 @@ type AgentInfo struct {
 	store.Agent
 	Running  int
 	Draining bool
+	// Pending says why a connected agent gets no work until an admin
+	// approves what it claims.
+	Pending string
+	// CertSHA256 is the fingerprint of the client certificate that proved
+	// its name, "" without one.
+	CertSHA256 string
 }
 
 // Agents returns a snapshot of the agents the loop knows, ordered by name.
@@ -247,7 +254,60 @@ func (in agentsInput) apply(s *Scheduler) {
 	all := s.agents.All()
 	out := make([]AgentInfo, 0, len(all))
 	for _, a := range all {
-		out = append(out, AgentInfo{Agent: *a.Record(a.State()), Running: len(a.Attempts) + len(a.Zombies), Draining: a.Draining})
+		out = append(out, agentInfo(a))
 	}
 	in.reply <- out
+}
+
+func agentInfo(a *agentRT) AgentInfo {
+	return AgentInfo{Agent: *a.Record(a.State()), Running: len(a.Attempts) + len(a.Zombies), Draining: a.Draining,
+		Pending: a.Pending, CertSHA256: a.CertSHA256}
+}
+
+// Approved applies an agent's new approval (nil: revoked) to it while it
+// is connected: it is pending from now on unless the approval covers what
+// it claims. It returns the agent as it is after, and false when no agent
+// of that name is connected. Placement follows at once.
+func (s *Scheduler) Approved(ctx context.Context, name string, a *store.AgentApproval) (AgentInfo, bool, error) {
+	reply := make(chan approvedReply, 1)
+	if err := s.enqueue(ctx, approvedInput{name: name, approval: a, reply: reply}); err != nil {
+		return AgentInfo{}, false, err
+	}
+	select {
+	case out := <-reply:
+		return out.info, out.ok, nil
+	case <-ctx.Done():
+		return AgentInfo{}, false, ctx.Err()
+	case <-s.stopped:
+		return AgentInfo{}, false, ErrStopped
+	}
+}
+
+type approvedReply struct {
+	info AgentInfo
+	ok   bool
+}
+
+type approvedInput struct {
+	name     string
+	approval *store.AgentApproval
+	reply    chan approvedReply
+}
+
+func (in approvedInput) apply(s *Scheduler) {
+	a := s.agents.Get(in.name)
+	if a == nil || a.Sess == nil {
+		in.reply <- approvedReply{}
+		return
+	}
+	was := a.Pending
+	if in.approval == nil {
+		a.Pending = fmt.Sprintf("approval revoked: an admin approves it again with 'baton agents approve %s'", a.Name)
+	} else {
+		a.Pending = dispatch.Uncovered(&dispatch.Hello{Name: a.Name, Labels: a.Labels, Slots: a.Slots, CertSHA256: a.CertSHA256}, in.approval)
+	}
+	if a.Pending != was {
+		s.log.Info("agent approval changed", slog.String("agent", a.Name), slog.String("pending", a.Pending))
+	}
+	in.reply <- approvedReply{info: agentInfo(a), ok: true}
 }

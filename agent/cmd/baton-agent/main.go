@@ -61,6 +61,8 @@ type options struct {
 	slots     int
 	stateDir  string
 	caFile    string
+	certFile  string
+	keyFile   string
 	tls       bool
 	killGrace time.Duration
 	fsync     bool
@@ -77,6 +79,8 @@ var envs = map[string]string{
 	"slots":      "BATON_AGENT_SLOTS",
 	"state-dir":  "BATON_AGENT_STATE_DIR",
 	"ca-file":    "BATON_CA_FILE",
+	"tls-cert":   "BATON_AGENT_TLS_CERT",
+	"tls-key":    "BATON_AGENT_TLS_KEY",
 	"tls":        "BATON_TLS",
 	"kill-grace": "BATON_AGENT_KILL_GRACE",
 	"fsync":      "BATON_AGENT_FSYNC",
@@ -136,6 +140,8 @@ the flag wins.`,
 	f.StringVar(&o.stateDir, "state-dir", "", "directory for the journal and per-attempt files (default: "+stateDirHelp+")")
 	f.StringVar(&o.caFile, "ca-file", "", "PEM file of CAs to verify the control plane with; turns TLS on")
 	f.BoolVar(&o.tls, "tls", false, "use TLS with the system's root CAs")
+	f.StringVar(&o.certFile, "tls-cert", "", "client certificate (PEM) proving this agent's name to a control plane started with --agent-ca; re-read at every connection; turns TLS on")
+	f.StringVar(&o.keyFile, "tls-key", "", "private key (PEM) of --tls-cert")
 	f.DurationVar(&o.killGrace, "kill-grace", agent.DefaultKillGrace, "time between SIGTERM and SIGKILL when a child is cancelled or times out, unless the control plane names one")
 	f.BoolVar(&o.fsync, "fsync", false, "flush every journal write to disk: outcomes survive a power loss, not only an agent crash")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -178,7 +184,18 @@ func (o *options) config(fs *pflag.FlagSet, lookupEnv func(string) (string, bool
 	if err != nil {
 		return agent.Config{}, err
 	}
+	if (o.certFile == "") != (o.keyFile == "") {
+		return agent.Config{}, usagef("--tls-cert and --tls-key must be given together")
+	}
 	name := o.name
+	if name == "" && o.certFile != "" {
+		// The certificate proves a name; use it rather than the host's.
+		n, err := client.AgentCertFileName(o.certFile)
+		if err != nil {
+			return agent.Config{}, usagef("--tls-cert: %w", err)
+		}
+		name = n
+	}
 	if name == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -194,7 +211,7 @@ func (o *options) config(fs *pflag.FlagSet, lookupEnv func(string) (string, bool
 		}
 	}
 	return agent.Config{
-		Server:    client.DialConfig{Addr: o.server, CAFile: o.caFile, TLS: o.tls},
+		Server:    client.DialConfig{Addr: o.server, CAFile: o.caFile, TLS: o.tls, CertFile: o.certFile, KeyFile: o.keyFile},
 		Name:      name,
 		Labels:    labels,
 		Slots:     o.slots,

@@ -32,6 +32,9 @@ const (
 	AgentState_AGENT_STATE_DISCONNECTED AgentState = 2
 	// Not heard from for longer than agent_timeout.
 	AgentState_AGENT_STATE_LOST AgentState = 3
+	// Connected, but gets no work until an admin approves what it claims
+	// (see Agent.pending_reason).
+	AgentState_AGENT_STATE_PENDING AgentState = 4
 )
 
 // Enum value maps for AgentState.
@@ -41,12 +44,14 @@ var (
 		1: "AGENT_STATE_CONNECTED",
 		2: "AGENT_STATE_DISCONNECTED",
 		3: "AGENT_STATE_LOST",
+		4: "AGENT_STATE_PENDING",
 	}
 	AgentState_value = map[string]int32{
 		"AGENT_STATE_UNSPECIFIED":  0,
 		"AGENT_STATE_CONNECTED":    1,
 		"AGENT_STATE_DISCONNECTED": 2,
 		"AGENT_STATE_LOST":         3,
+		"AGENT_STATE_PENDING":      4,
 	}
 )
 
@@ -84,13 +89,15 @@ type Agent struct {
 	Labels map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Slots  int32                  `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
 	// running is how many attempts the agent runs now.
-	Running       int32                  `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
-	State         AgentState             `protobuf:"varint,5,opt,name=state,proto3,enum=baton.v1.AgentState" json:"state,omitempty"`
-	Version       string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
-	Hostname      string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Os            string                 `protobuf:"bytes,8,opt,name=os,proto3" json:"os,omitempty"`
-	ConnectTime   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
-	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	Running      int32                  `protobuf:"varint,4,opt,name=running,proto3" json:"running,omitempty"`
+	State        AgentState             `protobuf:"varint,5,opt,name=state,proto3,enum=baton.v1.AgentState" json:"state,omitempty"`
+	Version      string                 `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	Hostname     string                 `protobuf:"bytes,7,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Os           string                 `protobuf:"bytes,8,opt,name=os,proto3" json:"os,omitempty"`
+	ConnectTime  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=connect_time,json=connectTime,proto3" json:"connect_time,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	// pending_reason says why a PENDING agent gets no work.
+	PendingReason string `protobuf:"bytes,11,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -195,6 +202,296 @@ func (x *Agent) GetLastSeenTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Agent) GetPendingReason() string {
+	if x != nil {
+		return x.PendingReason
+	}
+	return ""
+}
+
+type ApproveAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// labels the agent may claim (it may claim fewer).
+	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// slots is the most slots the agent may claim; 0 means any.
+	Slots         int32 `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveAgentRequest) Reset() {
+	*x = ApproveAgentRequest{}
+	mi := &file_baton_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveAgentRequest) ProtoMessage() {}
+
+func (x *ApproveAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveAgentRequest.ProtoReflect.Descriptor instead.
+func (*ApproveAgentRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ApproveAgentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApproveAgentRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ApproveAgentRequest) GetSlots() int32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+// AgentApproval is what an agent may claim.
+type AgentApproval struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Labels map[string]string      `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Slots  int32                  `protobuf:"varint,3,opt,name=slots,proto3" json:"slots,omitempty"`
+	// cert_sha256 pins the agent's client certificate (hex SHA-256 of its
+	// DER bytes); empty when any certificate for the name will do.
+	CertSha256    string                 `protobuf:"bytes,4,opt,name=cert_sha256,json=certSha256,proto3" json:"cert_sha256,omitempty"`
+	ApprovedBy    string                 `protobuf:"bytes,5,opt,name=approved_by,json=approvedBy,proto3" json:"approved_by,omitempty"`
+	ApproveTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=approve_time,json=approveTime,proto3" json:"approve_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentApproval) Reset() {
+	*x = AgentApproval{}
+	mi := &file_baton_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentApproval) ProtoMessage() {}
+
+func (x *AgentApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentApproval.ProtoReflect.Descriptor instead.
+func (*AgentApproval) Descriptor() ([]byte, []int) {
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AgentApproval) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AgentApproval) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *AgentApproval) GetSlots() int32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+func (x *AgentApproval) GetCertSha256() string {
+	if x != nil {
+		return x.CertSha256
+	}
+	return ""
+}
+
+func (x *AgentApproval) GetApprovedBy() string {
+	if x != nil {
+		return x.ApprovedBy
+	}
+	return ""
+}
+
+func (x *AgentApproval) GetApproveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ApproveTime
+	}
+	return nil
+}
+
+type ApproveAgentResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Approval *AgentApproval         `protobuf:"bytes,1,opt,name=approval,proto3" json:"approval,omitempty"`
+	// pending_reason is why the connected agent still gets no work (it
+	// claims more than approved), empty when it may work or is not connected.
+	PendingReason string `protobuf:"bytes,2,opt,name=pending_reason,json=pendingReason,proto3" json:"pending_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveAgentResponse) Reset() {
+	*x = ApproveAgentResponse{}
+	mi := &file_baton_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveAgentResponse) ProtoMessage() {}
+
+func (x *ApproveAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveAgentResponse.ProtoReflect.Descriptor instead.
+func (*ApproveAgentResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ApproveAgentResponse) GetApproval() *AgentApproval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+func (x *ApproveAgentResponse) GetPendingReason() string {
+	if x != nil {
+		return x.PendingReason
+	}
+	return ""
+}
+
+type RevokeAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentRequest) Reset() {
+	*x = RevokeAgentRequest{}
+	mi := &file_baton_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentRequest) ProtoMessage() {}
+
+func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevokeAgentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RevokeAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentResponse) Reset() {
+	*x = RevokeAgentResponse{}
+	mi := &file_baton_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentResponse) ProtoMessage() {}
+
+func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -203,7 +500,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_baton_v1_admin_proto_msgTypes[1]
+	mi := &file_baton_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -215,7 +512,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_admin_proto_msgTypes[1]
+	mi := &file_baton_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -228,7 +525,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 type ListAgentsResponse struct {
@@ -240,7 +537,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_baton_v1_admin_proto_msgTypes[2]
+	mi := &file_baton_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +549,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_admin_proto_msgTypes[2]
+	mi := &file_baton_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +562,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_baton_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -279,7 +576,7 @@ var File_baton_v1_admin_proto protoreflect.FileDescriptor
 
 const file_baton_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14baton/v1/admin.proto\x12\bbaton.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x03\n" +
+	"\x14baton/v1/admin.proto\x12\bbaton.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd5\x03\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x123\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1b.baton.v1.Agent.LabelsEntryR\x06labels\x12\x14\n" +
@@ -291,22 +588,51 @@ const file_baton_v1_admin_proto_rawDesc = "" +
 	"\x02os\x18\b \x01(\tR\x02os\x12=\n" +
 	"\fconnect_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\vconnectTime\x12@\n" +
 	"\x0elast_seen_time\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x1a9\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12%\n" +
+	"\x0epending_reason\x18\v \x01(\tR\rpendingReason\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
+	"\x13ApproveAgentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12A\n" +
+	"\x06labels\x18\x02 \x03(\v2).baton.v1.ApproveAgentRequest.LabelsEntryR\x06labels\x12\x14\n" +
+	"\x05slots\x18\x03 \x01(\x05R\x05slots\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb2\x02\n" +
+	"\rAgentApproval\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12;\n" +
+	"\x06labels\x18\x02 \x03(\v2#.baton.v1.AgentApproval.LabelsEntryR\x06labels\x12\x14\n" +
+	"\x05slots\x18\x03 \x01(\x05R\x05slots\x12\x1f\n" +
+	"\vcert_sha256\x18\x04 \x01(\tR\n" +
+	"certSha256\x12\x1f\n" +
+	"\vapproved_by\x18\x05 \x01(\tR\n" +
+	"approvedBy\x12=\n" +
+	"\fapprove_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vapproveTime\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\x14ApproveAgentResponse\x123\n" +
+	"\bapproval\x18\x01 \x01(\v2\x17.baton.v1.AgentApprovalR\bapproval\x12%\n" +
+	"\x0epending_reason\x18\x02 \x01(\tR\rpendingReason\"(\n" +
+	"\x12RevokeAgentRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x13RevokeAgentResponse\"\x13\n" +
 	"\x11ListAgentsRequest\"=\n" +
 	"\x12ListAgentsResponse\x12'\n" +
-	"\x06agents\x18\x01 \x03(\v2\x0f.baton.v1.AgentR\x06agents*x\n" +
+	"\x06agents\x18\x01 \x03(\v2\x0f.baton.v1.AgentR\x06agents*\x91\x01\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15AGENT_STATE_CONNECTED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_STATE_DISCONNECTED\x10\x02\x12\x14\n" +
-	"\x10AGENT_STATE_LOST\x10\x032\\\n" +
+	"\x10AGENT_STATE_LOST\x10\x03\x12\x17\n" +
+	"\x13AGENT_STATE_PENDING\x10\x042\xf7\x01\n" +
 	"\x11AgentAdminService\x12G\n" +
 	"\n" +
-	"ListAgents\x12\x1b.baton.v1.ListAgentsRequest\x1a\x1c.baton.v1.ListAgentsResponseB\x8a\x01\n" +
+	"ListAgents\x12\x1b.baton.v1.ListAgentsRequest\x1a\x1c.baton.v1.ListAgentsResponse\x12M\n" +
+	"\fApproveAgent\x12\x1d.baton.v1.ApproveAgentRequest\x1a\x1e.baton.v1.ApproveAgentResponse\x12J\n" +
+	"\vRevokeAgent\x12\x1c.baton.v1.RevokeAgentRequest\x1a\x1d.baton.v1.RevokeAgentResponseB\x8a\x01\n" +
 	"\fcom.baton.v1B\n" +
 	"AdminProtoP\x01Z-github.com/batonhq/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
@@ -323,28 +649,43 @@ func file_baton_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_baton_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_baton_v1_admin_proto_goTypes = []any{
 	(AgentState)(0),               // 0: baton.v1.AgentState
 	(*Agent)(nil),                 // 1: baton.v1.Agent
-	(*ListAgentsRequest)(nil),     // 2: baton.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 3: baton.v1.ListAgentsResponse
-	nil,                           // 4: baton.v1.Agent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*ApproveAgentRequest)(nil),   // 2: baton.v1.ApproveAgentRequest
+	(*AgentApproval)(nil),         // 3: baton.v1.AgentApproval
+	(*ApproveAgentResponse)(nil),  // 4: baton.v1.ApproveAgentResponse
+	(*RevokeAgentRequest)(nil),    // 5: baton.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),   // 6: baton.v1.RevokeAgentResponse
+	(*ListAgentsRequest)(nil),     // 7: baton.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 8: baton.v1.ListAgentsResponse
+	nil,                           // 9: baton.v1.Agent.LabelsEntry
+	nil,                           // 10: baton.v1.ApproveAgentRequest.LabelsEntry
+	nil,                           // 11: baton.v1.AgentApproval.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_baton_v1_admin_proto_depIdxs = []int32{
-	4, // 0: baton.v1.Agent.labels:type_name -> baton.v1.Agent.LabelsEntry
-	0, // 1: baton.v1.Agent.state:type_name -> baton.v1.AgentState
-	5, // 2: baton.v1.Agent.connect_time:type_name -> google.protobuf.Timestamp
-	5, // 3: baton.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
-	1, // 4: baton.v1.ListAgentsResponse.agents:type_name -> baton.v1.Agent
-	2, // 5: baton.v1.AgentAdminService.ListAgents:input_type -> baton.v1.ListAgentsRequest
-	3, // 6: baton.v1.AgentAdminService.ListAgents:output_type -> baton.v1.ListAgentsResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	9,  // 0: baton.v1.Agent.labels:type_name -> baton.v1.Agent.LabelsEntry
+	0,  // 1: baton.v1.Agent.state:type_name -> baton.v1.AgentState
+	12, // 2: baton.v1.Agent.connect_time:type_name -> google.protobuf.Timestamp
+	12, // 3: baton.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	10, // 4: baton.v1.ApproveAgentRequest.labels:type_name -> baton.v1.ApproveAgentRequest.LabelsEntry
+	11, // 5: baton.v1.AgentApproval.labels:type_name -> baton.v1.AgentApproval.LabelsEntry
+	12, // 6: baton.v1.AgentApproval.approve_time:type_name -> google.protobuf.Timestamp
+	3,  // 7: baton.v1.ApproveAgentResponse.approval:type_name -> baton.v1.AgentApproval
+	1,  // 8: baton.v1.ListAgentsResponse.agents:type_name -> baton.v1.Agent
+	7,  // 9: baton.v1.AgentAdminService.ListAgents:input_type -> baton.v1.ListAgentsRequest
+	2,  // 10: baton.v1.AgentAdminService.ApproveAgent:input_type -> baton.v1.ApproveAgentRequest
+	5,  // 11: baton.v1.AgentAdminService.RevokeAgent:input_type -> baton.v1.RevokeAgentRequest
+	8,  // 12: baton.v1.AgentAdminService.ListAgents:output_type -> baton.v1.ListAgentsResponse
+	4,  // 13: baton.v1.AgentAdminService.ApproveAgent:output_type -> baton.v1.ApproveAgentResponse
+	6,  // 14: baton.v1.AgentAdminService.RevokeAgent:output_type -> baton.v1.RevokeAgentResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_admin_proto_init() }
@@ -358,7 +699,7 @@ func file_baton_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_admin_proto_rawDesc), len(file_baton_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,17 +19,28 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AgentAdminService_ListAgents_FullMethodName = "/baton.v1.AgentAdminService/ListAgents"
+	AgentAdminService_ListAgents_FullMethodName   = "/baton.v1.AgentAdminService/ListAgents"
+	AgentAdminService_ApproveAgent_FullMethodName = "/baton.v1.AgentAdminService/ApproveAgent"
+	AgentAdminService_RevokeAgent_FullMethodName  = "/baton.v1.AgentAdminService/RevokeAgent"
 )
 
 // AgentAdminServiceClient is the client API for AgentAdminService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
-// AgentAdminService shows the agents known to the control plane.
+// AgentAdminService shows the agents known to the control plane and
+// approves what they may claim.
 type AgentAdminServiceClient interface {
 	// ListAgents returns every agent that has connected, live ones first.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// ApproveAgent records which labels and how many slots an agent may
+	// claim. With no labels and no slots it approves what the connected
+	// agent claims now and pins its client certificate. A pending agent
+	// whose claims the approval covers gets work at once.
+	ApproveAgent(ctx context.Context, in *ApproveAgentRequest, opts ...grpc.CallOption) (*ApproveAgentResponse, error)
+	// RevokeAgent removes an agent's approval: while batond requires
+	// approval, the agent gets no new work (running children finish).
+	RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error)
 }
 
 type agentAdminServiceClient struct {
@@ -50,14 +61,43 @@ func (c *agentAdminServiceClient) ListAgents(ctx context.Context, in *ListAgents
 	return out, nil
 }
 
+func (c *agentAdminServiceClient) ApproveAgent(ctx context.Context, in *ApproveAgentRequest, opts ...grpc.CallOption) (*ApproveAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ApproveAgentResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_ApproveAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentAdminServiceClient) RevokeAgent(ctx context.Context, in *RevokeAgentRequest, opts ...grpc.CallOption) (*RevokeAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAgentResponse)
+	err := c.cc.Invoke(ctx, AgentAdminService_RevokeAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentAdminServiceServer is the server API for AgentAdminService service.
 // All implementations must embed UnimplementedAgentAdminServiceServer
 // for forward compatibility.
 //
-// AgentAdminService shows the agents known to the control plane.
+// AgentAdminService shows the agents known to the control plane and
+// approves what they may claim.
 type AgentAdminServiceServer interface {
 	// ListAgents returns every agent that has connected, live ones first.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// ApproveAgent records which labels and how many slots an agent may
+	// claim. With no labels and no slots it approves what the connected
+	// agent claims now and pins its client certificate. A pending agent
+	// whose claims the approval covers gets work at once.
+	ApproveAgent(context.Context, *ApproveAgentRequest) (*ApproveAgentResponse, error)
+	// RevokeAgent removes an agent's approval: while batond requires
+	// approval, the agent gets no new work (running children finish).
+	RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error)
 	mustEmbedUnimplementedAgentAdminServiceServer()
 }
 
@@ -70,6 +110,12 @@ type UnimplementedAgentAdminServiceServer struct{}
 
 func (UnimplementedAgentAdminServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) ApproveAgent(context.Context, *ApproveAgentRequest) (*ApproveAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ApproveAgent not implemented")
+}
+func (UnimplementedAgentAdminServiceServer) RevokeAgent(context.Context, *RevokeAgentRequest) (*RevokeAgentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAgent not implemented")
 }
 func (UnimplementedAgentAdminServiceServer) mustEmbedUnimplementedAgentAdminServiceServer() {}
 func (UnimplementedAgentAdminServiceServer) testEmbeddedByValue()                           {}
@@ -110,6 +156,42 @@ func _AgentAdminService_ListAgents_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AgentAdminService_ApproveAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApproveAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).ApproveAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_ApproveAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).ApproveAgent(ctx, req.(*ApproveAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AgentAdminService_RevokeAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentAdminServiceServer).RevokeAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AgentAdminService_RevokeAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentAdminServiceServer).RevokeAgent(ctx, req.(*RevokeAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AgentAdminService_ServiceDesc is the grpc.ServiceDesc for AgentAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +202,14 @@ var AgentAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _AgentAdminService_ListAgents_Handler,
+		},
+		{
+			MethodName: "ApproveAgent",
+			Handler:    _AgentAdminService_ApproveAgent_Handler,
+		},
+		{
+			MethodName: "RevokeAgent",
+			Handler:    _AgentAdminService_RevokeAgent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

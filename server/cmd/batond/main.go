@@ -44,6 +44,8 @@ type options struct {
 	tlsCert      string
 	tlsKey       string
 	insecure     bool
+	agentCA      string
+	approval     bool
 	agentTimeout time.Duration
 	killGrace    time.Duration
 	noMigrate    bool
@@ -66,6 +68,8 @@ var envs = map[string]string{
 	"tls-cert":          "BATON_TLS_CERT",
 	"tls-key":           "BATON_TLS_KEY",
 	"insecure":          "BATON_INSECURE",
+	"agent-ca":          "BATON_AGENT_CA",
+	"agent-approval":    "BATON_AGENT_APPROVAL",
 	"agent-timeout":     "BATON_AGENT_TIMEOUT",
 	"kill-grace":        "BATON_KILL_GRACE",
 	"no-migrate":        "BATON_NO_MIGRATE",
@@ -95,12 +99,16 @@ Every flag can also be set with the environment variable shown in brackets.`,
   # SQL Server, reachable from other machines over TLS:
   batond --db 'sqlserver://baton_svc:secret@sql01:1433?database=baton' \
          --grpc-addr 0.0.0.0:7700 --http-addr 0.0.0.0:7701 \
-         --tls-cert /etc/baton/tls.crt --tls-key /etc/baton/tls.key`,
+         --tls-cert /etc/baton/tls.crt --tls-key /etc/baton/tls.key \
+         --agent-ca /etc/baton/agent-ca.crt`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("agent-approval") && o.agentCA != "" {
+				o.approval = true
+			}
 			return serve(cmd.Context(), &o, stderr)
 		},
 	}
@@ -119,7 +127,9 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.StringVar(&o.httpAddr, "http-addr", server.DefaultHTTPAddr, `address for the REST gateway and /openapi.json ("off" disables it)`)
 	sf.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for both listeners")
 	sf.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
-	sf.BoolVar(&o.insecure, "insecure", false, "allow listening on a non-loopback address without TLS")
+	sf.BoolVar(&o.insecure, "insecure", false, "allow listening on a non-loopback address without TLS, and agents there without client certificates")
+	sf.StringVar(&o.agentCA, "agent-ca", "", "PEM file of the CA(s) that issue agent client certificates: every agent must present one, and its name is the certificate's (see 'baton cert'); required on a non-loopback address")
+	sf.BoolVar(&o.approval, "agent-approval", false, "keep each agent pending, with no work, until an admin approves the labels and slots it claims ('baton agents approve'); default: on with --agent-ca")
 	sf.DurationVar(&o.agentTimeout, "agent-timeout", 30*time.Second, "how long an agent may be silent before it gets no new work, and the lease of each attempt: a cut-off agent stops its children when their leases run out, and they are retried elsewhere after the lease and --kill-grace have passed")
 	sf.DurationVar(&o.killGrace, "kill-grace", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a child")
 	sf.BoolVar(&o.noMigrate, "no-migrate", false, "do not apply schema migrations at start (run 'batond migrate' separately)")
@@ -217,6 +227,7 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	srv, err := server.New(server.Config{
 		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
 		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
+		AgentCAFile: o.agentCA, AgentApproval: o.approval,
 		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version, NodeID: node,
 		HTTPAllowHosts: o.allowHosts, HTTPAllowOrigins: o.allowOrigins,
 	})
@@ -333,7 +344,8 @@ func applyEnv(root *cobra.Command) error {
 			}
 			f.Usage += " [" + env + "]"
 			if v, set := os.LookupEnv(env); set {
-				if err := f.Value.Set(v); err != nil {
+				// Through the flag set, so the flag counts as given.
+				if err := fs.Set(f.Name, v); err != nil {
 					errs = append(errs, fmt.Errorf("%s: %w", env, err))
 				}
 			}

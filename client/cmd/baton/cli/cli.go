@@ -186,7 +186,7 @@ failed or was cancelled, 2 any other error.`,
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "time limit of each request; 0 for none; watching is not limited (env BATON_TIMEOUT)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
 
-	root.AddCommand(a.jobCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand())
+	root.AddCommand(a.jobCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(), a.certCommand())
 	markCommandErrors(root)
 	return root
 }
