@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +38,46 @@ func (as *adminService) ListAgents(context.Context, *batonv1.ListAgentsRequest) 
 		return cmp.Or(cmp.Compare(a.GetState(), b.GetState()), cmp.Compare(a.GetName(), b.GetName()))
 	})
 	return resp, nil
+}
+
+// ApproveAgent approves what the request names, or with nothing named what
+// a connected agent claims; a pending agent becomes connected.
+func (as *adminService) ApproveAgent(_ context.Context, req *batonv1.ApproveAgentRequest) (*batonv1.ApproveAgentResponse, error) {
+	s := as.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ap := &batonv1.AgentApproval{Name: req.GetName(), Labels: req.GetLabels(), Slots: req.GetSlots(),
+		ApprovedBy: "anonymous", ApproveTime: timestamppb.New(time.Unix(1700000000, 0))}
+	a := s.agents[req.GetName()]
+	if len(req.GetLabels()) == 0 && req.GetSlots() == 0 {
+		if a == nil || (a.GetState() != batonv1.AgentState_AGENT_STATE_CONNECTED && a.GetState() != batonv1.AgentState_AGENT_STATE_PENDING) {
+			return nil, status.Errorf(codes.FailedPrecondition, "agent %q is not connected", req.GetName())
+		}
+		ap.Labels, ap.Slots, ap.CertSha256 = a.GetLabels(), a.GetSlots(), strings.Repeat("ab", 32)
+	}
+	if s.approvals == nil {
+		s.approvals = map[string]*batonv1.AgentApproval{}
+	}
+	s.approvals[ap.GetName()] = ap
+	if a != nil && a.GetState() == batonv1.AgentState_AGENT_STATE_PENDING {
+		a.State, a.PendingReason = batonv1.AgentState_AGENT_STATE_CONNECTED, ""
+	}
+	return &batonv1.ApproveAgentResponse{Approval: proto.Clone(ap).(*batonv1.AgentApproval)}, nil
+}
+
+// RevokeAgent removes an approval; a connected agent becomes pending.
+func (as *adminService) RevokeAgent(_ context.Context, req *batonv1.RevokeAgentRequest) (*batonv1.RevokeAgentResponse, error) {
+	s := as.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.approvals[req.GetName()] == nil {
+		return nil, status.Errorf(codes.NotFound, "approval of agent %q not found", req.GetName())
+	}
+	delete(s.approvals, req.GetName())
+	if a := s.agents[req.GetName()]; a != nil && a.GetState() == batonv1.AgentState_AGENT_STATE_CONNECTED {
+		a.State, a.PendingReason = batonv1.AgentState_AGENT_STATE_PENDING, "approval revoked"
+	}
+	return &batonv1.RevokeAgentResponse{}, nil
 }
 
 // agentService accepts agent sessions so that ListAgents shows real

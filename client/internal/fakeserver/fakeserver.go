@@ -101,6 +101,7 @@ type Server struct {
 	attempts  map[int64][]*batonv1.Attempt
 	logs      map[logKey]*batonv1.GetTaskLogsResponse
 	agents    map[string]*batonv1.Agent
+	approvals map[string]*batonv1.AgentApproval
 	agentSeen chan struct{} // closed and replaced when an agent session changes
 
 	watches      []*batonv1.WatchRunRequest

@@ -39,3 +39,28 @@ func TestAgents(t *testing.T) {
 		t.Errorf("agents -o json = %v, want 4 agents, etl-01 first with its labels", &resp)
 	}
 }
+
+func TestAgentsApprove(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.srv.AddAgent(&batonv1.Agent{Name: "sql01", Labels: map[string]string{"role": "ssis"}, Slots: 8,
+		State: batonv1.AgentState_AGENT_STATE_PENDING, PendingReason: "waiting for approval",
+		LastSeenTime: timestamppb.New(now.Add(-time.Second))})
+	b.run(t, "agents").want(t, cli.ExitOK, lines(
+		"NAME   STATE    LABELS     SLOTS  RUNNING  VERSION  LAST SEEN",
+		"sql01  pending  role=ssis  8      0        -        1s ago",
+		"",
+		"sql01: waiting for approval",
+	), "")
+	b.run(t, "agents", "approve", "sql01").want(t, cli.ExitOK,
+		"agent sql01 approved: labels role=ssis, slots 8, certificate sha256:abababababababab…\n", "")
+	b.run(t, "agents", "approve", "sql02", "--label", "role=etl", "--label", "dc=east").want(t, cli.ExitOK,
+		"agent sql02 approved: labels dc=east,role=etl, slots any\n", "")
+	b.run(t, "agents", "approve", "sql03").want(t, cli.ExitError, "",
+		"baton: approve agent \"sql03\": agent \"sql03\" is not connected\n")
+	b.run(t, "agents", "approve", "sql03", "--label", "role").want(t, cli.ExitError, "",
+		"baton: invalid --label \"role\": want key=value\nRun 'baton agents approve --help' for usage.\n")
+	b.run(t, "agents", "revoke", "sql01").want(t, cli.ExitOK, "agent sql01: approval revoked\n", "")
+	b.run(t, "agents", "revoke", "sql01").want(t, cli.ExitError, "",
+		"baton: revoke agent \"sql01\": approval of agent \"sql01\" not found\n")
+}

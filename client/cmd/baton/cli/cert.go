@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/batonhq/baton/client/internal/pki"
+	"github.com/batonhq/baton/client/pki"
 )
 
 // certCommand makes a private CA and the certificates batond and its
