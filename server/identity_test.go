@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -322,5 +324,47 @@ func TestAgentCAConfig(t *testing.T) {
 		TLSCertFile: filepath.Join(dir, pki.ServerCrt), TLSKeyFile: filepath.Join(dir, pki.ServerKey)})
 	if err == nil || !strings.Contains(err.Error(), "without client certificates") || !strings.Contains(err.Error(), "--agent-ca") {
 		t.Errorf("New on 0.0.0.0 with TLS but no agent CA = %v, want it refused naming --agent-ca", err)
+	}
+}
+
+func TestAgentReportsOnlyItsOwnAttempts(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	owner := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "sql01", Slots: 1, Labels: map[string]string{"role": "ssis"}})
+	applyJob(t, b, oneTaskJob)
+	run := startRun(t, b, "one")
+	start := owner.nextStart(t)
+	owner.started(t, start.GetAttemptId())
+
+	// Another agent forges the attempt's outcome.
+	other := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "etl-09", Slots: 1})
+	other.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskFinished{TaskFinished: &batonv1.TaskFinished{
+		AttemptId: start.GetAttemptId(), Outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_SUCCEEDED,
+		Outputs: map[string]string{"RowCount": "0"}, StartTime: timestamppb.Now(), EndTime: timestamppb.Now(),
+	}}})
+	// Its acknowledgement, or nothing: the ListAgents after it is served
+	// once the loop has handled the forged outcome.
+	if _, err := b.admin.ListAgents(ctx, &batonv1.ListAgentsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	atts, err := b.runs.ListAttempts(ctx, &batonv1.ListAttemptsRequest{RunId: run.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := atts.GetAttempts(); len(a) != 1 || a[0].GetState() != batonv1.AttemptState_ATTEMPT_STATE_RUNNING ||
+		a[0].GetAgent() != "sql01" {
+		t.Fatalf("attempts after a forged outcome = %v, want sql01's attempt running with no outputs", a)
+	}
+
+	owner.run(t, start, "", "", batonv1.AttemptOutcome_ATTEMPT_OUTCOME_FAILED, 3, nil)
+	evs, got := waitEnded(t, b.runs, run.GetId())
+	if got.GetState() != batonv1.RunState_RUN_STATE_FAILED {
+		t.Fatalf("run = %v, want failed: the owner's outcome counts, not the forger's", got.GetState())
+	}
+	for _, e := range evs {
+		if strings.Contains(e.GetMessage(), "late outcome") || e.GetAgent() == "etl-09" {
+			t.Errorf("event %v: the forged outcome left a trace in the run's history", e)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -96,6 +97,13 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 			old, err := tx.AttemptGet(ctx, &store.AttemptGetParams{ID: f.AttemptID})
 			if err != nil {
 				return err
+			}
+			if old.Agent != a.Name {
+				// An agent may report only on attempts sent to it: this
+				// one is not even history.
+				s.log.Warn("outcome of another agent's attempt ignored", slog.String("agent", a.Name),
+					slog.Int64("attempt", old.ID), slog.String("sent_to", old.Agent))
+				return nil
 			}
 			return tx.EventAppend(ctx, &store.EventAppendParams{Events: []*store.Event{{
 				RunID: old.RunID, At: s.now().UTC(), Task: old.Task, Item: old.Item, AttemptID: old.ID,
