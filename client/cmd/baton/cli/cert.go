@@ -53,7 +53,9 @@ enterprise CA instead. These commands work offline: they do not call batond.`,
 	caCmd := &cobra.Command{
 		Use:   "ca",
 		Short: "Make a private certificate authority (ca.crt, ca.key)",
-		Args:  wantArgs(),
+		Example: `  baton cert ca --dir ./pki
+  baton cert ca --dir ./pki --name "Contoso Baton CA" --days 1825`,
+		Args: wantArgs(),
 		RunE: func(*cobra.Command, []string) error {
 			v, err := validity()
 			if err != nil {
@@ -72,7 +74,9 @@ enterprise CA instead. These commands work offline: they do not call batond.`,
 	serverCmd := &cobra.Command{
 		Use:   "server HOST...",
 		Short: "Issue batond's TLS certificate for the names and addresses agents dial",
-		Args:  cobra.MinimumNArgs(1),
+		Example: `  baton cert server --dir ./pki batond01.corp.example.com 10.0.0.5
+  baton cert server --dir ./pki localhost 127.0.0.1`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(_ *cobra.Command, hosts []string) error {
 			v, err := validity()
 			if err != nil {
@@ -94,7 +98,9 @@ enterprise CA instead. These commands work offline: they do not call batond.`,
 	agentCmd := &cobra.Command{
 		Use:   "agent NAME",
 		Short: "Issue an agent's client certificate (URI SAN baton-agent:///NAME)",
-		Args:  wantArgs("NAME"),
+		Example: `  baton cert agent --dir ./pki sql01
+  baton cert agent --dir ./pki etl-02 --days 90`,
+		Args: wantArgs("NAME"),
 		RunE: func(_ *cobra.Command, args []string) error {
 			v, err := validity()
 			if err != nil {
