@@ -1,4 +1,4 @@
--- Version 4: agents an admin approved, and what they may claim.
+-- Version 5: agents an admin approved, and what they may claim.
 
 -- An agent whose Hello claims labels outside labels, or more than slots
 -- slots (0: any), or presents another certificate than cert_sha256 (when

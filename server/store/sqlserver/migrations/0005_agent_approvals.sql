@@ -1,4 +1,4 @@
--- Version 4: agents an admin approved, and what they may claim. Same
+-- Version 5: agents an admin approved, and what they may claim. Same
 -- version number as the SQLite backend's.
 
 -- An agent whose Hello claims labels outside labels, or more than slots
