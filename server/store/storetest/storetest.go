@@ -63,6 +63,8 @@ func Run(t *testing.T, h Harness) {
 		{"Agent", testAgent},
 		{"Leader", testLeader},
 		{"LeaderFencing", testLeaderFencing},
+		{"Token", testToken},
+		{"Audit", testAudit},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,7 +134,7 @@ func wantBadInput(t *testing.T, what string, err error) {
 		t.Fatalf("%s = nil, want an error", what)
 	}
 	for _, s := range []error{store.ErrNotFound, store.ErrConflict, store.ErrAlreadyActive,
-		store.ErrStaleAttempt, store.ErrNotLeader} {
+		store.ErrStaleAttempt, store.ErrNotLeader, store.ErrExists} {
 		if errors.Is(err, s) {
 			t.Fatalf("%s = %v, want a bad-input error, not %v", what, err, s)
 		}
