@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
 	"time"
 	"unicode/utf8"
 )
@@ -84,8 +85,8 @@ func (p *TokenCreateParams) Check() error {
 		return errors.New("name is empty")
 	case len(p.Name) > MaxTokenName:
 		return fmt.Errorf("name is %d bytes long; the limit is %d", len(p.Name), MaxTokenName)
-	case !printable(p.Name):
-		return fmt.Errorf("name %q: want printable characters without spaces", p.Name)
+	case !tokenNameRE.MatchString(p.Name):
+		return fmt.Errorf("name %q: want a letter followed by letters, digits, '.', '_', '@' or '-'", p.Name)
 	case !p.Role.Valid():
 		return fmt.Errorf("role %q: want viewer, operator or admin", p.Role)
 	case len(p.Jobs) > MaxTokenJobs:
@@ -105,19 +106,9 @@ func (p *TokenCreateParams) Check() error {
 	return nil
 }
 
-// printable reports whether s is valid UTF-8 of printable, non-space
-// characters.
-func printable(s string) bool {
-	if !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r <= ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return false
-		}
-	}
-	return true
-}
+// tokenNameRE is the form of a token name. It starts with a letter, so a
+// name is never mistaken for an id, and needs no escaping in a URL path.
+var tokenNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._@-]*$`)
 
 func isHexHash(s string) bool {
 	if len(s) != 64 {

@@ -79,6 +79,8 @@ func testToken(t *testing.T, h Harness) {
 	for _, bad := range []*store.TokenCreateParams{
 		{Name: "", Role: store.TokenViewer, Hash: hashOf("d")},
 		{Name: "has space", Role: store.TokenViewer, Hash: hashOf("d")},
+		{Name: "123", Role: store.TokenViewer, Hash: hashOf("d")},
+		{Name: "a/b", Role: store.TokenViewer, Hash: hashOf("d")},
 		{Name: strings.Repeat("n", store.MaxTokenName+1), Role: store.TokenViewer, Hash: hashOf("d")},
 		{Name: "x", Role: "root", Hash: hashOf("d")},
 		{Name: "x", Role: store.TokenViewer, Hash: "abc"},
