@@ -106,6 +106,11 @@ func (p *TokenCreateParams) Check() error {
 	return nil
 }
 
+// TokenNameOK reports whether name is a valid token name: a letter
+// followed by letters, digits, '.', '_', '@' or '-', at most MaxTokenName
+// bytes.
+func TokenNameOK(name string) bool { return len(name) <= MaxTokenName && tokenNameRE.MatchString(name) }
+
 // tokenNameRE is the form of a token name. It starts with a letter, so a
 // name is never mistaken for an id, and needs no escaping in a URL path.
 var tokenNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._@-]*$`)
