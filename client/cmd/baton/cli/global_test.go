@@ -160,8 +160,8 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	walk(nil, cli.RootCommandForDocs())
-	if commands != 16 {
-		t.Errorf("walked %d commands, want 16", commands)
+	if commands != 21 {
+		t.Errorf("walked %d commands, want 21", commands)
 	}
 }
 
