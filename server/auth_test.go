@@ -232,7 +232,10 @@ func TestAuthRoles(t *testing.T) {
 	b.waitAudit(t, "the operator's refused DeleteJob", func(r *store.AuditRecord) bool {
 		return isCall("token:ci", batonv1.JobService_DeleteJob_FullMethodName, "PermissionDenied")(r) && r.Job == "etl"
 	})
-	b.waitAudit(t, "the token creation", isCall("token:root", batonv1.TokenService_CreateToken_FullMethodName, "OK"))
+	b.waitAudit(t, "the token creation", func(r *store.AuditRecord) bool {
+		return isCall("token:root", batonv1.TokenService_CreateToken_FullMethodName, "OK")(r) &&
+			r.Message == `created token "ci" (id 3, operator)`
+	})
 	if _, err := b.runs.CancelRun(as(ctx, operator), &batonv1.CancelRunRequest{RunId: runID}); err != nil {
 		t.Fatalf("operator CancelRun: %v", err)
 	}

@@ -125,6 +125,9 @@ type call struct {
 	id     auth.Identity
 	job    string
 	run    int64
+	// note says what a successful call did, when job and run cannot
+	// (the token it created or revoked).
+	note string
 }
 
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -146,6 +149,9 @@ func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		resp = filterList(c.id, resp)
 		job, run := responseSubject(resp)
 		c.job, c.run = cmpOr(c.job, job), max(c.run, run)
+	}
+	if err == nil {
+		c.note = responseNote(resp)
 	}
 	g.record(ctx, c, err)
 	return resp, err
@@ -327,6 +333,22 @@ func responseSubject(resp any) (job string, run int64) {
 	return "", 0
 }
 
+// responseNote names the token a token call created or revoked.
+func responseNote(resp any) string {
+	switch r := resp.(type) {
+	case *batonv1.CreateTokenResponse:
+		t := r.GetToken()
+		note := fmt.Sprintf("created token %q (id %d, %s", t.GetName(), t.GetId(), roleToStore[t.GetRole()])
+		if t.GetJobs() != "" {
+			note += ", jobs " + t.GetJobs()
+		}
+		return note + ")"
+	case *batonv1.RevokeTokenResponse:
+		return fmt.Sprintf("revoked token %q (id %d)", r.GetToken().GetName(), r.GetToken().GetId())
+	}
+	return ""
+}
+
 // filterList keeps, for a token limited to jobs, only its jobs' entries of
 // a list.
 func filterList(id auth.Identity, resp any) any {
@@ -363,6 +385,8 @@ func (g *guard) record(ctx context.Context, c *call, err error) {
 		Job: c.job, RunID: c.run, Code: code.String()}
 	if err != nil {
 		r.Message = status.Convert(err).Message()
+	} else {
+		r.Message = c.note
 	}
 	g.audit.record(ctx, r, c.access.mutating)
 }
