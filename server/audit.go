@@ -154,19 +154,25 @@ func (a *auditor) run(ctx context.Context) {
 			a.purge(ctx)
 			purge.Reset(purgeEvery)
 		case <-ctx.Done():
-			a.mu.Lock()
-			a.closed = true
-			a.mu.Unlock()
-			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditSyncTimeout)
-			defer cancel()
-			for {
-				select {
-				case r := <-a.queue:
-					a.write(wctx, a.batch(r))
-				default:
-					return
-				}
-			}
+			a.close(ctx)
+			return
+		}
+	}
+}
+
+// close stops taking records into the queue and writes those left in it.
+func (a *auditor) close(ctx context.Context) {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditSyncTimeout)
+	defer cancel()
+	for {
+		select {
+		case r := <-a.queue:
+			a.write(wctx, a.batch(r))
+		default:
+			return
 		}
 	}
 }

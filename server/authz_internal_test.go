@@ -237,7 +237,7 @@ func TestAuthOffNonLoopback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	cfg := Config{Store: st, Logger: slog.New(slog.DiscardHandler), GRPCAddr: "0.0.0.0:0", HTTPAddr: "off",
 		TLSCertFile: cert, TLSKeyFile: key, Auth: AuthOff}
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "--auth=off") {
@@ -273,7 +273,7 @@ func BenchmarkGuard(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	if err := st.Migrate(ctx); err != nil {
 		b.Fatal(err)
 	}

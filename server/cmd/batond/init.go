@@ -67,7 +67,7 @@ whose admin tokens were all revoked or have expired.`,
 				if out, err = os.OpenFile(o.tokenFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 					return fmt.Errorf("--token-file: %w", err)
 				}
-				defer out.Close()
+				defer func() { _ = out.Close() }() // closed below; this one is for the error paths
 			}
 			secret, tok, err := server.CreateFirstAdmin(ctx, st, o.tokenName)
 			if err != nil && out != nil {

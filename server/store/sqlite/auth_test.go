@@ -23,7 +23,7 @@ func TestAuditAppendOnly(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open() = %v", err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	if err := st.Migrate(ctx); err != nil {
 		t.Fatalf("Migrate() = %v", err)
 	}
@@ -35,7 +35,7 @@ func TestAuditAppendOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	_, err = db.ExecContext(ctx, `UPDATE audit_log SET who = 'someone-else' WHERE id = ?`, rec.ID)
 	if err == nil || !strings.Contains(err.Error(), "append-only") {
 		t.Fatalf("UPDATE audit_log = %v, want refused as append-only", err)
