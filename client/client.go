@@ -27,6 +27,8 @@ type Client struct {
 	jobs   batonv1.JobServiceClient
 	runs   batonv1.RunServiceClient
 	agents batonv1.AgentAdminServiceClient
+	tokens batonv1.TokenServiceClient
+	audit  batonv1.AuditServiceClient
 }
 
 // New returns a Client that calls the control plane over conn. The caller
@@ -37,6 +39,8 @@ func New(conn *grpc.ClientConn) *Client {
 		jobs:   batonv1.NewJobServiceClient(conn),
 		runs:   batonv1.NewRunServiceClient(conn),
 		agents: batonv1.NewAgentAdminServiceClient(conn),
+		tokens: batonv1.NewTokenServiceClient(conn),
+		audit:  batonv1.NewAuditServiceClient(conn),
 	}
 }
 

@@ -7,11 +7,14 @@
 package client
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -40,6 +43,13 @@ type DialConfig struct {
 	// connection on without a restart. They turn TLS on.
 	CertFile string
 	KeyFile  string
+	// Token, when set, is the API token sent with every call as
+	// "authorization: Bearer <token>".
+	Token string
+	// InsecureToken allows sending Token without TLS to an address that is
+	// not loopback. Without it, Dial refuses: anyone on the path could
+	// read the token and act with its role.
+	InsecureToken bool
 }
 
 // TLSConfig returns the client TLS configuration c asks for, or nil for a
@@ -104,9 +114,48 @@ func Dial(c DialConfig, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		creds = credentials.NewTLS(tc)
 	}
 	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)
+	if c.Token != "" {
+		if tc == nil && !c.InsecureToken && !loopback(c.Addr) {
+			return nil, fmt.Errorf("refusing to send an API token without TLS to %s: anyone on the network path could "+
+				"read it; use TLS (--tls or --ca-file), or --insecure-token if this network is trusted", c.Addr)
+		}
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: c.Token, secure: tc != nil}))
+	}
 	conn, err := grpc.NewClient(c.Addr, opts...)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("dial %s", c.Addr), err)
 	}
 	return conn, nil
+}
+
+// bearer sends an API token with every call.
+type bearer struct {
+	token string
+	// secure makes grpc refuse to send the token over a connection
+	// without transport security (always, once TLS is configured).
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }
+
+// loopback reports whether addr (host:port, or a grpc target such as
+// dns:///host:port) names this machine: localhost or a loopback IP.
+func loopback(addr string) bool {
+	if i := strings.LastIndex(addr, "///"); i >= 0 {
+		addr = addr[i+3:]
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		host = addr
+	}
+	host = strings.Trim(host, "[]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -31,7 +31,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return invalidJob(jerr)
 	case errors.Is(err, store.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrAlreadyActive):
+	case errors.Is(err, store.ErrAlreadyActive), errors.Is(err, store.ErrExists):
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrConflict), errors.Is(err, scheduler.ErrNotActive):
 		return status.Error(codes.FailedPrecondition, err.Error())

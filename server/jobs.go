@@ -40,6 +40,11 @@ func (s *jobService) ApplyJob(ctx context.Context, req *batonv1.ApplyJobRequest)
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)
 	}
+	// Only here is the job's name known: a token limited to jobs may apply
+	// only its own.
+	if err := authorizeJob(ctx, spec.Name); err != nil {
+		return nil, err
+	}
 	canonical, err := spec.Canonical()
 	if err != nil {
 		return nil, toStatus(ctx, s.log, err)

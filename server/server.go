@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,12 +25,14 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	baton "github.com/batonhq/baton"
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
+	"github.com/batonhq/baton/server/auth"
 	"github.com/batonhq/baton/server/dispatch"
 	"github.com/batonhq/baton/server/engine"
 	"github.com/batonhq/baton/server/scheduler"
@@ -93,6 +96,45 @@ type Config struct {
 	// HTTPAllowOrigins are Origins (scheme://host[:port]) whose browser
 	// requests the REST gateway accepts besides its own.
 	HTTPAllowOrigins []string
+	// Auth turns API token authentication on (AuthOn) or off (AuthOff).
+	// The default, AuthAuto, is on unless both listeners are loopback.
+	// AuthOff on a non-loopback address needs Insecure.
+	Auth AuthMode
+	// PublicMetrics serves /healthz, /readyz, /metrics and /openapi.json
+	// without a token while authentication is on. Off by default: they
+	// then need a token of any role.
+	PublicMetrics bool
+	// AuditRetention is how long audit records are kept. Defaults to
+	// DefaultAuditRetention (400 days); at least store.MinAuditRetention.
+	AuditRetention time.Duration
+	// Clock tells the time of audit records and of token expiry and
+	// caching. Defaults to time.Now; tests inject their own.
+	Clock func() time.Time
+	// TokenCacheTTL is how long a looked-up token is trusted: the longest a
+	// revocation made on another replica takes to apply. Defaults to
+	// auth.DefaultCacheTTL (30s).
+	TokenCacheTTL time.Duration
+}
+
+// AuthMode says whether batond authenticates API callers.
+type AuthMode string
+
+// The authentication modes.
+const (
+	// AuthAuto is on unless both listeners are loopback.
+	AuthAuto AuthMode = ""
+	AuthOn   AuthMode = "on"
+	AuthOff  AuthMode = "off"
+)
+
+// AuthDefault returns the authentication mode AuthAuto stands for with
+// these listen addresses: off when both are loopback (or the HTTP one is
+// "off"), on otherwise.
+func AuthDefault(grpcAddr, httpAddr string) AuthMode {
+	if isLoopback(cmpOr(grpcAddr, DefaultGRPCAddr)) && (httpAddr == "off" || isLoopback(cmpOr(httpAddr, DefaultHTTPAddr))) {
+		return AuthOff
+	}
+	return AuthOn
 }
 
 // Addrs are the addresses batond listens on.
@@ -113,6 +155,10 @@ type Server struct {
 	metrics *prometheus.Registry
 	// specs is the compiled job versions the API and the scheduler share.
 	specs *engine.Cache
+
+	// authn is nil when authentication is off.
+	authn *auth.Authenticator
+	audit *auditor
 }
 
 // New validates cfg, opens the listeners and returns a Server ready to Run.
@@ -131,6 +177,22 @@ func New(cfg Config) (*Server, error) {
 	}
 	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert and --tls-key must be given together")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.AuditRetention == 0 {
+		cfg.AuditRetention = DefaultAuditRetention
+	}
+	if cfg.AuditRetention < store.MinAuditRetention {
+		return nil, fmt.Errorf("--audit-retention %s: want at least %s", cfg.AuditRetention, store.MinAuditRetention)
+	}
+	switch cfg.Auth {
+	case AuthAuto:
+		cfg.Auth = AuthDefault(cfg.GRPCAddr, cfg.HTTPAddr)
+	case AuthOn, AuthOff:
+	default:
+		return nil, fmt.Errorf("--auth %q: want on or off", cfg.Auth)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger}
 	if cfg.TLSCertFile != "" {
@@ -166,14 +228,28 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("refusing to listen on %s without TLS: give --tls-cert and --tls-key, "+
 				"or --insecure to accept plaintext from other machines", a)
 		}
+		if cfg.Auth == AuthOff && !cfg.Insecure && !isLoopback(a) {
+			return nil, fmt.Errorf("refusing to listen on %s with --auth=off: anyone who can connect could run "+
+				"commands on every agent; drop --auth=off (and run `batond init` for a token), or add --insecure", a)
+		}
 	}
 	if cfg.AgentCAFile == "" && !cfg.Insecure && !isLoopback(cfg.GRPCAddr) {
 		return nil, fmt.Errorf("refusing to accept agents on %s without client certificates: any machine could "+
 			"connect as any agent and be sent tasks; give --agent-ca (see 'baton cert'), or --insecure", cfg.GRPCAddr)
 	}
+	s.cfg = cfg
+	var err error
 	s.metrics = prometheus.NewRegistry()
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.specs = &engine.Cache{}
+	if cfg.Auth == AuthOn {
+		s.authn, err = auth.NewAuthenticator(auth.AuthenticatorConfig{Store: cfg.Store, Logger: cfg.Logger,
+			Clock: cfg.Clock, CacheTTL: cfg.TokenCacheTTL})
+		if err != nil {
+			return nil, err
+		}
+	}
+	s.audit = newAuditor(cfg.Store, cfg.Logger, cfg.Clock, cfg.AuditRetention, s.metrics, auditQueue)
 	sched, err := scheduler.New(scheduler.Config{
 		Store: cfg.Store, Logger: cfg.Logger, AgentTimeout: cfg.AgentTimeout,
 		KillGrace: cfg.KillGrace, LogCap: cfg.LogCap, Version: cfg.Version, Holder: cfg.NodeID,
@@ -212,17 +288,7 @@ func (s *Server) Addrs() Addrs {
 func (s *Server) Run(ctx context.Context) error {
 	stopping := make(chan struct{})
 	runs := &runService{st: s.cfg.Store, sched: s.sched, log: s.log, logCap: s.cfg.LogCap, stopping: stopping, specs: s.specs}
-	guard := dispatch.Guard{
-		RequireCert: s.cfg.AgentCAFile != "", RequireApproval: s.cfg.AgentApproval,
-		Approval: func(ctx context.Context, name string) (*store.AgentApproval, error) {
-			return s.cfg.Store.AgentApprovalGet(ctx, &store.AgentApprovalGetParams{Name: name})
-		},
-	}
-	register := func(g *grpc.Server) {
-		batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: s.specs})
-		batonv1.RegisterRunServiceServer(g, runs)
-		batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log, approval: s.cfg.AgentApproval, now: time.Now})
-	}
+	s.warnAuth(ctx)
 	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -233,23 +299,31 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.StaticStreamWindowSize(client.StreamWindow),
 		grpc.StaticConnWindowSize(client.ConnWindow),
 	}
-	external := opts
+	external := append(slices.Clone(opts), s.guardOptions(false)...)
 	if s.tls != nil {
 		external = append(external, grpc.Creds(credentials.NewTLS(s.tls)))
 	}
 	grpcSrv := grpc.NewServer(external...)
-	register(grpcSrv)
+	s.register(grpcSrv, runs)
 	// Agents connect only from outside: the in-process server below serves
 	// the gateway, which has no route to the agent service.
-	batonv1.RegisterAgentServiceServer(grpcSrv, dispatch.NewService(s.sched, s.log, guard))
+	batonv1.RegisterAgentServiceServer(grpcSrv, dispatch.NewService(s.sched, s.log, s.agentGuard()))
 	// The gateway reaches the API through an in-process listener, so it
-	// needs neither the network nor the TLS certificate.
-	inner := grpc.NewServer(opts...)
-	register(inner)
+	// needs neither the network nor the TLS certificate. Only there is
+	// the caller's address taken from x-forwarded-for, which the gateway
+	// sets from the HTTP request.
+	inner := grpc.NewServer(append(slices.Clone(opts), s.guardOptions(true)...)...)
+	s.register(inner, runs)
 	pipe := bufconn.Listen(1 << 20)
 
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
+	// The audit writer outlives the gRPC servers, so the last calls are
+	// recorded too.
+	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+	auditDone := make(chan struct{})
+	go func() { defer close(auditDone); s.audit.run(auditCtx) }()
+	defer func() { stopAudit(); <-auditDone }()
 	var wg sync.WaitGroup
 	errc := make(chan error, 4)
 	wg.Add(3)
@@ -279,25 +353,26 @@ func (s *Server) Run(ctx context.Context) error {
 				MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
 				UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 			},
-		}))
+		}), runtime.WithErrorHandler(bearerChallenge))
 		for _, reg := range []func(context.Context, *runtime.ServeMux, *grpc.ClientConn) error{
 			batonv1.RegisterJobServiceHandler, batonv1.RegisterRunServiceHandler, batonv1.RegisterAgentAdminServiceHandler,
+			batonv1.RegisterTokenServiceHandler, batonv1.RegisterAuditServiceHandler,
 		} {
 			if err := reg(ctx, gw, conn); err != nil {
 				return fmt.Errorf("gateway: %w", err)
 			}
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/v1/", gw)
-		mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		mux.Handle("/v1/", forwardedFor(gw))
+		mux.Handle("GET /openapi.json", s.needToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			_, _ = w.Write(baton.OpenAPI)
-		})
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		})))
+		mux.Handle("GET /healthz", s.needToken(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			_, _ = w.Write([]byte("ok\n"))
-		})
-		mux.Handle("GET /readyz", readyHandler(s.sched.Status))
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+		})))
+		mux.Handle("GET /readyz", s.needToken(readyHandler(s.sched.Status)))
+		mux.Handle("GET /metrics", s.needToken(promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{})))
 		guard := newRESTGuard(mux, s.httpLis.Addr(), s.cfg.HTTPAllowHosts, s.cfg.HTTPAllowOrigins)
 		httpSrv = &http.Server{Handler: guard, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.tls}
 		wg.Add(1)
@@ -316,7 +391,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	s.log.InfoContext(ctx, "batond listening", slog.String("grpc_addr", s.Addrs().GRPC),
-		slog.String("http_addr", s.Addrs().HTTP), slog.Bool("tls", s.tls != nil), slog.String("version", s.cfg.Version))
+		slog.String("http_addr", s.Addrs().HTTP), slog.Bool("tls", s.tls != nil), slog.String("auth", string(s.cfg.Auth)),
+		slog.String("version", s.cfg.Version))
 
 	var runErr error
 	select {
@@ -358,6 +434,67 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("batond stopped")
 	return runErr
+}
+
+// register registers every service on g.
+func (s *Server) register(g *grpc.Server, runs *runService) {
+	batonv1.RegisterJobServiceServer(g, &jobService{st: s.cfg.Store, log: s.log, specs: s.specs})
+	batonv1.RegisterRunServiceServer(g, runs)
+	batonv1.RegisterAgentAdminServiceServer(g, &adminService{st: s.cfg.Store, sched: s.sched, log: s.log,
+		approval: s.cfg.AgentApproval, now: s.cfg.Clock})
+	batonv1.RegisterTokenServiceServer(g, &tokenService{st: s.cfg.Store, log: s.log, clock: s.cfg.Clock, authn: s.authn})
+	batonv1.RegisterAuditServiceServer(g, &auditService{st: s.cfg.Store, log: s.log})
+}
+
+// agentGuard says who agents are (their certificates), what they may
+// claim (their approvals), and records the connections it refuses.
+func (s *Server) agentGuard() dispatch.Guard {
+	return dispatch.Guard{
+		RequireCert: s.cfg.AgentCAFile != "", RequireApproval: s.cfg.AgentApproval,
+		Approval: func(ctx context.Context, name string) (*store.AgentApproval, error) {
+			return s.cfg.Store.AgentApprovalGet(ctx, &store.AgentApprovalGetParams{Name: name})
+		},
+		Refused: func(ctx context.Context, name, peer string, err error) {
+			// Who proved itself by certificate, else who it said it was.
+			who := "agent:" + name
+			if c := dispatch.PeerCertName(ctx); c != "" {
+				who = string(auth.KindCert) + ":" + c
+			}
+			s.audit.record(ctx, &store.AuditRecord{At: s.audit.now(), Who: who, Peer: peer,
+				Method: batonv1.AgentService_Connect_FullMethodName, Code: status.Code(dispatch.StatusOf(err)).String(),
+				Message: fmt.Sprintf("agent %q refused: %v", name, err)}, false)
+		},
+	}
+}
+
+// guardOptions returns the interceptors that authenticate, authorize and
+// audit every call; forwarded is set for the gateway's in-process server.
+func (s *Server) guardOptions(forwarded bool) []grpc.ServerOption {
+	g := &guard{authn: s.authn, audit: s.audit, runs: s.cfg.Store, log: s.log, forwarded: forwarded}
+	return []grpc.ServerOption{grpc.ChainUnaryInterceptor(g.unary), grpc.ChainStreamInterceptor(g.stream)}
+}
+
+// warnAuth logs, at start, what authentication leaves open.
+func (s *Server) warnAuth(ctx context.Context) {
+	if s.authn == nil {
+		s.log.WarnContext(ctx, "API authentication is OFF: anyone who can connect to batond may start, cancel and "+
+			"change jobs, and so run commands on every agent; turn it on with --auth=on and create a token with `batond init`",
+			slog.String("grpc_addr", s.Addrs().GRPC), slog.String("http_addr", s.Addrs().HTTP))
+		return
+	}
+	toks, err := s.cfg.Store.TokenList(ctx, &store.TokenListParams{})
+	if err != nil {
+		s.log.WarnContext(ctx, "cannot list API tokens", slog.Any("error", err))
+		return
+	}
+	now := s.cfg.Clock()
+	for _, t := range toks {
+		if t.Usable(now) {
+			return
+		}
+	}
+	s.log.WarnContext(ctx, "API authentication is on but there is no usable API token: every call will be refused; "+
+		"run `batond init` (with the same --db or --data-dir) to create the first admin token")
 }
 
 func serveGRPC(g *grpc.Server, lis net.Listener) error {

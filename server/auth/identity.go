@@ -3,7 +3,12 @@
 // certificates. Every handler finds the caller with FromContext.
 package auth
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"path"
+	"strings"
+)
 
 // Role is what an API token may do. Each role may do everything the roles
 // before it may.
@@ -75,4 +80,32 @@ func NewContext(ctx context.Context, id Identity) context.Context {
 func FromContext(ctx context.Context) (Identity, bool) {
 	id, ok := ctx.Value(ctxKey{}).(Identity)
 	return id, ok
+}
+
+// rank orders the roles; unknown roles rank below viewer.
+var rank = map[Role]int{RoleViewer: 1, RoleOperator: 2, RoleAdmin: 3}
+
+// Valid reports whether r is one of the three roles.
+func (r Role) Valid() bool { return rank[r] > 0 }
+
+// Allows reports whether a caller with role r may do what needs role need.
+func (r Role) Allows(need Role) bool { return rank[r] > 0 && rank[r] >= rank[need] }
+
+// ParseRole returns the role named s ("viewer", "operator" or "admin").
+func ParseRole(s string) (Role, error) {
+	r := Role(strings.ToLower(s))
+	if !r.Valid() {
+		return "", fmt.Errorf("role %q: want viewer, operator or admin", s)
+	}
+	return r, nil
+}
+
+// MayJob reports whether id may act on the named job: always when its
+// token is not limited to jobs, else when the name matches the pattern.
+func (id Identity) MayJob(job string) bool {
+	if id.Jobs == "" {
+		return true
+	}
+	ok, err := path.Match(id.Jobs, job)
+	return err == nil && ok
 }

@@ -69,6 +69,20 @@ func peerCert(ctx context.Context) *x509.Certificate {
 	return info.State.PeerCertificates[0]
 }
 
+// PeerCertName returns the agent name the verified client certificate of
+// ctx's connection proves, or "" without one.
+func PeerCertName(ctx context.Context) string {
+	if c := peerCert(ctx); c != nil {
+		if name, err := client.AgentCertName(c); err == nil {
+			return name
+		}
+	}
+	return ""
+}
+
+// StatusOf returns the status error an agent sees for err.
+func StatusOf(err error) error { return toStatus(err) }
+
 // PeerAddr returns ctx's peer address, or "".
 func PeerAddr(ctx context.Context) string {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {

@@ -200,6 +200,41 @@ type Store interface {
 	// LeaderRelease gives up the lease if Holder holds it with Token, so
 	// another replica may take over at once; otherwise it does nothing.
 	LeaderRelease(ctx context.Context, p *LeaderReleaseParams) error
+
+	// TokenCreate stores an API token (its hash, never its secret) and
+	// returns it with its ID and CreatedAt set. A name already used, also
+	// by a revoked token, is ErrExists.
+	TokenCreate(ctx context.Context, p *TokenCreateParams) (*Token, error)
+	// TokenGet returns one token, revoked and expired ones included, looked
+	// up by ID, Name or Hash. An unknown one is ErrNotFound.
+	TokenGet(ctx context.Context, p *TokenGetParams) (*Token, error)
+	// TokenList returns every token, revoked and expired ones included,
+	// ordered by id.
+	TokenList(ctx context.Context, p *TokenListParams) ([]*Token, error)
+	// TokenRevoke marks a token revoked and returns it. Revoking a revoked
+	// token changes nothing (its RevokedAt stays). An unknown token is
+	// ErrNotFound.
+	TokenRevoke(ctx context.Context, p *TokenRevokeParams) (*Token, error)
+	// TokenTouch records that a token was used at At. LastUsedAt never
+	// moves backwards. Callers throttle it (once a minute per token), so
+	// authenticating a call does not write to the store each time. An
+	// unknown token is ErrNotFound.
+	TokenTouch(ctx context.Context, p *TokenTouchParams) error
+
+	// AuditAppend appends records to the audit trail, all or none, and
+	// sets each record's ID, and At when it is zero. Fields are clipped
+	// to their limits. The trail is append-only: no method changes a
+	// record, and only AuditPurge removes old ones. It is not fenced by
+	// the leader lease: a standby records the calls it refuses too.
+	AuditAppend(ctx context.Context, p *AuditAppendParams) error
+	// AuditList returns audit records newest first (by id), filtered as p
+	// says.
+	AuditList(ctx context.Context, p *AuditListParams) ([]*AuditRecord, error)
+	// AuditPurge removes up to Limit of the oldest records older than
+	// Before and returns how many it removed; callers repeat it until it
+	// returns less than Limit. Before must be at least MinAuditRetention
+	// in the past by the store's clock.
+	AuditPurge(ctx context.Context, p *AuditPurgeParams) (int, error)
 }
 
 // JobApplyParams are the arguments of [Store.JobApply].

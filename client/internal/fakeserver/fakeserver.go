@@ -1,5 +1,5 @@
 // Package fakeserver is an in-process stand-in for batond's public gRPC API,
-// for testing the client library and the CLI. It serves the four baton.v1
+// for testing the client library and the CLI. It serves the baton.v1
 // services over real gRPC on a loopback port, answers from fixtures the
 // test loads, records the requests it gets, and can break WatchRun streams
 // on cue (with a status or by dropping the connection) to exercise
@@ -110,6 +110,12 @@ type Server struct {
 	logCalls     []*batonv1.GetTaskLogsRequest
 	restartCalls []*batonv1.RestartRunRequest
 	attemptCalls []*batonv1.ListAttemptsRequest
+
+	required   string // the token every call must carry; "" for none
+	auths      []string
+	tokens     []*batonv1.Token
+	audit      []*batonv1.AuditRecord
+	auditCalls []*batonv1.ListAuditRequest
 }
 
 type logKey struct {
@@ -127,7 +133,6 @@ func New() (*Server, error) {
 	s := &Server{
 		addr:      l.Addr().String(),
 		lis:       &trackingListener{Listener: l, conns: make(map[net.Conn]bool)},
-		grpc:      grpc.NewServer(),
 		done:      make(chan struct{}),
 		changed:   make(chan struct{}),
 		jobs:      make(map[string][]*batonv1.Job),
@@ -146,10 +151,13 @@ func New() (*Server, error) {
 		agents:    make(map[string]*batonv1.Agent),
 		agentSeen: make(chan struct{}),
 	}
+	s.grpc = grpc.NewServer(grpc.UnaryInterceptor(s.unaryAuth), grpc.StreamInterceptor(s.streamAuth))
 	batonv1.RegisterJobServiceServer(s.grpc, &jobService{s: s})
 	batonv1.RegisterRunServiceServer(s.grpc, &runService{s: s})
 	batonv1.RegisterAgentAdminServiceServer(s.grpc, &adminService{s: s})
 	batonv1.RegisterAgentServiceServer(s.grpc, &agentService{s: s})
+	batonv1.RegisterTokenServiceServer(s.grpc, &tokenService{s: s})
+	batonv1.RegisterAuditServiceServer(s.grpc, &auditService{s: s})
 	go func() {
 		defer close(s.done)
 		_ = s.grpc.Serve(s.lis)

@@ -56,6 +56,12 @@ type options struct {
 	debugAddr    string
 	logLevel     string
 	logFormat    string
+
+	auth           string
+	publicMetrics  bool
+	auditRetention time.Duration
+	tokenFile      string
+	tokenName      string
 }
 
 // envs maps each flag to its environment variable.
@@ -80,6 +86,10 @@ var envs = map[string]string{
 	"debug-addr":        "BATON_DEBUG_ADDR",
 	"log-level":         "BATON_LOG_LEVEL",
 	"log-format":        "BATON_LOG_FORMAT",
+	"auth":              "BATON_AUTH",
+	"public-metrics":    "BATON_PUBLIC_METRICS",
+	"audit-retention":   "BATON_AUDIT_RETENTION",
+	"token-file":        "BATON_TOKEN_FILE",
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -137,6 +147,9 @@ Every flag can also be set with the environment variable shown in brackets.`,
 	sf.StringVar(&o.debugAddr, "debug-addr", "", "serve Go's /debug/pprof/ profiles on this loopback address (off by default)")
 	sf.StringSliceVar(&o.allowHosts, "http-allow-host", nil, "a Host name the REST gateway answers besides localhost, 127.0.0.1 and [::1] while it listens on loopback, e.g. a reverse proxy's (repeatable)")
 	sf.StringSliceVar(&o.allowOrigins, "http-allow-origin", nil, "an Origin (https://host[:port]) whose browser requests the REST gateway accepts besides its own (repeatable)")
+	sf.StringVar(&o.auth, "auth", "", "API token authentication: on or off (default: on, unless both --grpc-addr and --http-addr are loopback); off on a non-loopback address also needs --insecure")
+	sf.BoolVar(&o.publicMetrics, "public-metrics", false, "serve /healthz, /readyz, /metrics and /openapi.json without a token while authentication is on")
+	sf.DurationVar(&o.auditRetention, "audit-retention", server.DefaultAuditRetention, "how long audit records are kept (at least 24h); older ones are purged hourly")
 	sf.StringVar(&o.nodeID, "node-id", "", "this batond's name in the leader lease; replicas sharing a SQL Server database need distinct ids (default: host:grpc-port, or host:sqlite on the embedded store)")
 
 	migrate := &cobra.Command{
@@ -167,7 +180,7 @@ can then run as a login with DML rights only (see docs/operations.md).`,
 			return nil
 		},
 	}
-	root.AddCommand(migrate)
+	root.AddCommand(migrate, initCommand(&o, stdout, stderr))
 
 	// A failed write to stderr has nowhere to be reported; the exit code
 	// still says what happened.
@@ -224,12 +237,17 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 			node = host + ":" + port
 		}
 	}
+	authMode, err := authMode(o)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
 		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
 		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
 		AgentCAFile: o.agentCA, AgentApproval: o.approval,
 		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version, NodeID: node,
 		HTTPAllowHosts: o.allowHosts, HTTPAllowOrigins: o.allowOrigins,
+		Auth: authMode, PublicMetrics: o.publicMetrics, AuditRetention: o.auditRetention,
 	})
 	if err != nil {
 		return err
@@ -353,6 +371,9 @@ func applyEnv(root *cobra.Command) error {
 	}
 	visit(root.PersistentFlags())
 	visit(root.Flags())
+	for _, c := range root.Commands() {
+		visit(c.Flags())
+	}
 	return errors.Join(errs...)
 }
 

@@ -235,7 +235,7 @@ func (s *Store) applyMigration(ctx context.Context, m migration, applied *bool) 
 // files.
 var dropTables = []string{
 	"log_chunks", "events", "attempts", "task_instances", "runs", "job_versions", "jobs",
-	"agents", "agent_approvals", "leader_lease", "schema_migrations",
+	"agents", "agent_approvals", "leader_lease", "api_tokens", "audit_log", "schema_migrations",
 }
 
 var qDropSchema = register("drop_schema", `
@@ -252,6 +252,9 @@ DROP TABLE IF EXISTS {{schema}}.jobs;
 DROP TABLE IF EXISTS {{schema}}.agents;
 DROP TABLE IF EXISTS {{schema}}.agent_approvals;
 DROP TABLE IF EXISTS {{schema}}.leader_lease;
+DROP PROCEDURE IF EXISTS {{schema}}.audit_purge;
+DROP TABLE IF EXISTS {{schema}}.api_tokens;
+DROP TABLE IF EXISTS {{schema}}.audit_log;
 DROP TABLE IF EXISTS {{schema}}.schema_migrations;
 IF SCHEMA_ID(N'{{schema_name}}') IS NOT NULL EXEC (N'DROP SCHEMA {{schema}}');`)
 

@@ -64,6 +64,8 @@ func Run(t *testing.T, h Harness) {
 		{"AgentApproval", testAgentApproval},
 		{"Leader", testLeader},
 		{"LeaderFencing", testLeaderFencing},
+		{"Token", testToken},
+		{"Audit", testAudit},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,7 +135,7 @@ func wantBadInput(t *testing.T, what string, err error) {
 		t.Fatalf("%s = nil, want an error", what)
 	}
 	for _, s := range []error{store.ErrNotFound, store.ErrConflict, store.ErrAlreadyActive,
-		store.ErrStaleAttempt, store.ErrNotLeader} {
+		store.ErrStaleAttempt, store.ErrNotLeader, store.ErrExists} {
 		if errors.Is(err, s) {
 			t.Fatalf("%s = %v, want a bad-input error, not %v", what, err, s)
 		}

@@ -142,6 +142,10 @@ type app struct {
 	output  string
 	timeout time.Duration
 
+	token         string
+	tokenFile     string
+	insecureToken bool
+
 	conn *grpc.ClientConn
 	c    *client.Client
 }
@@ -156,6 +160,9 @@ var envTwins = []struct{ flag, env string }{
 	{"tls", "BATON_TLS"},
 	{"output", "BATON_OUTPUT_FORMAT"},
 	{"timeout", "BATON_TIMEOUT"},
+	{"token", "BATON_TOKEN"},
+	{"token-file", "BATON_TOKEN_FILE"},
+	{"insecure-token", "BATON_INSECURE_TOKEN"},
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -184,9 +191,12 @@ failed or was cancelled, 2 any other error.`,
 	f.BoolVar(&a.tls, "tls", false, "use TLS with the system's root CAs (env BATON_TLS)")
 	f.StringVarP(&a.output, "output", "o", outputTable, "output format: table or json (env BATON_OUTPUT_FORMAT)")
 	f.DurationVar(&a.timeout, "timeout", defaultTimeout, "time limit of each request; 0 for none; watching is not limited (env BATON_TIMEOUT)")
+	f.StringVar(&a.token, "token", "", "API token to send (prefer env BATON_TOKEN or --token-file: a flag shows in the process list)")
+	f.StringVar(&a.tokenFile, "token-file", "", "file holding the API token (env BATON_TOKEN_FILE)")
+	f.BoolVar(&a.insecureToken, "insecure-token", false, "allow sending the token without TLS to a non-loopback address (env BATON_INSECURE_TOKEN)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err: err} })
 
-	root.AddCommand(a.jobCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(), a.certCommand())
+	root.AddCommand(a.jobCommand(), a.runCommand(), a.agentsCommand(), a.logsCommand(), a.tokenCommand(), a.auditCommand(), a.certCommand())
 	markCommandErrors(root)
 	return root
 }
@@ -248,12 +258,44 @@ func (a *app) client() (*client.Client, error) {
 	if a.c != nil {
 		return a.c, nil
 	}
-	conn, err := client.Dial(client.DialConfig{Addr: a.addr, CAFile: a.caFile, TLS: a.tls})
+	token, err := a.apiToken()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := client.Dial(client.DialConfig{Addr: a.addr, CAFile: a.caFile, TLS: a.tls, Token: token, InsecureToken: a.insecureToken})
 	if err != nil {
 		return nil, err
 	}
 	a.conn, a.c = conn, client.New(conn)
 	return a.c, nil
+}
+
+// maxTokenFile bounds what --token-file reads.
+const maxTokenFile = 4096
+
+// apiToken returns the token to send: --token (or BATON_TOKEN), else the
+// content of --token-file (or BATON_TOKEN_FILE), else none.
+func (a *app) apiToken() (string, error) {
+	if a.token != "" {
+		return strings.TrimSpace(a.token), nil
+	}
+	if a.tokenFile == "" {
+		return "", nil
+	}
+	f, err := os.Open(a.tokenFile)
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	defer func() { _ = f.Close() }() // read only: nothing to lose
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", a.tokenFile, err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(b) > maxTokenFile || tok == "" || strings.ContainsAny(tok, " \t\r\n") {
+		return "", fmt.Errorf("--token-file %s: want one token (baton_...) and nothing else", a.tokenFile)
+	}
+	return tok, nil
 }
 
 func (a *app) close() {

@@ -160,8 +160,8 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	walk(nil, cli.RootCommandForDocs())
-	if commands != 22 {
-		t.Errorf("walked %d commands, want 22", commands)
+	if commands != 27 {
+		t.Errorf("walked %d commands, want 27", commands)
 	}
 }
 
