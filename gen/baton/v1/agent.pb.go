@@ -96,6 +96,14 @@ const (
 	// agent stopped the child's process tree (self-fencing): the control plane
 	// treats the attempt as lost.
 	AttemptOutcome_ATTEMPT_OUTCOME_LEASE_EXPIRED AttemptOutcome = 7
+	// The agent's own policy refused the attempt: its program, an environment
+	// name or its working directory is outside the agent's allowlist. Nothing
+	// ran. Unlike REJECTED this is final: another agent, or a later attempt
+	// with the same command, would be refused too or should not run it, so the
+	// control plane neither places it again nor retries it; the attempt is
+	// recorded as rejected with the agent's message and the task instance
+	// fails.
+	AttemptOutcome_ATTEMPT_OUTCOME_NOT_ALLOWED AttemptOutcome = 8
 )
 
 // Enum value maps for AttemptOutcome.
@@ -109,6 +117,7 @@ var (
 		5: "ATTEMPT_OUTCOME_CANCELLED",
 		6: "ATTEMPT_OUTCOME_REJECTED",
 		7: "ATTEMPT_OUTCOME_LEASE_EXPIRED",
+		8: "ATTEMPT_OUTCOME_NOT_ALLOWED",
 	}
 	AttemptOutcome_value = map[string]int32{
 		"ATTEMPT_OUTCOME_UNSPECIFIED":   0,
@@ -119,6 +128,7 @@ var (
 		"ATTEMPT_OUTCOME_CANCELLED":     5,
 		"ATTEMPT_OUTCOME_REJECTED":      6,
 		"ATTEMPT_OUTCOME_LEASE_EXPIRED": 7,
+		"ATTEMPT_OUTCOME_NOT_ALLOWED":   8,
 	}
 )
 
@@ -1020,7 +1030,13 @@ type StartTask struct {
 	// then each Heartbeat's seq) the control plane had received when it sent
 	// this StartTask: the attempt's lease runs from when the agent sent that
 	// message, for the Welcome's lease.
-	LeaseSeq      uint64 `protobuf:"varint,12,opt,name=lease_seq,json=leaseSeq,proto3" json:"lease_seq,omitempty"`
+	LeaseSeq uint64 `protobuf:"varint,12,opt,name=lease_seq,json=leaseSeq,proto3" json:"lease_seq,omitempty"`
+	// secret_env names environment variables whose values are secrets the
+	// agent resolves itself (env name -> secret name, from a job file's
+	// `secret:NAME` value): from its --secrets-dir, else its BATON_SECRET_NAME
+	// variable. The control plane never sees the values. A value in env is
+	// always literal, even when it starts with "secret:".
+	SecretEnv     map[string]string `protobuf:"bytes,13,rep,name=secret_env,json=secretEnv,proto3" json:"secret_env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1137,6 +1153,13 @@ func (x *StartTask) GetLeaseSeq() uint64 {
 		return x.LeaseSeq
 	}
 	return 0
+}
+
+func (x *StartTask) GetSecretEnv() map[string]string {
+	if x != nil {
+		return x.SecretEnv
+	}
+	return nil
 }
 
 // CancelTask asks the agent to stop an attempt's child process tree.
@@ -1426,7 +1449,7 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12%\n" +
 	"\x0eserver_version\x18\x02 \x01(\tR\rserverVersion\x12/\n" +
 	"\x05lease\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05lease\x12\x18\n" +
-	"\arenewed\x18\x04 \x03(\x03R\arenewed\"\xbe\x03\n" +
+	"\arenewed\x18\x04 \x03(\x03R\arenewed\"\xbf\x04\n" +
 	"\tStartTask\x12\x1d\n" +
 	"\n" +
 	"attempt_id\x18\x01 \x01(\x03R\tattemptId\x12\x15\n" +
@@ -1443,8 +1466,13 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x128\n" +
 	"\n" +
 	"kill_grace\x18\v \x01(\v2\x19.google.protobuf.DurationR\tkillGrace\x12\x1b\n" +
-	"\tlease_seq\x18\f \x01(\x04R\bleaseSeq\x1a6\n" +
+	"\tlease_seq\x18\f \x01(\x04R\bleaseSeq\x12A\n" +
+	"\n" +
+	"secret_env\x18\r \x03(\v2\".baton.v1.StartTask.SecretEnvEntryR\tsecretEnv\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a<\n" +
+	"\x0eSecretEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"}\n" +
 	"\n" +
@@ -1466,7 +1494,7 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
-	"\x11LOG_STREAM_STDERR\x10\x02*\x8d\x02\n" +
+	"\x11LOG_STREAM_STDERR\x10\x02*\xae\x02\n" +
 	"\x0eAttemptOutcome\x12\x1f\n" +
 	"\x1bATTEMPT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19ATTEMPT_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
@@ -1475,7 +1503,8 @@ const file_baton_v1_agent_proto_rawDesc = "" +
 	"\x19ATTEMPT_OUTCOME_TIMED_OUT\x10\x04\x12\x1d\n" +
 	"\x19ATTEMPT_OUTCOME_CANCELLED\x10\x05\x12\x1c\n" +
 	"\x18ATTEMPT_OUTCOME_REJECTED\x10\x06\x12!\n" +
-	"\x1dATTEMPT_OUTCOME_LEASE_EXPIRED\x10\a2R\n" +
+	"\x1dATTEMPT_OUTCOME_LEASE_EXPIRED\x10\a\x12\x1f\n" +
+	"\x1bATTEMPT_OUTCOME_NOT_ALLOWED\x10\b2R\n" +
 	"\fAgentService\x12B\n" +
 	"\aConnect\x12\x18.baton.v1.ConnectRequest\x1a\x19.baton.v1.ConnectResponse(\x010\x01B\x8a\x01\n" +
 	"\fcom.baton.v1B\n" +
@@ -1494,7 +1523,7 @@ func file_baton_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_baton_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_baton_v1_agent_proto_goTypes = []any{
 	(LogStream)(0),                // 0: baton.v1.LogStream
 	(AttemptOutcome)(0),           // 1: baton.v1.AttemptOutcome
@@ -1515,8 +1544,9 @@ var file_baton_v1_agent_proto_goTypes = []any{
 	nil,                           // 16: baton.v1.Hello.LabelsEntry
 	nil,                           // 17: baton.v1.TaskFinished.OutputsEntry
 	nil,                           // 18: baton.v1.StartTask.EnvEntry
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 20: google.protobuf.Duration
+	nil,                           // 19: baton.v1.StartTask.SecretEnvEntry
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 }
 var file_baton_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: baton.v1.ConnectRequest.hello:type_name -> baton.v1.Hello
@@ -1533,26 +1563,27 @@ var file_baton_v1_agent_proto_depIdxs = []int32{
 	16, // 11: baton.v1.Hello.labels:type_name -> baton.v1.Hello.LabelsEntry
 	5,  // 12: baton.v1.Hello.running:type_name -> baton.v1.RunningAttempt
 	9,  // 13: baton.v1.Hello.unacked:type_name -> baton.v1.TaskFinished
-	19, // 14: baton.v1.RunningAttempt.start_time:type_name -> google.protobuf.Timestamp
-	19, // 15: baton.v1.TaskStarted.start_time:type_name -> google.protobuf.Timestamp
+	20, // 14: baton.v1.RunningAttempt.start_time:type_name -> google.protobuf.Timestamp
+	20, // 15: baton.v1.TaskStarted.start_time:type_name -> google.protobuf.Timestamp
 	0,  // 16: baton.v1.LogChunk.stream:type_name -> baton.v1.LogStream
 	1,  // 17: baton.v1.TaskFinished.outcome:type_name -> baton.v1.AttemptOutcome
 	17, // 18: baton.v1.TaskFinished.outputs:type_name -> baton.v1.TaskFinished.OutputsEntry
-	19, // 19: baton.v1.TaskFinished.start_time:type_name -> google.protobuf.Timestamp
-	19, // 20: baton.v1.TaskFinished.end_time:type_name -> google.protobuf.Timestamp
-	20, // 21: baton.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 22: baton.v1.Welcome.lease:type_name -> google.protobuf.Duration
+	20, // 19: baton.v1.TaskFinished.start_time:type_name -> google.protobuf.Timestamp
+	20, // 20: baton.v1.TaskFinished.end_time:type_name -> google.protobuf.Timestamp
+	21, // 21: baton.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	21, // 22: baton.v1.Welcome.lease:type_name -> google.protobuf.Duration
 	18, // 23: baton.v1.StartTask.env:type_name -> baton.v1.StartTask.EnvEntry
-	20, // 24: baton.v1.StartTask.timeout:type_name -> google.protobuf.Duration
-	20, // 25: baton.v1.StartTask.kill_grace:type_name -> google.protobuf.Duration
-	20, // 26: baton.v1.CancelTask.kill_grace:type_name -> google.protobuf.Duration
-	2,  // 27: baton.v1.AgentService.Connect:input_type -> baton.v1.ConnectRequest
-	3,  // 28: baton.v1.AgentService.Connect:output_type -> baton.v1.ConnectResponse
-	28, // [28:29] is the sub-list for method output_type
-	27, // [27:28] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	21, // 24: baton.v1.StartTask.timeout:type_name -> google.protobuf.Duration
+	21, // 25: baton.v1.StartTask.kill_grace:type_name -> google.protobuf.Duration
+	19, // 26: baton.v1.StartTask.secret_env:type_name -> baton.v1.StartTask.SecretEnvEntry
+	21, // 27: baton.v1.CancelTask.kill_grace:type_name -> google.protobuf.Duration
+	2,  // 28: baton.v1.AgentService.Connect:input_type -> baton.v1.ConnectRequest
+	3,  // 29: baton.v1.AgentService.Connect:output_type -> baton.v1.ConnectResponse
+	29, // [29:30] is the sub-list for method output_type
+	28, // [28:29] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_agent_proto_init() }
@@ -1581,7 +1612,7 @@ func file_baton_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_agent_proto_rawDesc), len(file_baton_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -299,6 +299,10 @@ const (
 	AttemptState_ATTEMPT_STATE_CANCELLED   AttemptState = 6
 	// Its agent was not heard from within the agent timeout.
 	AttemptState_ATTEMPT_STATE_LOST AttemptState = 7
+	// Its agent refused to run it: the program, an environment name or the
+	// working directory is outside the agent's allowlist (see the attempt's
+	// error). Nothing ran; the attempt is final and not retried.
+	AttemptState_ATTEMPT_STATE_REJECTED AttemptState = 8
 )
 
 // Enum value maps for AttemptState.
@@ -312,6 +316,7 @@ var (
 		5: "ATTEMPT_STATE_TIMED_OUT",
 		6: "ATTEMPT_STATE_CANCELLED",
 		7: "ATTEMPT_STATE_LOST",
+		8: "ATTEMPT_STATE_REJECTED",
 	}
 	AttemptState_value = map[string]int32{
 		"ATTEMPT_STATE_UNSPECIFIED": 0,
@@ -322,6 +327,7 @@ var (
 		"ATTEMPT_STATE_TIMED_OUT":   5,
 		"ATTEMPT_STATE_CANCELLED":   6,
 		"ATTEMPT_STATE_LOST":        7,
+		"ATTEMPT_STATE_REJECTED":    8,
 	}
 )
 
@@ -510,15 +516,19 @@ type TaskRun struct {
 	// attempts is how many attempts were made.
 	Attempts int32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
 	// The fields below describe the latest attempt.
-	AttemptId     int64                  `protobuf:"varint,6,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
-	Agent         string                 `protobuf:"bytes,7,opt,name=agent,proto3" json:"agent,omitempty"`
-	ExitCode      *int32                 `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
-	Error         string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
-	Outputs       map[string]string      `protobuf:"bytes,10,rep,name=outputs,proto3" json:"outputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	StdoutTail    string                 `protobuf:"bytes,11,opt,name=stdout_tail,json=stdoutTail,proto3" json:"stdout_tail,omitempty"`
-	StderrTail    string                 `protobuf:"bytes,12,opt,name=stderr_tail,json=stderrTail,proto3" json:"stderr_tail,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	AttemptId  int64                  `protobuf:"varint,6,opt,name=attempt_id,json=attemptId,proto3" json:"attempt_id,omitempty"`
+	Agent      string                 `protobuf:"bytes,7,opt,name=agent,proto3" json:"agent,omitempty"`
+	ExitCode   *int32                 `protobuf:"varint,8,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Error      string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	Outputs    map[string]string      `protobuf:"bytes,10,rep,name=outputs,proto3" json:"outputs,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	StdoutTail string                 `protobuf:"bytes,11,opt,name=stdout_tail,json=stdoutTail,proto3" json:"stdout_tail,omitempty"`
+	StderrTail string                 `protobuf:"bytes,12,opt,name=stderr_tail,json=stderrTail,proto3" json:"stderr_tail,omitempty"`
+	StartTime  *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// attempt_state is the latest attempt's state (unspecified before the
+	// first attempt): a failed instance whose attempt its agent refused shows
+	// ATTEMPT_STATE_REJECTED here.
+	AttemptState  AttemptState `protobuf:"varint,15,opt,name=attempt_state,json=attemptState,proto3,enum=baton.v1.AttemptState" json:"attempt_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -649,6 +659,13 @@ func (x *TaskRun) GetEndTime() *timestamppb.Timestamp {
 		return x.EndTime
 	}
 	return nil
+}
+
+func (x *TaskRun) GetAttemptState() AttemptState {
+	if x != nil {
+		return x.AttemptState
+	}
+	return AttemptState_ATTEMPT_STATE_UNSPECIFIED
 }
 
 // RunEvent is one entry of a run's append-only event log.
@@ -1891,7 +1908,7 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\frestart_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vrestartTime\x1a9\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x05\n" +
 	"\aTaskRun\x12\x12\n" +
 	"\x04task\x18\x01 \x01(\tR\x04task\x12\"\n" +
 	"\n" +
@@ -1912,7 +1929,8 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"stderrTail\x129\n" +
 	"\n" +
 	"start_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x1a:\n" +
+	"\bend_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12;\n" +
+	"\rattempt_state\x18\x0f \x01(\x0e2\x16.baton.v1.AttemptStateR\fattemptState\x1a:\n" +
 	"\fOutputsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
@@ -2057,7 +2075,7 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\x12ATTEMPT_KIND_FIRST\x10\x01\x12\x16\n" +
 	"\x12ATTEMPT_KIND_RETRY\x10\x02\x12\x18\n" +
 	"\x14ATTEMPT_KIND_RESTART\x10\x03\x12\x1c\n" +
-	"\x18ATTEMPT_KIND_REPLACEMENT\x10\x04*\xef\x01\n" +
+	"\x18ATTEMPT_KIND_REPLACEMENT\x10\x04*\x8b\x02\n" +
 	"\fAttemptState\x12\x1d\n" +
 	"\x19ATTEMPT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ATTEMPT_STATE_DISPATCHED\x10\x01\x12\x19\n" +
@@ -2066,7 +2084,8 @@ const file_baton_v1_run_proto_rawDesc = "" +
 	"\x14ATTEMPT_STATE_FAILED\x10\x04\x12\x1b\n" +
 	"\x17ATTEMPT_STATE_TIMED_OUT\x10\x05\x12\x1b\n" +
 	"\x17ATTEMPT_STATE_CANCELLED\x10\x06\x12\x16\n" +
-	"\x12ATTEMPT_STATE_LOST\x10\a2\xbe\x04\n" +
+	"\x12ATTEMPT_STATE_LOST\x10\a\x12\x1a\n" +
+	"\x16ATTEMPT_STATE_REJECTED\x10\b2\xbe\x04\n" +
 	"\n" +
 	"RunService\x12A\n" +
 	"\bStartRun\x12\x19.baton.v1.StartRunRequest\x1a\x1a.baton.v1.StartRunResponse\x12;\n" +
@@ -2139,48 +2158,49 @@ var file_baton_v1_run_proto_depIdxs = []int32{
 	27, // 8: baton.v1.TaskRun.outputs:type_name -> baton.v1.TaskRun.OutputsEntry
 	29, // 9: baton.v1.TaskRun.start_time:type_name -> google.protobuf.Timestamp
 	29, // 10: baton.v1.TaskRun.end_time:type_name -> google.protobuf.Timestamp
-	29, // 11: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
-	0,  // 12: baton.v1.RunEvent.run_state:type_name -> baton.v1.RunState
-	1,  // 13: baton.v1.RunEvent.task_state:type_name -> baton.v1.TaskState
-	28, // 14: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
-	5,  // 15: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
-	5,  // 16: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
-	5,  // 17: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
-	7,  // 18: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
-	5,  // 19: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
-	2,  // 20: baton.v1.RestartRunRequest.mode:type_name -> baton.v1.RestartMode
-	5,  // 21: baton.v1.RestartRunResponse.run:type_name -> baton.v1.Run
-	3,  // 22: baton.v1.Attempt.kind:type_name -> baton.v1.AttemptKind
-	4,  // 23: baton.v1.Attempt.state:type_name -> baton.v1.AttemptState
-	29, // 24: baton.v1.Attempt.dispatch_time:type_name -> google.protobuf.Timestamp
-	29, // 25: baton.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	29, // 26: baton.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
-	4,  // 27: baton.v1.Attempt.late_state:type_name -> baton.v1.AttemptState
-	20, // 28: baton.v1.ListAttemptsResponse.attempts:type_name -> baton.v1.Attempt
-	30, // 29: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
-	29, // 30: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
-	24, // 31: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
-	8,  // 32: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
-	10, // 33: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
-	12, // 34: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
-	14, // 35: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
-	16, // 36: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
-	23, // 37: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
-	18, // 38: baton.v1.RunService.RestartRun:input_type -> baton.v1.RestartRunRequest
-	21, // 39: baton.v1.RunService.ListAttempts:input_type -> baton.v1.ListAttemptsRequest
-	9,  // 40: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
-	11, // 41: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
-	13, // 42: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
-	15, // 43: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
-	17, // 44: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
-	25, // 45: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
-	19, // 46: baton.v1.RunService.RestartRun:output_type -> baton.v1.RestartRunResponse
-	22, // 47: baton.v1.RunService.ListAttempts:output_type -> baton.v1.ListAttemptsResponse
-	40, // [40:48] is the sub-list for method output_type
-	32, // [32:40] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	4,  // 11: baton.v1.TaskRun.attempt_state:type_name -> baton.v1.AttemptState
+	29, // 12: baton.v1.RunEvent.time:type_name -> google.protobuf.Timestamp
+	0,  // 13: baton.v1.RunEvent.run_state:type_name -> baton.v1.RunState
+	1,  // 14: baton.v1.RunEvent.task_state:type_name -> baton.v1.TaskState
+	28, // 15: baton.v1.StartRunRequest.params:type_name -> baton.v1.StartRunRequest.ParamsEntry
+	5,  // 16: baton.v1.StartRunResponse.run:type_name -> baton.v1.Run
+	5,  // 17: baton.v1.GetRunResponse.run:type_name -> baton.v1.Run
+	5,  // 18: baton.v1.ListRunsResponse.runs:type_name -> baton.v1.Run
+	7,  // 19: baton.v1.WatchRunResponse.event:type_name -> baton.v1.RunEvent
+	5,  // 20: baton.v1.CancelRunResponse.run:type_name -> baton.v1.Run
+	2,  // 21: baton.v1.RestartRunRequest.mode:type_name -> baton.v1.RestartMode
+	5,  // 22: baton.v1.RestartRunResponse.run:type_name -> baton.v1.Run
+	3,  // 23: baton.v1.Attempt.kind:type_name -> baton.v1.AttemptKind
+	4,  // 24: baton.v1.Attempt.state:type_name -> baton.v1.AttemptState
+	29, // 25: baton.v1.Attempt.dispatch_time:type_name -> google.protobuf.Timestamp
+	29, // 26: baton.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	29, // 27: baton.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 28: baton.v1.Attempt.late_state:type_name -> baton.v1.AttemptState
+	20, // 29: baton.v1.ListAttemptsResponse.attempts:type_name -> baton.v1.Attempt
+	30, // 30: baton.v1.TaskLogChunk.stream:type_name -> baton.v1.LogStream
+	29, // 31: baton.v1.TaskLogChunk.time:type_name -> google.protobuf.Timestamp
+	24, // 32: baton.v1.GetTaskLogsResponse.chunks:type_name -> baton.v1.TaskLogChunk
+	8,  // 33: baton.v1.RunService.StartRun:input_type -> baton.v1.StartRunRequest
+	10, // 34: baton.v1.RunService.GetRun:input_type -> baton.v1.GetRunRequest
+	12, // 35: baton.v1.RunService.ListRuns:input_type -> baton.v1.ListRunsRequest
+	14, // 36: baton.v1.RunService.WatchRun:input_type -> baton.v1.WatchRunRequest
+	16, // 37: baton.v1.RunService.CancelRun:input_type -> baton.v1.CancelRunRequest
+	23, // 38: baton.v1.RunService.GetTaskLogs:input_type -> baton.v1.GetTaskLogsRequest
+	18, // 39: baton.v1.RunService.RestartRun:input_type -> baton.v1.RestartRunRequest
+	21, // 40: baton.v1.RunService.ListAttempts:input_type -> baton.v1.ListAttemptsRequest
+	9,  // 41: baton.v1.RunService.StartRun:output_type -> baton.v1.StartRunResponse
+	11, // 42: baton.v1.RunService.GetRun:output_type -> baton.v1.GetRunResponse
+	13, // 43: baton.v1.RunService.ListRuns:output_type -> baton.v1.ListRunsResponse
+	15, // 44: baton.v1.RunService.WatchRun:output_type -> baton.v1.WatchRunResponse
+	17, // 45: baton.v1.RunService.CancelRun:output_type -> baton.v1.CancelRunResponse
+	25, // 46: baton.v1.RunService.GetTaskLogs:output_type -> baton.v1.GetTaskLogsResponse
+	19, // 47: baton.v1.RunService.RestartRun:output_type -> baton.v1.RestartRunResponse
+	22, // 48: baton.v1.RunService.ListAttempts:output_type -> baton.v1.ListAttemptsResponse
+	41, // [41:49] is the sub-list for method output_type
+	33, // [33:41] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_run_proto_init() }
