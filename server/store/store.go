@@ -386,9 +386,10 @@ type AttemptExtendLeasesParams struct {
 type AttemptFinishParams struct {
 	ID    int64
 	Agent string
-	// State is the outcome: succeeded, failed, timed_out or cancelled, or
-	// lost when the agent stopped the child because the attempt's lease
-	// expired (self-fencing).
+	// State is the outcome: succeeded, failed, timed_out, cancelled or
+	// rejected (the agent's allowlist refused it), or lost when the agent
+	// stopped the child because the attempt's lease expired
+	// (self-fencing).
 	State      AttemptState
 	ExitCode   *int
 	Error      string

@@ -77,6 +77,10 @@ const (
 	// agent timeout (or its lease expired). An outcome reported later is
 	// recorded in the Late* fields and never decides the instance.
 	AttemptLost AttemptState = "lost"
+	// AttemptRejected means the agent's own policy (its allowlist) refused
+	// to run the attempt: nothing ran. It is final: the instance fails,
+	// without retries, and the Error says what was refused.
+	AttemptRejected AttemptState = "rejected"
 )
 
 // Live reports whether an attempt in state s may still report an outcome
@@ -327,10 +331,10 @@ func (s InstanceState) Valid() bool {
 func (s AttemptState) Valid() bool { return s.Live() || s.Outcome() || s == AttemptLost }
 
 // Outcome reports whether s is an outcome an agent reports: succeeded,
-// failed, timed_out or cancelled.
+// failed, timed_out, cancelled or rejected.
 func (s AttemptState) Outcome() bool {
 	switch s {
-	case AttemptSucceeded, AttemptFailed, AttemptTimedOut, AttemptCancelled:
+	case AttemptSucceeded, AttemptFailed, AttemptTimedOut, AttemptCancelled, AttemptRejected:
 		return true
 	}
 	return false

@@ -330,7 +330,7 @@ func (s *Store) AttemptFinish(ctx context.Context, p *store.AttemptFinishParams)
 		return nil, fmt.Errorf("attempt finish %d: agent is empty", p.ID)
 	}
 	if !p.State.Outcome() && p.State != store.AttemptLost {
-		return nil, fmt.Errorf("attempt finish %d: state %q: want succeeded, failed, timed_out, cancelled or lost", p.ID, p.State)
+		return nil, fmt.Errorf("attempt finish %d: state %q: want succeeded, failed, timed_out, cancelled, rejected or lost", p.ID, p.State)
 	}
 	outcome := []any{
 		sql.Named("id", p.ID), sql.Named("agent", p.Agent), sql.Named("state", string(p.State)),

@@ -331,6 +331,36 @@ func testAttemptOutcome(t *testing.T, h Harness) {
 	unchanged("a second late outcome", a3.ID, late)
 }
 
+// testAttemptRejected: an attempt its agent's allowlist refused is
+// recorded rejected, with the agent's message and no exit code; a late
+// refusal of a lost attempt is kept as late history.
+func testAttemptRejected(t *testing.T, h Harness) {
+	b := setup(t, h)
+	_, ins := b.readyInstances(t, "j", 2)
+	a := b.claim(t, ins[0], "etl-01", longTTL)
+	msg := "program /bin/sh is not allowed on agent etl-01: it matches none of --allow /opt/etl/bin/*"
+	fin, err := b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{ID: a.ID, Agent: "etl-01", State: store.AttemptRejected, Error: msg})
+	if err != nil {
+		t.Fatalf("AttemptFinish(rejected) = %v", err)
+	}
+	if got := b.attempt(t, a.ID); got.State != store.AttemptRejected || got.Error != msg || got.ExitCode != nil || got.FinishedAt.IsZero() {
+		t.Fatalf("rejected attempt = %+v; want rejected with the agent's message, no exit code, finished", got)
+	}
+	if fin.State != store.AttemptRejected {
+		t.Fatalf("AttemptFinish(rejected) returned state %q", fin.State)
+	}
+
+	lost := b.claim(t, ins[1], "etl-02", longTTL)
+	if _, err := b.s.AttemptLose(b.ctx, &store.AttemptLoseParams{ID: lost.ID, Error: "agent lost"}); err != nil {
+		t.Fatalf("AttemptLose() = %v", err)
+	}
+	_, err = b.s.AttemptFinish(b.ctx, &store.AttemptFinishParams{ID: lost.ID, Agent: "etl-02", State: store.AttemptRejected, Error: msg})
+	wantErr(t, "AttemptFinish(lost, rejected)", err, store.ErrStaleAttempt)
+	if got := b.attempt(t, lost.ID); got.State != store.AttemptLost || got.LateState != store.AttemptRejected {
+		t.Fatalf("lost attempt after a late refusal = %+v; want lost, late rejected", got)
+	}
+}
+
 func testAttemptHeartbeat(t *testing.T, h Harness) {
 	b := setup(t, h)
 	_, ins := b.readyInstances(t, "j", 4)

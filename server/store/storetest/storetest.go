@@ -53,6 +53,7 @@ func Run(t *testing.T, h Harness) {
 		{"AttemptClaim", testAttemptClaim},
 		{"AttemptClaimConcurrent", testAttemptClaimConcurrent},
 		{"AttemptOutcome", testAttemptOutcome},
+		{"AttemptRejected", testAttemptRejected},
 		{"AttemptHeartbeat", testAttemptHeartbeat},
 		{"AttemptLeaseExpiry", testAttemptLeaseExpiry},
 		{"AttemptExtendLeases", testAttemptExtendLeases},
