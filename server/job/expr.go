@@ -95,6 +95,9 @@ type taskExprs struct {
 	runSrc  []string
 	envKeys []string
 	env     []template // parallel to envKeys
+	// secrets maps env names to the secrets they take (secret:NAME
+	// values, which are not templates and not in envKeys).
+	secrets map[string]string
 	dir     template
 }
 

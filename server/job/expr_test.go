@@ -322,6 +322,36 @@ func TestExpandEnvAndDir(t *testing.T) {
 	}
 }
 
+// TestExpandSecrets: a secret:NAME value written in the job file is a
+// secret reference, left out of the expanded env; a value a placeholder
+// produces is literal even when it reads "secret:...", so a run param
+// cannot make a task read a secret.
+func TestExpandSecrets(t *testing.T) {
+	t.Parallel()
+	_, x := exprJob(t, `    run: [prog]
+    env:
+      PASSWORD: secret:dbpass
+      TOKEN: secret:api.token-2
+      INJECTED: ${{ params.which }}
+      LITERAL: ${{ "secret:dbpass" }}
+`)
+	v := vars(nil)
+	v.Params["which"] = "secret:other"
+	_, env, _, err := x.Expand("t", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"INJECTED": "secret:other", "LITERAL": "secret:dbpass"}; !cmp.Equal(env, want) {
+		t.Errorf("env = %q, want %q (secret references left out, placeholder values literal)", env, want)
+	}
+	if got, want := x.Secrets("t"), map[string]string{"PASSWORD": "dbpass", "TOKEN": "api.token-2"}; !cmp.Equal(got, want) {
+		t.Errorf("Secrets() = %q, want %q", got, want)
+	}
+	if got := x.Secrets("count-rows"); got != nil {
+		t.Errorf("Secrets(count-rows) = %q, want nil", got)
+	}
+}
+
 func TestExpandEmptyProgram(t *testing.T) {
 	t.Parallel()
 	_, x := exprJob(t, "    run: [\"${{ params.s }}\", arg]\n")

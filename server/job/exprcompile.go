@@ -114,6 +114,17 @@ func (c *compiler) task(i int, t *Task) *taskExprs {
 		tx.run = append(tx.run, c.template(sc, tp, fmt.Sprintf("run[%d]", k), arg))
 	}
 	for _, k := range sortedKeys(t.Env) {
+		// A secret reference is recognised in the job file's text only,
+		// before any placeholder is expanded: a value a placeholder
+		// produces is always literal, so a run param cannot make a task
+		// read a secret.
+		if name, ok := SecretRef(t.Env[k]); ok {
+			if tx.secrets == nil {
+				tx.secrets = make(map[string]string)
+			}
+			tx.secrets[k] = name
+			continue
+		}
 		tx.envKeys = append(tx.envKeys, k)
 		tx.env = append(tx.env, c.template(sc, tp, "env."+k, t.Env[k]))
 	}

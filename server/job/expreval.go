@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 
 	"cel.dev/cel-go/common/types"
@@ -248,6 +249,18 @@ func (x *Exprs) Expand(task string, v *Vars) (argv []string, env map[string]stri
 		return nil, nil, "", err
 	}
 	return argv, env, dir, nil
+}
+
+// Secrets returns the task's secret references: env name to secret name
+// (env values written as secret:NAME), nil when it has none. Expand
+// leaves these names out of env: the agent resolves them itself, and the
+// control plane never has the values.
+func (x *Exprs) Secrets(task string) map[string]string {
+	tx, err := x.task(task)
+	if err != nil || len(tx.secrets) == 0 {
+		return nil
+	}
+	return maps.Clone(tx.secrets)
 }
 
 // clip shortens a value shown in an error message.

@@ -2,10 +2,14 @@ package job
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzParse checks that Parse never panics, that every error it reports
@@ -91,4 +95,127 @@ func FuzzParse(f *testing.F) {
 			_, _, _, _ = x.Expand(task.Name, v)
 		}
 	})
+}
+
+// FuzzPlaceholders checks the ${{ }} placeholders of run, env and
+// working_dir on any text: splitting never panics and is undone exactly
+// by writing the pieces back (with "$${{" for a literal "${{"); text
+// without placeholders expands to itself; a secret reference is only ever
+// the job file's own text, whole ("secret:NAME", never built by a
+// placeholder); and a run param's value reaches the argument and the env
+// value it is placed in literally, whatever it holds ("secret:...",
+// "}}", "${{ ... }}").
+func FuzzPlaceholders(f *testing.F) {
+	for _, s := range []string{
+		"", "plain", "${{ params.a }}", "$${{ x }}", "$$${{ params.a }}", "a${{ params.a }}b${{params.a}}c",
+		"${{", "${{ }}", "${{ '}' }}", "}}", "${{ params.a }}}}", "secret:dbpass", "secret:../x", "secret:${{ params.a }}",
+		"${{ 'secret:' + params.a }}", "${{ {'a': {'b': 1} } }}", "\xff",
+	} {
+		f.Add(s, "secret:other")
+	}
+	// One job whose env, argument and directory are exactly a param.
+	inj := mustCompile(f, map[string]any{
+		"name":   "inj",
+		"params": map[string]string{"a": ""},
+		"tasks": []any{map[string]any{
+			"name": "t", "run": []string{"prog", "${{ params.a }}"},
+			"env": map[string]string{"X": "${{ params.a }}"}, "working_dir": "${{ params.a }}",
+		}},
+	})
+	f.Fuzz(func(t *testing.T, s, param string) {
+		segs, msg := splitTemplate(s)
+		if msg != "" {
+			if segs != nil {
+				t.Fatalf("splitTemplate(%q) returned pieces and the error %q", s, msg)
+			}
+		} else {
+			var b strings.Builder
+			exprs := 0
+			for _, seg := range segs {
+				if seg.expr {
+					exprs++
+					b.WriteString("${{" + seg.text + "}}")
+				} else {
+					b.WriteString(strings.ReplaceAll(seg.text, "${{", "$${{"))
+				}
+			}
+			again, msg := splitTemplate(b.String())
+			if msg != "" || !slices.Equal(again, segs) {
+				t.Fatalf("splitTemplate(%q) = %+v; written back as %q it splits into %+v (%s)", s, segs, b.String(), again, msg)
+			}
+			if exprs == 0 && (len(segs) != 1 || segs[0].text != strings.ReplaceAll(s, "$${{", "${{")) {
+				t.Fatalf("splitTemplate(%q) without placeholders = %+v", s, segs)
+			}
+		}
+
+		if utf8.ValidString(param) && !strings.ContainsRune(param, 0) {
+			v := &Vars{Params: map[string]string{"a": param}}
+			argv, env, dir, err := inj.Expand("t", v)
+			if err != nil || argv[1] != param || env["X"] != param || dir != param || len(env) != 1 {
+				t.Fatalf("param %q expands to argv %q, env %q, dir %q (%v); want it literally", param, argv, env, dir, err)
+			}
+			if inj.Secrets("t") != nil {
+				t.Fatalf("param %q made a secret reference: %q", param, inj.Secrets("t"))
+			}
+		}
+
+		// s as an env value of a job of its own.
+		if !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+			return
+		}
+		src, err := json.Marshal(map[string]any{
+			"name":   "p",
+			"params": map[string]string{"a": "A"},
+			"tasks":  []any{map[string]any{"name": "t", "run": []string{"prog"}, "env": map[string]string{"X": s}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec, err := Parse(src)
+		if err != nil {
+			if name, ok := strings.CutPrefix(s, SecretPrefix); ok && !strings.Contains(name, "${{") && secretNameRE.MatchString(name) {
+				t.Fatalf("a valid secret reference %q is refused: %v", s, err)
+			}
+			return
+		}
+		x, err := CompileExprs(spec)
+		if err != nil {
+			t.Fatalf("CompileExprs() of a parsed spec: %v", err)
+		}
+		_, env, _, err := x.Expand("t", &Vars{Params: map[string]string{"a": "A"}})
+		if name, ok := SecretRef(s); ok {
+			if got := x.Secrets("t"); got["X"] != name || env["X"] != "" {
+				t.Fatalf("env X: %q: Secrets() = %q, env = %q; want the secret %q and no value", s, got, env, name)
+			}
+			return
+		}
+		if strings.HasPrefix(s, SecretPrefix) {
+			t.Fatalf("env X: %q starts with %q and was accepted, but is no secret reference", s, SecretPrefix)
+		}
+		if x.Secrets("t") != nil {
+			t.Fatalf("env X: %q made a secret reference: %q", s, x.Secrets("t"))
+		}
+		if err == nil && !strings.Contains(s, "${{") && env["X"] != strings.ReplaceAll(s, "$${{", "${{") {
+			t.Fatalf("env X: %q without placeholders expands to %q", s, env["X"])
+		}
+	})
+}
+
+// mustCompile parses a job given as a value JSON encodes and compiles its
+// expressions.
+func mustCompile(tb testing.TB, job any) *Exprs {
+	tb.Helper()
+	src, err := json.Marshal(job)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := Parse(src)
+	if err != nil {
+		tb.Fatalf("Parse(%s) = %v", src, err)
+	}
+	x, err := CompileExprs(s)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return x
 }

@@ -1,6 +1,7 @@
 package job
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -157,6 +158,11 @@ func (p *parser) task(n *yaml.Node, i int) *Task {
 				if len(name)+1+len(val) > MaxArgBytes {
 					p.errs.add(kv.line, task, join(fp, name), "is %d bytes; one environment entry (NAME=value) may be at most %d (128 KiB, Linux's limit): pass large values in a file",
 						len(name)+1+len(val), MaxArgBytes)
+					delete(t.Env, name)
+					continue
+				}
+				if msg := checkSecretRef(val); msg != "" {
+					p.errs.add(cmp.Or(p.lines[join(fp, name)], kv.line), task, join(fp, name), "%s", msg)
 					delete(t.Env, name)
 				}
 			}
@@ -395,6 +401,40 @@ func checkEnvName(s string) string {
 	}
 	if strings.HasPrefix(strings.ToUpper(s), "BATON_") {
 		return fmt.Sprintf("environment variable %q: names starting with BATON_ are reserved for Baton", s)
+	}
+	return ""
+}
+
+// SecretPrefix starts an env value that names a secret: "secret:NAME".
+const SecretPrefix = "secret:"
+
+// MaxSecretName is the longest secret name.
+const MaxSecretName = 128
+
+// SecretRef returns the secret an env value names, when it is a secret
+// reference: exactly "secret:" and a valid name, written in the job file
+// (placeholders never make one).
+func SecretRef(val string) (string, bool) {
+	name, ok := strings.CutPrefix(val, SecretPrefix)
+	if !ok || checkSecretRef(val) != "" {
+		return "", false
+	}
+	return name, true
+}
+
+// checkSecretRef checks an env value that starts with "secret:".
+func checkSecretRef(val string) string {
+	name, ok := strings.CutPrefix(val, SecretPrefix)
+	if !ok {
+		return ""
+	}
+	if strings.Contains(name, "${{") {
+		return fmt.Sprintf("%q: a secret reference cannot hold placeholders: write the secret's name out, so that no run param can choose which secret a task reads (for a literal value starting with %q, write ${{ %q }})",
+			clip(val), SecretPrefix, val)
+	}
+	if !secretNameRE.MatchString(name) {
+		return fmt.Sprintf("invalid secret name %q in %q: use 1 to %d letters, digits, '.', '_' and '-', starting with a letter or digit",
+			clip(name), clip(val), MaxSecretName)
 	}
 	return ""
 }

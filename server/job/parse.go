@@ -37,7 +37,10 @@ const (
 var (
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	labelKeyRE = regexp.MustCompile(`^[A-Za-z0-9._/-]+$`)
-	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): `)
+	// secretNameRE: a file name in the agent's secrets directory, and the
+	// end of a BATON_SECRET_ variable; never "." or "..", no separator.
+	secretNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	yamlLineRE   = regexp.MustCompile(`^yaml: line (\d+): `)
 )
 
 // Parse parses and validates a job file (YAML; JSON is YAML). Expressions

@@ -347,6 +347,21 @@ func TestParseInvalid(t *testing.T) {
 			want: []wantErr{{6, "a", "tasks[a].env.baton_item", "names starting with BATON_ are reserved"}},
 		},
 		{
+			name: "secret name with a path",
+			src:  header + "  - name: a\n    run: [x]\n    env:\n      PASSWORD: secret:../x\n",
+			want: []wantErr{{6, "a", "tasks[a].env.PASSWORD", `invalid secret name "../x" in "secret:../x": use 1 to 128 letters, digits, '.', '_' and '-', starting with a letter or digit`}},
+		},
+		{
+			name: "empty secret name",
+			src:  header + "  - name: a\n    run: [x]\n    env:\n      PASSWORD: \"secret:\"\n",
+			want: []wantErr{{6, "a", "tasks[a].env.PASSWORD", `invalid secret name ""`}},
+		},
+		{
+			name: "secret chosen by a placeholder",
+			src:  header + "  - name: a\n    run: [x]\n    env:\n      PASSWORD: secret:${{ params.which }}\n",
+			want: []wantErr{{6, "a", "tasks[a].env.PASSWORD", "a secret reference cannot hold placeholders"}},
+		},
+		{
 			name: "max_parallel without for_each",
 			src:  header + "  - name: a\n    run: [x]\n    max_parallel: 4\n",
 			want: []wantErr{{5, "a", "tasks[a].max_parallel", "only applies to a for_each task"}},
