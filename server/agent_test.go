@@ -499,3 +499,76 @@ func TestListAgents(t *testing.T) {
 		t.Errorf("ListAgents (-want +got):\n%s", diff)
 	}
 }
+
+// TestAgentNotAllowedIsFinal: an attempt the agent's allowlist refused
+// (ATTEMPT_OUTCOME_NOT_ALLOWED) is final: recorded rejected with the
+// agent's message, not retried although the task has retries, not placed
+// on another agent; the instance fails, its failure edge fires and the
+// run fails. The StartTask carried the task's secret reference as a
+// reference only.
+func TestAgentNotAllowedIsFinal(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := testContext(t)
+	applyJob(t, b, `name: refused
+tasks:
+  - name: shell
+    run: [/bin/sh, -c, "rm -rf /"]
+    retries: 3
+    env:
+      PASSWORD: secret:dbpass
+      PLAIN: "secret-looking but ${{ 'literal' }}"
+  - name: alert
+    needs: [{task: shell, status: failure}]
+    run: [/opt/etl/bin/alert]
+`)
+	id := startRun(t, b, "refused").GetId()
+	agent := connectAgent(t, b.srv.conn, &batonv1.Hello{Name: "a1", Slots: 2, Version: "test", Os: "linux"})
+	st := agent.nextStart(t)
+	if st.GetTask() != "shell" {
+		t.Fatalf("first StartTask = %s, want shell", st.GetTask())
+	}
+	if diff := cmp.Diff(map[string]string{"PASSWORD": "dbpass"}, st.GetSecretEnv()); diff != "" {
+		t.Errorf("StartTask.secret_env (-want +got):\n%s", diff)
+	}
+	if _, ok := st.GetEnv()["PASSWORD"]; ok || st.GetEnv()["PLAIN"] != "secret-looking but literal" {
+		t.Errorf("StartTask.env = %v, want PLAIN only (the secret is a reference, not a value)", st.GetEnv())
+	}
+	msg := "program /bin/sh is not allowed on agent a1: it matches none of --allow /opt/etl/bin/*"
+	agent.send(t, &batonv1.ConnectRequest{Msg: &batonv1.ConnectRequest_TaskFinished{TaskFinished: &batonv1.TaskFinished{
+		AttemptId: st.GetAttemptId(), Outcome: batonv1.AttemptOutcome_ATTEMPT_OUTCOME_NOT_ALLOWED, ExitCode: -1, Error: msg,
+		StartTime: timestamppb.Now(), EndTime: timestamppb.Now(),
+	}}})
+	// The failure edge fires: the next start is alert, not shell again.
+	next := agent.nextStart(t)
+	if next.GetTask() != "alert" {
+		t.Fatalf("StartTask after the refusal = %s (attempt %d), want alert: a refused attempt is not retried", next.GetTask(), next.GetAttempt())
+	}
+	agent.run(t, next, "", "", batonv1.AttemptOutcome_ATTEMPT_OUTCOME_SUCCEEDED, 0, nil)
+	waitEnded(t, b.runs, id)
+
+	got, err := b.runs.GetRun(ctx, &batonv1.GetRunRequest{RunId: id})
+	if err != nil {
+		t.Fatalf("GetRun: %v", err)
+	}
+	if got.GetRun().GetState() != batonv1.RunState_RUN_STATE_FAILED {
+		t.Errorf("run state = %v, want failed", got.GetRun().GetState())
+	}
+	for _, tr := range got.GetRun().GetTasks() {
+		if tr.GetTask() != "shell" {
+			continue
+		}
+		if tr.GetState() != batonv1.TaskState_TASK_STATE_FAILED || tr.GetAttemptState() != batonv1.AttemptState_ATTEMPT_STATE_REJECTED ||
+			tr.GetAttempts() != 1 || tr.GetError() != msg || tr.ExitCode != nil {
+			t.Errorf("shell = %v; want failed after 1 attempt, rejected, with the agent's message and no exit code", tr)
+		}
+	}
+	atts, err := b.runs.ListAttempts(ctx, &batonv1.ListAttemptsRequest{RunId: id, Task: "shell"})
+	if err != nil {
+		t.Fatalf("ListAttempts: %v", err)
+	}
+	if n := len(atts.GetAttempts()); n != 1 || atts.GetAttempts()[0].GetState() != batonv1.AttemptState_ATTEMPT_STATE_REJECTED ||
+		atts.GetAttempts()[0].GetError() != msg {
+		t.Errorf("attempts of shell = %v; want one, rejected, with the agent's message", atts.GetAttempts())
+	}
+}

@@ -109,6 +109,7 @@ func taskRunToProto(in *store.Instance, a *store.Attempt) *batonv1.TaskRun {
 	}
 	if a != nil {
 		out.Agent = a.Agent
+		out.AttemptState = attemptStateToProto(a.State)
 		if a.ExitCode != nil {
 			v := int32(*a.ExitCode)
 			out.ExitCode = &v
@@ -180,6 +181,8 @@ func attemptStateToProto(s store.AttemptState) batonv1.AttemptState {
 		return batonv1.AttemptState_ATTEMPT_STATE_CANCELLED
 	case store.AttemptLost:
 		return batonv1.AttemptState_ATTEMPT_STATE_LOST
+	case store.AttemptRejected:
+		return batonv1.AttemptState_ATTEMPT_STATE_REJECTED
 	}
 	return batonv1.AttemptState_ATTEMPT_STATE_UNSPECIFIED
 }

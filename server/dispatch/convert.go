@@ -116,6 +116,8 @@ func finishedFromProto(f *batonv1.TaskFinished) (*Finished, error) {
 		o = OutcomeRejected
 	case batonv1.AttemptOutcome_ATTEMPT_OUTCOME_LEASE_EXPIRED:
 		o = OutcomeLeaseExpired
+	case batonv1.AttemptOutcome_ATTEMPT_OUTCOME_NOT_ALLOWED:
+		o = OutcomeNotAllowed
 	default:
 		return nil, fmt.Errorf("task_finished.outcome: unknown outcome %v for attempt %d", f.GetOutcome(), f.GetAttemptId())
 	}

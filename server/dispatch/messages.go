@@ -77,6 +77,11 @@ const (
 	// attempt's lease was not renewed in time (self-fencing): the attempt
 	// counts as lost.
 	OutcomeLeaseExpired
+	// OutcomeNotAllowed means nothing ran: the agent's own policy (its
+	// allowlist) refused the program, an environment name or the working
+	// directory. Unlike OutcomeRejected it is final: the instance fails
+	// without retries, and is not placed elsewhere.
+	OutcomeNotAllowed
 )
 
 // Finished is the real outcome of an attempt.
@@ -113,14 +118,18 @@ type LeaseRenewal struct {
 
 // Start asks an agent to start an attempt.
 type Start struct {
-	AttemptID  int64
-	RunID      int64
-	Job        string
-	Task       string
-	Attempt    int
-	Item       string
-	Argv       []string
-	Env        map[string]string
+	AttemptID int64
+	RunID     int64
+	Job       string
+	Task      string
+	Attempt   int
+	Item      string
+	Argv      []string
+	Env       map[string]string
+	// Secrets maps environment names to the secrets the agent resolves
+	// for them (secret:NAME values); the control plane never has the
+	// values.
+	Secrets    map[string]string
 	WorkingDir string
 	Timeout    time.Duration
 	KillGrace  time.Duration

@@ -236,6 +236,7 @@ func messageToProto(m any) (*batonv1.ConnectResponse, error) {
 			Item:       m.Item,
 			Argv:       m.Argv,
 			Env:        m.Env,
+			SecretEnv:  m.Secrets,
 			WorkingDir: m.WorkingDir,
 			Timeout:    durationpb.New(m.Timeout),
 			KillGrace:  durationpb.New(m.KillGrace),

@@ -51,6 +51,7 @@ func (s *Scheduler) adopt(r *runRT, in *instRT, a *store.Attempt) {
 			}
 			maps.Copy(env, job.ParamEnv(r.run.Params))
 			start.Argv, start.Env, start.WorkingDir = argv, env, dir
+			start.Secrets = r.g.Exprs.Secrets(name)
 		}
 	}
 	if in.item != store.NoItem {

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -143,6 +144,15 @@ func (s *Scheduler) finished(a *agentRT, f *dispatch.Finished) {
 		// Nothing ran; place it again without counting a retry.
 		a.Draining = true
 		s.requeueAfter(in, att.id, msg, 0)
+	case dispatch.OutcomeNotAllowed:
+		// The agent's allowlist refused it and nothing ran. Final: any
+		// agent with the same policy would refuse it again, and placing
+		// it elsewhere would route around the host's own rules. The
+		// instance fails (its failure edges fire); restart the run once
+		// the allowlist or the job is fixed.
+		msg := cmp.Or(errMsg, "rejected by agent "+a.Name+": not allowed")
+		s.transition(in, store.InstanceFailed, msg, nil, att.id)
+		s.done(in, store.InstanceFailed, nil, msg)
 	case dispatch.OutcomeLeaseExpired:
 		// The agent stopped the child on its own when the lease ran out:
 		// the attempt is lost, as if its agent had been.
@@ -230,10 +240,12 @@ func finishParams(agent string, f *dispatch.Finished) *store.AttemptFinishParams
 		p.Error = "rejected by the agent: " + f.Error
 	case dispatch.OutcomeLeaseExpired:
 		p.State = store.AttemptLost
+	case dispatch.OutcomeNotAllowed:
+		p.State = store.AttemptRejected
 	default:
 		p.State = store.AttemptFailed
 	}
-	if f.Outcome != dispatch.OutcomeStartFailed && f.Outcome != dispatch.OutcomeRejected {
+	if f.Outcome != dispatch.OutcomeStartFailed && f.Outcome != dispatch.OutcomeRejected && f.Outcome != dispatch.OutcomeNotAllowed {
 		code := f.ExitCode
 		p.ExitCode = &code
 	}

@@ -186,6 +186,7 @@ func (s *Scheduler) startAttempt(in *instRT, a *agentRT) {
 		Attempt:    att.no,
 		Argv:       argv,
 		Env:        env,
+		Secrets:    r.g.Exprs.Secrets(name),
 		WorkingDir: dir,
 		Timeout:    task.Timeout.D(),
 		KillGrace:  s.cfg.KillGrace,

@@ -92,7 +92,7 @@ func (s *Scheduler) loadRun(run *store.Run, insts []*store.Instance, atts []*sto
 		}
 		in.kind = store.AttemptRetry
 		switch a.State {
-		case store.AttemptFailed, store.AttemptTimedOut:
+		case store.AttemptFailed, store.AttemptTimedOut, store.AttemptRejected:
 			in.failures++
 		case store.AttemptLost:
 			in.losses++

@@ -135,9 +135,11 @@ func (a *app) runGetCommand() *cobra.Command {
 		Short: "Show a run and every task instance",
 		Long: `Show a run: its job, state, times, parameters, how often it was restarted and
 its error, then a table of its task instances (task, item, state, agent,
-attempts, exit code, duration; the latest attempt's). For each failed or lost
-task instance, its error and the last lines of its stderr follow. run history
-lists every attempt.`,
+attempts, exit code, duration; the latest attempt's). A failed instance whose
+attempt its agent refused (the program, an environment name or the working
+directory is outside the agent's allowlist; nothing ran) shows as rejected.
+For each failed, rejected or lost task instance, its error and the last lines
+of its stderr follow. run history lists every attempt.`,
 		Example: "  baton run get 42\n  baton run get 42 -o json | jq '.run.tasks[] | select(.state == \"TASK_STATE_FAILED\")'",
 		Args:    wantArgs("RUN"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -216,7 +218,7 @@ func (a *app) printRun(w io.Writer, run *batonv1.Run) error {
 			if tr.GetAttempts() > 0 {
 				attempts = strconv.Itoa(int(tr.GetAttempts()))
 			}
-			t.row(tr.GetTask(), item, taskState(tr.GetState()), tr.GetAgent(), attempts, exit,
+			t.row(tr.GetTask(), item, taskRunState(tr), tr.GetAgent(), attempts, exit,
 				a.clock.elapsed(tr.GetStartTime(), tr.GetEndTime()))
 		}
 		if err := t.flush(); err != nil {
@@ -228,7 +230,7 @@ func (a *app) printRun(w io.Writer, run *batonv1.Run) error {
 		if tr.GetState() != batonv1.TaskState_TASK_STATE_FAILED && tr.GetState() != batonv1.TaskState_TASK_STATE_LOST {
 			continue
 		}
-		fmt.Fprintf(&b, "\n%s %s: %s\n", newInstance(tr.GetTask(), tr.ItemIndex), taskState(tr.GetState()),
+		fmt.Fprintf(&b, "\n%s %s: %s\n", newInstance(tr.GetTask(), tr.ItemIndex), taskRunState(tr),
 			cmp.Or(tr.GetError(), "no error message"))
 		if lines := lastLines(tr.GetStderrTail(), stderrLines); len(lines) > 0 {
 			fmt.Fprintf(&b, "  stderr, last %s:\n", plural(len(lines), "line"))
@@ -239,6 +241,16 @@ func (a *app) printRun(w io.Writer, run *batonv1.Run) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// taskRunState names a task instance's state, saying "rejected" for a
+// failed instance whose latest attempt its agent's allowlist refused:
+// nothing ran, and the fix is on the agent or in the job, not a retry.
+func taskRunState(tr *batonv1.TaskRun) string {
+	if tr.GetState() == batonv1.TaskState_TASK_STATE_FAILED && tr.GetAttemptState() == batonv1.AttemptState_ATTEMPT_STATE_REJECTED {
+		return "rejected"
+	}
+	return taskState(tr.GetState())
 }
 
 func (a *app) runListCommand() *cobra.Command {

@@ -370,6 +370,23 @@ func TestRunGetLongStderr(t *testing.T) {
 	}
 }
 
+// TestRunGetRejected: a failed instance whose attempt the agent's
+// allowlist refused shows as rejected, with the agent's message.
+func TestRunGetRejected(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	msg := "program /bin/sh is not allowed on agent a1: it matches none of --allow /opt/etl/bin/*"
+	b.srv.AddRun(fakeserver.RunFixture{Run: &batonv1.Run{Job: "j", JobVersion: 1, State: batonv1.RunState_RUN_STATE_FAILED,
+		Tasks: []*batonv1.TaskRun{{Task: "shell", State: batonv1.TaskState_TASK_STATE_FAILED, Attempts: 1, Agent: "a1",
+			AttemptState: batonv1.AttemptState_ATTEMPT_STATE_REJECTED, Error: msg}}}})
+	r := b.run(t, "run", "get", "1")
+	for _, want := range []string{"shell        rejected  a1     1", "\nshell rejected: " + msg + "\n"} {
+		if r.code != cli.ExitOK || !strings.Contains(r.stdout, want) {
+			t.Errorf("run get = %d:\n%s\nwant it to contain %q", r.code, r.stdout, want)
+		}
+	}
+}
+
 func TestRunList(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
