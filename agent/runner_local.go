@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/batonhq/baton/agent/internal/redact"
 	"github.com/batonhq/baton/agent/process"
 	"github.com/batonhq/baton/agent/runner"
 )
@@ -35,13 +36,16 @@ func (r *localRunner) start(_ context.Context, req *runner.StartRequest, sink ru
 		return nil, runner.ErrLeaseExpired
 	}
 	lp := &localProc{timeout: req.Timeout, grace: req.Grace, done: make(chan struct{})}
+	set := redact.New(req.Redact)
+	lp.out = newSinkWriter(sink, runner.Stdout, set)
+	lp.errs = newSinkWriter(sink, runner.Stderr, set)
 	p, err := process.Start(process.Spec{
 		Path:   req.Path,
 		Argv:   req.Argv,
 		Env:    req.Env,
 		Dir:    req.Dir,
-		Stdout: &sinkWriter{sink: sink, stream: runner.Stdout},
-		Stderr: &sinkWriter{sink: sink, stream: runner.Stderr},
+		Stdout: lp.out,
+		Stderr: lp.errs,
 	})
 	if err != nil {
 		return nil, err
@@ -93,6 +97,8 @@ type localProc struct {
 	timeout time.Duration
 	grace   time.Duration
 	done    chan struct{}
+	// out and errs redact and forward the child's streams.
+	out, errs *sinkWriter
 
 	mu        sync.Mutex
 	timer     *time.Timer
@@ -196,6 +202,10 @@ func (lp *localProc) leaseCheck() {
 func (lp *localProc) wait() {
 	<-lp.p.Done()
 	res := lp.p.Result()
+	// The child's output has been read to the end: what the redaction
+	// held back goes out now, before the exit is told.
+	lp.out.flush()
+	lp.errs.flush()
 	rec := runner.Record{
 		Pid: lp.p.Pid(), Start: lp.start, Timeout: lp.timeout, Grace: lp.grace,
 		Exited: true, End: time.Now(), ExitCode: res.ExitCode,
@@ -220,15 +230,36 @@ func (lp *localProc) wait() {
 	close(lp.done)
 }
 
-// sinkWriter turns one of a child's streams into Sink output.
+// sinkWriter turns one of a child's streams into Sink output, with the
+// child's secrets redacted (as the runner does on Unix): offsets count the
+// redacted stream.
 type sinkWriter struct {
 	sink   runner.Sink
 	stream runner.Stream
-	off    int64 // written from one goroutine only
+
+	mu  sync.Mutex // Write comes from the copying goroutine, flush after it
+	red *redact.Writer
+	off int64
+}
+
+func newSinkWriter(sink runner.Sink, stream runner.Stream, set *redact.Set) *sinkWriter {
+	w := &sinkWriter{sink: sink, stream: stream}
+	w.red = redact.NewWriter(set, func(p []byte) {
+		w.sink.Output(w.stream, w.off, p)
+		w.off += int64(len(p))
+	})
+	return w
 }
 
 func (w *sinkWriter) Write(p []byte) (int, error) {
-	w.sink.Output(w.stream, w.off, p)
-	w.off += int64(len(p))
-	return len(p), nil
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.red.Write(p)
+}
+
+// flush outputs what the redaction held back; call it at the stream's end.
+func (w *sinkWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.red.Flush()
 }

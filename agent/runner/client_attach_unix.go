@@ -152,6 +152,7 @@ func (c *Client) attach(cc *cconn, w *welcome, first bool) {
 	var resend [][]byte
 
 	at.Instance = w.Instance
+	at.Redact = w.Redact
 	at.CleanExit = c.cleanExit()
 	c.mu.Lock()
 	// A child this client asked the same runner to start that the welcome

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 const (
@@ -58,6 +60,10 @@ type Attachment struct {
 	// outcome. (After a reboot a journal written without fsync may have
 	// lost outcomes the runner had been told were journaled.)
 	CleanExit string
+	// Redact holds, by attempt id, the secrets whose values the agent must
+	// redact from the outputs of the children in Running and Exited (the
+	// runner redacts their streams itself).
+	Redact map[int64][]redact.Secret
 }
 
 // ClientConfig configures a Client.

@@ -38,6 +38,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 // ProtocolVersion is the version of the agent-runner protocol this
@@ -46,8 +48,10 @@ import (
 // 1 kept a file per child record (<id>.run, <id>.exit); version 2 keeps
 // them in one record log. Version 3 added attempt leases: the start
 // request's Lease and the renew frame, which a version 2 runner would
-// refuse.
-const ProtocolVersion = 3
+// refuse. Version 4 added the redaction of secrets
+// (StartRequest.Redact, welcome.Redact), which a version 3 runner would
+// ignore, leaking the values into the logs and records.
+const ProtocolVersion = 4
 
 // GraceLeft is the part of a child's kill grace left when its lease, which
 // ended at deadline, is enforced at now. The control plane counts the grace
@@ -113,6 +117,11 @@ type StartRequest struct {
 	Grace time.Duration `json:"grace,omitempty"`
 	// Fsync makes the runner flush the exit record to stable storage.
 	Fsync bool `json:"fsync,omitempty"`
+	// Redact are the secrets in Env: the runner replaces their values in
+	// the child's output (what it forwards and the tails it records) with
+	// [secret:NAME]. They travel over the runner's socket only and are
+	// kept in memory, never in a record.
+	Redact []redact.Secret `json:"redact,omitempty"`
 	// Lease, when positive, is how long the child's attempt lease lasts
 	// from when the runner reads the request: once it has passed without a
 	// renewal (Client.Renew) the runner stops the child's tree (SIGTERM,

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/batonhq/baton/agent/internal/crashpoint"
+	"github.com/batonhq/baton/agent/internal/redact"
 	"github.com/batonhq/baton/agent/process"
 )
 
@@ -73,8 +74,9 @@ func (s *server) accept(c *sconn, req *StartRequest, leaseEnded bool) *ratt {
 		// agent's deadline by the socket's delay only.
 		a.lease, a.leaseTerm = time.Now().Add(req.Lease), req.LeaseTerm
 	}
-	a.out = &streamSink{s: s, id: req.ID, stream: Stdout}
-	a.errs = &streamSink{s: s, id: req.ID, stream: Stderr}
+	set := redact.New(req.Redact)
+	a.out = newStreamSink(s, req.ID, Stdout, set)
+	a.errs = newStreamSink(s, req.ID, Stderr, set)
 	s.atts[req.ID] = a
 	s.mu.Unlock()
 	return a
@@ -174,6 +176,10 @@ func (s *server) exited(a *ratt) {
 		rec.Err = res.Err.Error()
 		rec.WaitDelay = errors.Is(res.Err, exec.ErrWaitDelay)
 	}
+	// The copies of the child's output have ended: what the redaction
+	// held back (the start of a possible secret) is output now.
+	a.out.flush()
+	a.errs.flush()
 	rec.StdoutTail, rec.StdoutBytes = a.out.tail()
 	rec.StderrTail, rec.StderrBytes = a.errs.tail()
 	// Durable before anyone is told: an agent killed now learns the exit
@@ -332,20 +338,46 @@ func (s *server) confirm(ids []int64) {
 	}
 }
 
-// streamSink is a child's stdout or stderr in the runner: it keeps the
-// tail and forwards the first ForwardCap bytes to the attached agent.
+// streamSink is a child's stdout or stderr in the runner: it redacts the
+// secrets of the child's StartRequest, keeps the tail and forwards the
+// first ForwardCap bytes to the attached agent. Offsets, the tail and the
+// byte count are all of the redacted stream.
 type streamSink struct {
 	s      *server
 	id     int64
 	stream Stream
+
+	redMu sync.Mutex // serializes red: Write and flush
+	red   *redact.Writer
 
 	mu    sync.Mutex
 	total int64
 	buf   []byte
 }
 
+func newStreamSink(s *server, id int64, stream Stream, set *redact.Set) *streamSink {
+	w := &streamSink{s: s, id: id, stream: stream}
+	w.red = redact.NewWriter(set, w.record)
+	return w
+}
+
 // Write never fails. It blocks while too much output waits for the agent.
 func (w *streamSink) Write(p []byte) (int, error) {
+	w.redMu.Lock()
+	defer w.redMu.Unlock()
+	return w.red.Write(p)
+}
+
+// flush records what the redaction held back; call it once the stream
+// has ended.
+func (w *streamSink) flush() {
+	w.redMu.Lock()
+	defer w.redMu.Unlock()
+	w.red.Flush()
+}
+
+// record keeps and forwards redacted output.
+func (w *streamSink) record(p []byte) {
 	w.mu.Lock()
 	off := w.total
 	w.total += int64(len(p))
@@ -357,7 +389,6 @@ func (w *streamSink) Write(p []byte) (int, error) {
 			c.output(encodeOutput(w.id, w.stream, off, p[:n]))
 		}
 	}
-	return len(p), nil
 }
 
 // ReadFrom copies the child's stream to w with a recycled buffer, so that

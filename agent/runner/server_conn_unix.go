@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/batonhq/baton/agent/internal/crashpoint"
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 // serveConn runs one agent connection: the handshake, then requests until
@@ -96,6 +97,12 @@ func (s *server) welcomeLocked() *welcome {
 	w := &welcome{Version: s.cfg.Version, Pid: os.Getpid(), Instance: s.instance, EnvDigest: s.envID}
 	for _, a := range s.atts {
 		rec := a.rec
+		if a.req != nil && len(a.req.Redact) > 0 && a.state != attOrphan {
+			if w.Redact == nil {
+				w.Redact = make(map[int64][]redact.Secret)
+			}
+			w.Redact[a.id] = a.req.Redact
+		}
 		switch a.state {
 		case attStarting:
 			w.Running = append(w.Running, &Record{ID: a.id, Timeout: a.req.Timeout, Grace: a.req.Grace})

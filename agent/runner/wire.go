@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 // The protocol is a sequence of frames in each direction: a 4-byte
@@ -72,6 +74,11 @@ type welcome struct {
 	Orphans []*Record `json:"orphans,omitempty"`
 	// EnvDigest identifies the runner's own environment (envDigest).
 	EnvDigest string `json:"env_digest,omitempty"`
+	// Redact holds, by attempt id, the secrets of the children listed in
+	// Running and Exits (their StartRequest.Redact), so that an agent
+	// that re-adopts them redacts their outputs as the one that started
+	// them would have.
+	Redact map[int64][]redact.Secret `json:"redact,omitempty"`
 }
 
 // startMsg is a start request on the wire (agent -> runner). With
