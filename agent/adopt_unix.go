@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/batonhq/baton/agent/internal/redact"
 	"github.com/batonhq/baton/agent/runner"
 )
 
@@ -22,20 +23,21 @@ func (a *Agent) attached(r childRunner, at *runner.Attachment) {
 	}
 	a.mu.Unlock()
 	for _, p := range at.Running {
-		a.adopt(r, p)
+		a.adopt(r, p, redact.New(at.Redact[p.ID()]))
 	}
 	for _, rec := range at.Exited {
-		a.settle(r, runner.Result{Record: *rec})
+		a.settle(r, runner.Result{Record: *rec}, redact.New(at.Redact[rec.ID]))
 	}
 	for _, rec := range at.Orphaned {
-		a.settle(r, runner.Result{Record: runner.Record{ID: rec.ID, ExitCode: -1, Start: rec.Start}, Lost: runner.LostRunnerKilled})
+		a.settle(r, runner.Result{Record: runner.Record{ID: rec.ID, ExitCode: -1, Start: rec.Start}, Lost: runner.LostRunnerKilled}, nil)
 	}
 }
 
 // adopt makes a running child an attempt of this agent process again: it
 // is listed as running, its output is streamed and its outcome reported
-// as for a child this process started.
-func (a *Agent) adopt(r childRunner, p *runner.Proc) {
+// as for a child this process started. red holds its secrets, for its
+// outputs (its runner redacts its streams).
+func (a *Agent) adopt(r childRunner, p *runner.Proc, red *redact.Set) {
 	id := p.ID()
 	log := a.log.With(slog.Int64("attempt_id", id))
 	a.mu.Lock()
@@ -68,6 +70,7 @@ func (a *Agent) adopt(r childRunner, p *runner.Proc) {
 		grace:    cmp.Or(p.Grace(), a.cfg.KillGrace),
 		adopted:  true,
 		started:  start,
+		redact:   red,
 		proc:     p,
 		logs:     newAttemptLogs(id, a.emitLog),
 	}
@@ -85,8 +88,9 @@ func (a *Agent) adopt(r childRunner, p *runner.Proc) {
 
 // settle journals and reports the outcome of a child that ended while no
 // agent process held it, then confirms it to the runner. An outcome the
-// journal already holds is only confirmed.
-func (a *Agent) settle(r childRunner, res runner.Result) {
+// journal already holds is only confirmed. red holds the child's secrets,
+// for its outputs.
+func (a *Agent) settle(r childRunner, res runner.Result, red *redact.Set) {
 	id := res.ID
 	log := a.log.With(slog.Int64("attempt_id", id))
 	a.mu.Lock()
@@ -104,7 +108,7 @@ func (a *Agent) settle(r childRunner, res runner.Result) {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	att := &attempt{id: id, received: start, started: start}
+	att := &attempt{id: id, received: start, started: start, redact: red}
 	tf := a.outcome(att, res, newAttemptLogs(id, a.emitLog))
 	a.mu.Lock()
 	a.reporting[id]++

@@ -56,6 +56,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/batonhq/baton/agent/allow"
 	"github.com/batonhq/baton/client"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -110,8 +111,21 @@ type Config struct {
 	Fsync bool
 	// Env is the base environment of every child as key=value pairs; each
 	// StartTask's env and the BATON_* variables are added to it. Nil means
-	// the agent's own environment.
+	// the agent's own environment. Its BATON_SECRET_<NAME> variables are
+	// secrets (see SecretsDir): they are taken out and never reach a
+	// child.
 	Env []string
+	// Policy is what tasks may run on this host: programs, environment
+	// names and working directories (package allow). Required: a
+	// StartTask outside it starts nothing and is reported NOT_ALLOWED.
+	// allow.Any() allows everything.
+	Policy *allow.Policy
+	// SecretsDir holds the secrets tasks name with secret:NAME env
+	// values, one file per secret (NAME, its value, a trailing newline
+	// dropped; on Unix readable by the agent's user only). A secret
+	// without a file there is looked up in Env's BATON_SECRET_<NAME>.
+	// Empty: only Env is looked in.
+	SecretsDir string
 	// RunnerCommand starts the runner process that owns the children on
 	// Unix: a program and the arguments that make it run runner.Main (the
 	// runner's own arguments are appended). Defaults to this program with
@@ -138,12 +152,15 @@ type Agent struct {
 	hostname string
 	bootID   string
 	env      []string
-	outDir   string
-	outputs  *outputFiles
-	journal  *journal
-	release  func() // unlocks the state dir
-	cwd      string // the children's working directory when the task names none
-	runner   childRunner
+	// secretEnv holds the BATON_SECRET_ variables of Config.Env by secret
+	// name; env does not hold them.
+	secretEnv map[string]string
+	outDir    string
+	outputs   *outputFiles
+	journal   *journal
+	release   func() // unlocks the state dir
+	cwd       string // the children's working directory when the task names none
+	runner    childRunner
 	// retryBase is the first reconnect backoff; tests shorten it.
 	retryBase time.Duration
 	// Tests set these: the runner's idle exit and protocol version, how
@@ -223,6 +240,12 @@ func New(cfg Config) (*Agent, error) {
 	if env == nil {
 		env = os.Environ()
 	}
+	env, secretEnv := splitSecretEnv(env)
+	if cfg.SecretsDir != "" {
+		if cfg.SecretsDir, err = filepath.Abs(cfg.SecretsDir); err != nil {
+			return nil, fmt.Errorf("config: SecretsDir: %w", err)
+		}
+	}
 
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
@@ -250,6 +273,7 @@ func New(cfg Config) (*Agent, error) {
 		hostname:  strings.ToValidUTF8(hostname, "\uFFFD"),
 		bootID:    rand.Text(),
 		env:       env,
+		secretEnv: secretEnv,
 		outDir:    outDir,
 		outputs:   newOutputFiles(outDir, min(cfg.Slots, maxSpareOutputs)),
 		journal:   j,
@@ -310,6 +334,9 @@ func (c *Config) validate() error {
 	}
 	if c.ReportTimeout < 0 {
 		return fmt.Errorf("config: ReportTimeout must not be negative, got %s", c.ReportTimeout)
+	}
+	if c.Policy == nil {
+		return errors.New("config: Policy is required: name what tasks may run (allow.New), or allow.Any() to run anything")
 	}
 	if len(c.RunnerCommand) > 0 && c.RunnerCommand[0] == "" {
 		return errors.New("config: RunnerCommand names no program")
@@ -381,7 +408,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.InfoContext(ctx, "agent started",
 		slog.String("server", cmp.Or(a.cfg.Server.Addr, client.DefaultAddr)),
 		slog.Int("slots", a.cfg.Slots), slog.String("version", a.cfg.Version),
-		slog.String("state_dir", a.cfg.StateDir))
+		slog.String("state_dir", a.cfg.StateDir),
+		slog.Bool("allow_any_command", a.cfg.Policy.AllowsAny()), slog.Any("allow", a.cfg.Policy.Programs()))
 
 	var fatal error
 	loopDone := false

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/batonhq/baton/agent/allow"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -242,8 +244,14 @@ func TestStartFailed(t *testing.T) {
 		wantErr string
 	}{
 		{name: "not in PATH", modify: func(st *batonv1.StartTask) { st.Argv = []string{"baton-no-such-command-xyz"} }, wantErr: "executable file not found"},
-		{name: "no such file", modify: func(st *batonv1.StartTask) { st.Argv = []string{"/no/such/baton/binary"} }, wantErr: "no such file"},
-		{name: "bad working dir", modify: func(st *batonv1.StartTask) { st.WorkingDir = "/no/such/baton/dir" }, wantErr: "no such file"},
+		// Both inside what the test policy allows, so that the start
+		// itself fails.
+		{name: "no such file", modify: func(st *batonv1.StartTask) {
+			st.Argv = []string{filepath.Join(filepath.Dir(st.Argv[0]), "no-such-baton-binary")}
+		}, wantErr: "no such file"},
+		{name: "bad working dir", modify: func(st *batonv1.StartTask) {
+			st.WorkingDir = filepath.Join(os.TempDir(), "no-such-baton-dir", strconv.FormatInt(st.GetRunId(), 10))
+		}, wantErr: "no such file"},
 		{name: "empty argv", modify: func(st *batonv1.StartTask) { st.Argv = nil }, wantErr: "start_task.argv is empty"},
 		{name: "empty argv[0]", modify: func(st *batonv1.StartTask) { st.Argv = []string{""} }, wantErr: "start_task.argv[0] is empty"},
 		{name: "bad env name", modify: func(st *batonv1.StartTask) { st.Env["A=B"] = "x" }, wantErr: `start_task.env: invalid variable name "A=B"`},
@@ -675,12 +683,13 @@ func TestConfigValidation(t *testing.T) {
 		{name: "invalid UTF-8 name", modify: func(c *Config) { c.Name = "\xff" }, wantErr: "Name is not valid UTF-8"},
 		{name: "long name", modify: func(c *Config) { c.Name = strings.Repeat("n", 129) }, wantErr: "Name is longer than 128 bytes"},
 		{name: "long label", modify: func(c *Config) { c.Labels = map[string]string{"k": strings.Repeat("v", 257)} }, wantErr: "at most 256 bytes"},
+		{name: "no policy", modify: func(c *Config) { c.Policy = nil }, wantErr: "config: Policy is required"},
 		{name: "missing CA file", modify: func(c *Config) { c.Server.CAFile = "/no/such/ca.pem" }, wantErr: "config: Server: read CA file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			cfg := Config{StateDir: t.TempDir(), Name: "n"}
+			cfg := Config{StateDir: t.TempDir(), Name: "n", Policy: allow.Any()}
 			tc.modify(&cfg)
 			_, err := New(cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

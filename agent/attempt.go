@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/batonhq/baton/agent/internal/crashpoint"
+	"github.com/batonhq/baton/agent/internal/redact"
 	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -63,6 +64,9 @@ type attempt struct {
 	stop      *stopReason    // set when the agent decided to stop the child; the first reason wins
 	pending   *pendingSignal // a stop to apply once the child has started
 	announced bool           // a TaskStarted was queued for a re-adopted child
+	// redact holds the secrets whose values are replaced in the outputs
+	// (the runner redacts the streams); nil when there are none.
+	redact *redact.Set
 	// lease is when the attempt's lease ends as this process knows it
 	// (zero: no lease, or a re-adopted child's, which its runner knows),
 	// leaseTerm the lease length.

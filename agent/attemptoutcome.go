@@ -39,7 +39,10 @@ func (a *Agent) outcome(att *attempt, res runner.Result, logs *attemptLogs) *bat
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, res.StartErr)
 	}
 
-	outputs, notes, err := readOutputs(a.outPath(att.id))
+	att.mu.Lock()
+	red := att.redact
+	att.mu.Unlock()
+	outputs, notes, err := readOutputs(a.outPath(att.id), red)
 	if err != nil {
 		notes = append(notes, err.Error())
 	}

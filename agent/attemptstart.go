@@ -15,7 +15,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/batonhq/baton/agent/allow"
 	"github.com/batonhq/baton/agent/internal/crashpoint"
+	"github.com/batonhq/baton/agent/internal/redact"
 	"github.com/batonhq/baton/agent/runner"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
@@ -101,10 +103,21 @@ func (a *Agent) execute(ctx context.Context, log *slog.Logger, att *attempt) *ba
 	}
 	crashpoint.Reach(crashpoint.AgentBegun, att.id)
 	req, err := a.prepare(att)
+	var denied *allow.Denied
+	if errors.As(err, &denied) {
+		// The host's own rules refuse it: nothing starts, and the control
+		// plane must not place it elsewhere as if it were lost.
+		msg := fmt.Sprintf("%s is not allowed on agent %s: %s", denied.What, a.cfg.Name, denied.Why)
+		log.WarnContext(ctx, "attempt refused by the agent's allowlist; nothing started", slog.String("reason", msg))
+		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_NOT_ALLOWED, msg)
+	}
 	if err != nil {
 		log.WarnContext(ctx, "cannot start attempt", slog.Any("error", err))
 		return end(batonv1.AttemptOutcome_ATTEMPT_OUTCOME_START_FAILED, err.Error())
 	}
+	att.mu.Lock()
+	att.redact = redact.New(req.Redact)
+	att.mu.Unlock()
 	// Only to the runner the journal names (or, with none named, to any).
 	req.Instance = inst
 	logs := newAttemptLogs(att.id, a.emitLog)
@@ -203,15 +216,35 @@ func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
+	envNames := slices.Clone(names)
+	for k := range st.GetSecretEnv() {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return nil, fmt.Errorf("start_task.secret_env: invalid variable name %q", k)
+		}
+		envNames = append(envNames, k)
+	}
+	if err := a.cfg.Policy.Env(envNames); err != nil {
+		return nil, err
+	}
 
 	// The child runs in the agent's working directory unless the task
 	// names one, and argv[0] is looked up in the agent's PATH: the runner
 	// may have been started by an earlier agent process elsewhere.
+	//
+	// The policy judges the program as it will really be started: that
+	// resolved path with its symbolic links evaluated, which is also the
+	// path the runner starts, so a link changed meanwhile cannot swap
+	// the program. Likewise the working directory.
 	dir := st.GetWorkingDir()
 	if dir == "" {
 		dir = a.cwd
-	} else if !filepath.IsAbs(dir) {
-		dir = filepath.Join(a.cwd, dir)
+	} else {
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(a.cwd, dir)
+		}
+		if dir, err = a.cfg.Policy.Dir(filepath.Clean(dir)); err != nil {
+			return nil, err
+		}
 	}
 	path := argv[0]
 	if filepath.Base(path) == path {
@@ -223,6 +256,13 @@ func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 	}
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(dir, path)
+	}
+	if path, err = a.cfg.Policy.Program(filepath.Clean(path)); err != nil {
+		return nil, err
+	}
+	secretEnv, secrets, err := a.resolveSecrets(st.GetSecretEnv())
+	if err != nil {
+		return nil, err
 	}
 
 	outPath := a.outPath(att.id)
@@ -237,6 +277,7 @@ func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 	for _, k := range names {
 		env = append(env, k+"="+st.GetEnv()[k])
 	}
+	env = append(env, secretEnv...)
 	env = append(env,
 		"BATON_RUN_ID="+strconv.FormatInt(st.GetRunId(), 10),
 		"BATON_JOB="+st.GetJob(),
@@ -255,6 +296,7 @@ func (a *Agent) prepare(att *attempt) (*runner.StartRequest, error) {
 		Timeout: timeout,
 		Grace:   att.grace,
 		Fsync:   a.cfg.Fsync,
+		Redact:  secrets,
 	}, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"testing"
 
+	"github.com/batonhq/baton/agent/allow"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -59,6 +60,12 @@ func BenchmarkInstantChild(b *testing.B) {
 			bundle.localChildren = local
 			cfg := bundle.config()
 			cfg.Logger = slog.New(slog.DiscardHandler)
+			// true, wherever it really is (symbolic links evaluated).
+			policy, err := allow.New(allow.Config{Programs: []string{truePath}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			cfg.Policy = policy
 			bundle.start(b, cfg)
 			s := bundle.srv.session(b)
 			id := int64(0)

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/batonhq/baton/agent"
+	"github.com/batonhq/baton/agent/allow"
 	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 )
@@ -22,12 +23,22 @@ func Example() {
 		os.Exit(runner.Main(os.Args[2:], os.Stderr))
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The agent runs only what its host allows.
+	policy, err := allow.New(allow.Config{
+		Programs: []string{"/opt/etl/bin/*", "/usr/bin/sqlcmd"},
+		Dirs:     []string{"/data/etl"},
+	})
+	if err != nil {
+		log.Error("bad allowlist", slog.Any("error", err))
+		return
+	}
 	a, err := agent.New(agent.Config{
 		Server:   client.DialConfig{Addr: "batond.example.com:7700", TLS: true},
 		Name:     "etl-01",
 		Labels:   map[string]string{"role": "ssis", "dc": "east"},
 		Slots:    8,
 		StateDir: "/var/lib/baton-agent/etl-01",
+		Policy:   policy,
 		Logger:   log,
 	})
 	if err != nil {

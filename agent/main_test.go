@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/batonhq/baton/agent/allow"
 	"github.com/batonhq/baton/agent/internal/crashpoint"
 	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
@@ -194,6 +195,16 @@ func child(behaviour string) int {
 		return 0
 	case "flood":
 		return flood()
+	case "secret":
+		// Leak TEST_SECRET every way: on stdout right across the first
+		// 32 KiB read of the pipe (and the first log chunk), on stderr,
+		// and in an output; say in another output whether it is the
+		// value the test expects.
+		secret := os.Getenv("TEST_SECRET")
+		half := len(secret) / 2
+		fmt.Print(strings.Repeat("x", 32<<10-half) + secret + "\n")
+		fmt.Fprintf(os.Stderr, "connecting with password %s\n", secret)
+		return writeOutput(fmt.Sprintf("pw=%s\nmatch=%v\n", secret, secret == os.Getenv("TEST_WANT")))
 	default:
 		if fn := platformChildren[behaviour]; fn != nil {
 			return fn()
@@ -249,6 +260,16 @@ func agentMain(specJSON string) int {
 			env = append(env, kv)
 		}
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	policy, err := allow.New(allow.Config{Programs: []string{filepath.Join(filepath.Dir(exe), "*")}, Dirs: []string{os.TempDir()}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	a, err := New(Config{
 		Server:        client.DialConfig{Addr: spec.Server},
 		Name:          "test-agent",
@@ -258,6 +279,7 @@ func agentMain(specJSON string) int {
 		ReportTimeout: 5 * time.Second,
 		Env:           env,
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Policy:        policy,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -407,6 +429,9 @@ type testBundle struct {
 	logs     *logStore
 	logger   *slog.Logger
 	exe      string // the test binary, run as the child
+	// policy allows the test binary's directory and working directories
+	// in the temporary directory: what the tests run.
+	policy *allow.Policy
 }
 
 func setup(t testing.TB) *testBundle {
@@ -427,7 +452,22 @@ func setup(t testing.TB) *testBundle {
 		logs:     logs,
 		logger:   logger,
 		exe:      exe,
+		policy:   testPolicy(t, exe),
 	}
+}
+
+// testPolicy allows what the tests run: the test binary (its directory)
+// and working directories below the temporary directory.
+func testPolicy(t testing.TB, exe string) *allow.Policy {
+	t.Helper()
+	p, err := allow.New(allow.Config{
+		Programs: []string{filepath.Join(filepath.Dir(exe), "*")},
+		Dirs:     []string{os.TempDir()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // config returns an agent Config for the bundle's server and state dir.
@@ -444,6 +484,7 @@ func (b *testBundle) config() Config {
 		// A race-enabled child would otherwise sleep a second at exit.
 		Env:    append(os.Environ(), "GORACE=atexit_sleep_ms=0"),
 		Logger: b.logger,
+		Policy: b.policy,
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 // outputCap is how much of $BATON_OUTPUT the agent reads.
@@ -25,8 +27,9 @@ const maxOutputs = 1024
 // missing file means no outputs. Problems with the content (the cap,
 // malformed lines, invalid UTF-8) do not fail the attempt: they come back
 // as notes for the attempt's log stream. The error is for a file that
-// exists but cannot be read.
-func readOutputs(path string) (map[string]string, []string, error) {
+// exists but cannot be read. The values of the secrets in red are replaced
+// with [secret:NAME] before the file is parsed.
+func readOutputs(path string, red *redact.Set) (map[string]string, []string, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
@@ -43,7 +46,7 @@ func readOutputs(path string) (map[string]string, []string, error) {
 	if truncated {
 		data = data[:outputCap]
 	}
-	outputs, notes := parseOutputs(data, truncated)
+	outputs, notes := parseOutputs(data, truncated, red)
 	if truncated {
 		notes = append([]string{fmt.Sprintf("output file is larger than %d bytes; outputs are truncated at the cap", outputCap)}, notes...)
 	}
@@ -56,8 +59,10 @@ func readOutputs(path string) (map[string]string, []string, error) {
 // over an earlier one with the same name. A UTF-8 byte order mark is
 // dropped and UTF-16 with a byte order mark (PowerShell's default) is
 // decoded. When truncated is set, a last line without its newline was cut
-// by the cap and is dropped.
-func parseOutputs(data []byte, truncated bool) (map[string]string, []string) {
+// by the cap and is dropped. The values of the secrets in red are replaced
+// with [secret:NAME] in the decoded text, before it is parsed, so that a
+// value across lines is replaced too.
+func parseOutputs(data []byte, truncated bool, red *redact.Set) (map[string]string, []string) {
 	var notes []string
 	note := func(format string, args ...any) {
 		if len(notes) < maxOutputNotes {
@@ -66,7 +71,7 @@ func parseOutputs(data []byte, truncated bool) (map[string]string, []string) {
 			notes = append(notes, "further problems in the output file are not reported")
 		}
 	}
-	text := decodeText(data)
+	text := red.String(decodeText(data))
 	if truncated {
 		if i := strings.LastIndexByte(text, '\n'); i >= 0 {
 			if i+1 < len(text) {

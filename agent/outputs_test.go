@@ -93,7 +93,7 @@ func TestParseOutputs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, notes := parseOutputs(tc.data, tc.truncated)
+			got, notes := parseOutputs(tc.data, tc.truncated, nil)
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("parseOutputs(%q) outputs mismatch (-want +got):\n%s", tc.data, diff)
 			}
@@ -106,7 +106,7 @@ func TestParseOutputs(t *testing.T) {
 
 func TestParseOutputsBoundsNotes(t *testing.T) {
 	t.Parallel()
-	_, notes := parseOutputs([]byte(strings.Repeat("garbage\n", 1000)), false)
+	_, notes := parseOutputs([]byte(strings.Repeat("garbage\n", 1000)), false, nil)
 	if len(notes) != maxOutputNotes+1 {
 		t.Errorf("got %d notes for 1000 bad lines, want %d", len(notes), maxOutputNotes+1)
 	}
@@ -119,7 +119,7 @@ func TestParseOutputsBoundsCount(t *testing.T) {
 		fmt.Fprintf(&b, "k%d=%d\n", i, i)
 	}
 	b.WriteString("k0=again\n") // an existing name is still updated
-	got, notes := parseOutputs([]byte(b.String()), false)
+	got, notes := parseOutputs([]byte(b.String()), false, nil)
 	if len(got) != maxOutputs || got["k0"] != "again" {
 		t.Errorf("got %d outputs, k0=%q; want %d and k0=again", len(got), got["k0"], maxOutputs)
 	}
@@ -151,7 +151,7 @@ func TestReadOutputs(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			got, notes, err := readOutputs(path)
+			got, notes, err := readOutputs(path, nil)
 			if err != nil {
 				t.Fatalf("readOutputs: %v", err)
 			}
