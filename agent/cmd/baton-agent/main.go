@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/batonhq/baton/agent"
+	"github.com/batonhq/baton/agent/allow"
 	"github.com/batonhq/baton/agent/runner"
 	"github.com/batonhq/baton/client"
 )
@@ -68,6 +70,13 @@ type options struct {
 	fsync     bool
 	logLevel  string
 	logFormat string
+
+	allow      []string
+	allowFile  string
+	allowEnv   []string
+	allowDir   []string
+	allowAny   bool
+	secretsDir string
 }
 
 // envs names each flag's environment twin. A flag given on the command line
@@ -86,6 +95,23 @@ var envs = map[string]string{
 	"fsync":      "BATON_AGENT_FSYNC",
 	"log-level":  "BATON_LOG_LEVEL",
 	"log-format": "BATON_LOG_FORMAT",
+
+	"allow":             "BATON_AGENT_ALLOW",
+	"allow-file":        "BATON_AGENT_ALLOW_FILE",
+	"allow-env":         "BATON_AGENT_ALLOW_ENV",
+	"allow-dir":         "BATON_AGENT_ALLOW_DIR",
+	"allow-any-command": "BATON_AGENT_ALLOW_ANY_COMMAND",
+	"secrets-dir":       "BATON_AGENT_SECRETS_DIR",
+}
+
+// listSeps are the separators of the environment variables of repeatable
+// flags: BATON_AGENT_LABELS takes k=v,k=v; the path lists take commas or
+// the OS's list separator (":" on Unix, ";" on Windows), like PATH.
+var listSeps = map[string]string{
+	"label":     ",",
+	"allow":     "," + string(os.PathListSeparator),
+	"allow-dir": "," + string(os.PathListSeparator),
+	"allow-env": ",",
 }
 
 // run runs the agent command and returns the exit code: 0 after a clean
@@ -105,9 +131,29 @@ The first SIGINT/SIGTERM drains the agent: no new work, running children
 finish and their outcomes are reported, then it exits. A second signal kills
 the children's process trees and exits at once.
 
+The agent has the last word on its host: it runs only the programs its
+allowlist names (--allow, --allow-file), and it does not start without one
+unless --allow-any-command says so. A pattern is an absolute path whose
+elements may use * ? [...] (within one element) and ** (any number of
+elements); it is matched against the program as it would really run (found
+in PATH, symbolic links evaluated), case-insensitively on Windows. A task
+may not set environment variables that change what runs (LD_*, DYLD_*,
+PATH, ...) unless --allow-env names them, nor name a working directory
+outside --allow-dir. A refused task starts nothing; it shows as rejected,
+with the reason, and is not retried.
+
+A task env value written secret:NAME is resolved here, never by the control
+plane: from the file NAME in --secrets-dir (a trailing newline dropped; on
+Unix it must not be readable by group or others), else from this process's
+BATON_SECRET_NAME variable. BATON_SECRET_ variables are never passed on to
+children, and secret values are replaced with [secret:NAME] in the logs,
+tails and outputs sent to the control plane.
+
 Every flag can also be set with the environment variable shown in brackets;
 the flag wins.`,
-		Example:       `  baton-agent --server batond.example.com:7700 --tls --label role=ssis --label dc=east --slots 8`,
+		Example: `  baton-agent --server batond.example.com:7700 --tls --label role=ssis --label dc=east --slots 8 \
+      --allow '/opt/etl/bin/*' --allow /usr/bin/sqlcmd --allow-dir /data/etl --secrets-dir /etc/baton/secrets
+  baton-agent --allow 'C:\Program Files\Microsoft SQL Server\*\DTS\Binn\DTExec.exe' --allow-file C:\baton\allow.txt`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -146,6 +192,12 @@ the flag wins.`,
 	f.BoolVar(&o.fsync, "fsync", false, "flush every journal write to disk: outcomes survive a power loss, not only an agent crash")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringArrayVar(&o.allow, "allow", nil, "program pattern tasks may run, an absolute path glob such as '/opt/etl/bin/*'; repeatable")
+	f.StringVar(&o.allowFile, "allow-file", "", "file of --allow patterns, one per line; blank lines and lines starting with # are skipped")
+	f.StringArrayVar(&o.allowEnv, "allow-env", nil, "environment name a task may set although it can change what runs (PATH, LD_LIBRARY_PATH, ...); repeatable")
+	f.StringArrayVar(&o.allowDir, "allow-dir", nil, "directory a task's working_dir may be in (absolute); repeatable; with none, tasks must leave working_dir empty")
+	f.BoolVar(&o.allowAny, "allow-any-command", false, "run any program, environment and working directory tasks ask for: no allowlist (a compromised control plane gets a shell on this host)")
+	f.StringVar(&o.secretsDir, "secrets-dir", "", "directory of the secrets tasks name with secret:NAME env values, one file per secret")
 	f.VisitAll(func(fl *pflag.Flag) {
 		if env, ok := envs[fl.Name]; ok {
 			fl.Usage += " [" + env + "]"
@@ -203,6 +255,10 @@ func (o *options) config(fs *pflag.FlagSet, lookupEnv func(string) (string, bool
 		}
 		name = h
 	}
+	policy, err := o.policy()
+	if err != nil {
+		return agent.Config{}, err
+	}
 	stateDir := o.stateDir
 	if stateDir == "" {
 		stateDir, err = defaultStateDir(name, lookupEnv)
@@ -211,16 +267,80 @@ func (o *options) config(fs *pflag.FlagSet, lookupEnv func(string) (string, bool
 		}
 	}
 	return agent.Config{
-		Server:    client.DialConfig{Addr: o.server, CAFile: o.caFile, TLS: o.tls, CertFile: o.certFile, KeyFile: o.keyFile},
-		Name:      name,
-		Labels:    labels,
-		Slots:     o.slots,
-		StateDir:  stateDir,
-		Version:   version,
-		KillGrace: o.killGrace,
-		Fsync:     o.fsync,
-		Logger:    log,
+		Server:     client.DialConfig{Addr: o.server, CAFile: o.caFile, TLS: o.tls, CertFile: o.certFile, KeyFile: o.keyFile},
+		Name:       name,
+		Labels:     labels,
+		Slots:      o.slots,
+		StateDir:   stateDir,
+		Version:    version,
+		KillGrace:  o.killGrace,
+		Fsync:      o.fsync,
+		Logger:     log,
+		Policy:     policy,
+		SecretsDir: o.secretsDir,
 	}, nil
+}
+
+// noAllowlist explains how to give the agent an allowlist.
+const noAllowlist = `no allowlist: name the programs tasks may run with --allow (repeatable) or --allow-file, or say --allow-any-command to run anything (a compromised control plane could then run any command here). For example:
+  baton-agent --server batond01:7700 --allow '/opt/etl/bin/*' --allow /usr/bin/sqlcmd --allow-dir /data/etl
+  baton-agent --server batond01:7700 --allow 'C:\Program Files\Microsoft SQL Server\*\DTS\Binn\DTExec.exe' --allow 'D:\etl\scripts\*.cmd'`
+
+// policy builds the agent's allowlist from --allow, --allow-file,
+// --allow-env, --allow-dir and --allow-any-command.
+func (o *options) policy() (*allow.Policy, error) {
+	patterns := slices.Clone(o.allow)
+	if o.allowFile != "" {
+		fromFile, err := readAllowFile(o.allowFile)
+		if err != nil {
+			return nil, usagef("--allow-file: %w", err)
+		}
+		patterns = append(patterns, fromFile...)
+	}
+	if o.allowAny {
+		if len(patterns) > 0 || len(o.allowEnv) > 0 || len(o.allowDir) > 0 {
+			return nil, usagef("--allow-any-command allows everything: leave out --allow, --allow-file, --allow-env and --allow-dir, or drop --allow-any-command")
+		}
+		return allow.Any(), nil
+	}
+	if len(patterns) == 0 {
+		return nil, usagef("%s", noAllowlist)
+	}
+	p, err := allow.New(allow.Config{Programs: patterns, Env: o.allowEnv, Dirs: o.allowDir})
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return p, nil
+}
+
+// maxAllowFile bounds an --allow-file.
+const maxAllowFile = 1 << 20
+
+// readAllowFile reads one pattern per line; blank lines and lines whose
+// first non-blank character is # are skipped, and blanks around a pattern
+// are dropped.
+func readAllowFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }() // read only
+	b, err := io.ReadAll(io.LimitReader(f, maxAllowFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxAllowFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxAllowFile)
+	}
+	var out []string
+	for line := range strings.Lines(strings.TrimPrefix(string(b), "\uFEFF")) {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		out = append(out, line)
+	}
+	return out, nil
 }
 
 // serve runs the agent until it drains after the first signal, or is
@@ -253,7 +373,8 @@ func serve(ctx context.Context, cfg agent.Config, sig <-chan os.Signal) error {
 }
 
 // applyEnv sets every flag not given on the command line from its
-// environment variable. BATON_AGENT_LABELS holds comma-separated k=v pairs.
+// environment variable. BATON_AGENT_LABELS holds comma-separated k=v pairs;
+// the variables of the other repeatable flags hold lists (listSeps).
 func applyEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
@@ -266,15 +387,17 @@ func applyEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool)) error {
 			return
 		}
 		values := []string{v}
-		if f.Name == "label" {
+		if seps, ok := listSeps[f.Name]; ok {
 			values = nil
-			for _, l := range strings.Split(v, ",") {
+			for _, l := range strings.FieldsFunc(v, func(r rune) bool { return strings.ContainsRune(seps, r) }) {
 				if l = strings.TrimSpace(l); l == "" {
 					continue
 				}
-				if k, _, ok := strings.Cut(l, "="); !ok || strings.TrimSpace(k) == "" {
-					errs = append(errs, usagef("%s: %q: want key=value", env, l))
-					return
+				if f.Name == "label" {
+					if k, _, ok := strings.Cut(l, "="); !ok || strings.TrimSpace(k) == "" {
+						errs = append(errs, usagef("%s: %q: want key=value", env, l))
+						return
+					}
 				}
 				values = append(values, l)
 			}

@@ -28,7 +28,7 @@ func startAgentProcess(t *testing.T, addr, state string) *agentProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "--server", addr, "--name", "etl-01", "--state-dir", state, "--log-level", "debug")
+	cmd := exec.Command(exe, "--server", addr, "--name", "etl-01", "--state-dir", state, "--log-level", "debug", "--allow", exe)
 	cmd.Env = append(os.Environ(), "BATON_TEST_MAIN=1", "GORACE=atexit_sleep_ms=0")
 	p := &agentProcess{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = p.stderr

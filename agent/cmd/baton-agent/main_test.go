@@ -98,6 +98,13 @@ func TestUsageErrors(t *testing.T) {
 		{name: "log format", args: []string{"--log-format", "xml"}, wantErr: `--log-format "xml"`},
 		{name: "unknown flag", args: []string{"--bogus"}, wantErr: "unknown flag: --bogus"},
 		{name: "positional argument", args: []string{"start"}, wantErr: `unexpected argument "start"`},
+		{name: "no allowlist", wantErr: "no allowlist: name the programs tasks may run with --allow (repeatable) or --allow-file, or say --allow-any-command"},
+		{name: "empty allow file", args: []string{"--allow-file", os.DevNull}, wantErr: "no allowlist"},
+		{name: "missing allow file", args: []string{"--allow-file", "/no/such/allow.txt"}, wantErr: "--allow-file: open /no/such/allow.txt"},
+		{name: "relative pattern", args: []string{"--allow", "bin/*"}, wantErr: `--allow "bin/*": not an absolute path`},
+		{name: "relative pattern from the variable", env: map[string]string{"BATON_AGENT_ALLOW": "/opt/x,bin/*"}, wantErr: `--allow "bin/*": not an absolute path`},
+		{name: "bad allow-dir", args: []string{"--allow", "/opt/x", "--allow-dir", "data"}, wantErr: `--allow-dir "data": not an absolute path`},
+		{name: "any and a list", args: []string{"--allow", "/opt/x", "--allow-any-command"}, wantErr: "--allow-any-command allows everything"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,6 +119,34 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("run(%q) = %d, stderr %q; want 2 and an error containing %q", tc.args, code, stderr.String(), tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestAllowFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "allow.txt")
+	content := "\uFEFF# SSIS host\n/opt/etl/bin/*\n\n   # sqlcmd\n  /usr/bin/sqlcmd  \r\n"
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readAllowFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/opt/etl/bin/*", "/usr/bin/sqlcmd"}; !cmp.Equal(got, want) {
+		t.Errorf("readAllowFile = %q, want %q", got, want)
+	}
+	o := &options{allow: []string{"/srv/x"}, allowFile: path}
+	p, err := o.policy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"/srv/x", "/opt/etl/bin/*", "/usr/bin/sqlcmd"}; !cmp.Equal(p.Programs(), want) {
+		t.Errorf("policy patterns = %q, want %q (flags, then the file)", p.Programs(), want)
+	}
+	any, err := (&options{allowAny: true}).policy()
+	if err != nil || !any.AllowsAny() {
+		t.Errorf("--allow-any-command: policy = %v, %v; want one allowing everything", any, err)
 	}
 }
 
@@ -250,6 +285,8 @@ func TestRunDrainsOnFirstSignalAndKillsOnSecond(t *testing.T) {
 		"BATON_AGENT_SLOTS":     "3",
 		"BATON_AGENT_STATE_DIR": state,
 		"BATON_LOG_FORMAT":      "json",
+		// A list, as PATH is; the child is the test binary.
+		"BATON_AGENT_ALLOW": "/opt/etl/bin/*," + exe + string(os.PathListSeparator) + "/usr/bin/sqlcmd",
 	}
 	args := []string{"--name", "from-flag", "--log-level", "debug"}
 	sig := make(chan os.Signal, 2)
