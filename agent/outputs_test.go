@@ -1,14 +1,20 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/batonhq/baton/agent/internal/redact"
 )
 
 func utf16Bytes(s string, bigEndian bool) []byte {
@@ -166,3 +172,73 @@ func TestReadOutputs(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// FuzzOutputs checks the $BATON_OUTPUT parser on any bytes: it never
+// panics; it keeps at most maxOutputs outputs and a bounded number of
+// notes; every name is non-empty, trimmed, valid UTF-8 and holds no '=' or
+// line break, every value is valid UTF-8 without a line break; written
+// back as name=value lines the outputs parse to themselves; a line added
+// at the end wins over earlier ones of its name; and a secret's value
+// appears in no name or value once redacted, wherever the child put it.
+func FuzzOutputs(f *testing.F) {
+	for _, s := range []string{
+		"", "RowCount=1532\n", "a=1\r\nb = 2 \n# c=3\n\n=x\nnoequals\n", "\xEF\xBB\xBFk=v\n", "\xFF\xFEk\x00=\x00v\x00",
+		"\xFE\xFF\x00k\x00=\x00v", "k=\xff\n", "k=v1\nk=v2\n", " spaced name =  value  \n", "k=a=b=c\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("first=1\nsecond=2 cut"), true)
+	const secret = "fuzz-s3cret"
+	red := redact.New([]redact.Secret{{Name: "pw", Value: secret}})
+	f.Fuzz(func(t *testing.T, data []byte, truncated bool) {
+		outputs, notes := parseOutputs(data, truncated, nil)
+		if len(outputs) > maxOutputs {
+			t.Fatalf("%d outputs, more than %d", len(outputs), maxOutputs)
+		}
+		if len(notes) > maxOutputNotes+1 {
+			t.Fatalf("%d notes, more than %d", len(notes), maxOutputNotes+1)
+		}
+		for k, v := range outputs {
+			if k == "" || k != strings.TrimSpace(k) || !utf8.ValidString(k) || strings.ContainsAny(k, "=\n") {
+				t.Fatalf("bad name %q", k)
+			}
+			if !utf8.ValidString(v) || strings.Contains(v, "\n") {
+				t.Fatalf("bad value %q of %q", v, k)
+			}
+		}
+
+		// Written back, the outputs parse to themselves (names that would
+		// read as comments, and values whose trailing \r a line ending
+		// would take, cannot be written back).
+		var b strings.Builder
+		writable := true
+		for k, v := range outputs {
+			if strings.HasPrefix(k, "#") || strings.HasSuffix(v, "\r") {
+				writable = false
+			}
+			b.WriteString(k + "=" + v + "\n")
+		}
+		if again, _ := parseOutputs([]byte(b.String()), false, nil); writable && !maps.Equal(again, outputs) {
+			t.Fatalf("outputs %q written back parse as %q", outputs, again)
+		}
+
+		// A later line wins.
+		if !truncated && utf8.Valid(data) && !bytes.HasPrefix(data, []byte{0xFF, 0xFE}) && !bytes.HasPrefix(data, []byte{0xFE, 0xFF}) &&
+			len(outputs) < maxOutputs {
+			more := append(append(slices.Clone(data), '\n'), "zz_last=the end\n"...)
+			if got, _ := parseOutputs(more, false, nil); got["zz_last"] != "the end" {
+				t.Fatalf("a last line zz_last=the end after %q gives %q", data, got["zz_last"])
+			}
+		}
+
+		// The secret, inserted in the middle, is redacted.
+		mid := len(data) / 2
+		with := append(append(slices.Clone(data[:mid]), secret...), data[mid:]...)
+		got, _ := parseOutputs(with, truncated, red)
+		for k, v := range got {
+			if strings.Contains(k, secret) || strings.Contains(v, secret) {
+				t.Fatalf("secret left in output %q=%q", k, v)
+			}
+		}
+	})
+}
