@@ -221,11 +221,19 @@ func (c *cluster) startBatond() {
 	c.c = client.New(conn)
 }
 
-// agent starts a baton-agent named name with labels ("k=v").
+// agent starts a baton-agent named name with labels ("k=v"). It may run
+// the e2e task script only: the program every e2e job runs.
 func (c *cluster) agent(name string, slots int, labels ...string) *proc {
+	c.t.Helper()
+	return c.agentWith(name, slots, []string{"--allow", taskScript()}, labels...)
+}
+
+// agentWith starts a baton-agent with extra flags (its allowlist).
+func (c *cluster) agentWith(name string, slots int, flags []string, labels ...string) *proc {
 	c.t.Helper()
 	args := []string{"--server", c.grpc, "--name", name, "--slots", fmt.Sprint(slots),
 		"--state-dir", filepath.Join(c.dir, "agents", name), "--log-level", "debug"}
+	args = append(args, flags...)
 	if c.dial.CAFile != "" {
 		args = append(args, "--ca-file", c.dial.CAFile)
 	}
@@ -259,8 +267,11 @@ func (c *cluster) waitAgents(n int) {
 // jobFile expands the test placeholders of a job file: TASK is the e2e task
 // script.
 func jobFile(src string) string {
-	return strings.ReplaceAll(src, "TASK", filepath.Join(repoRoot, "e2e", "testdata", "task.sh"))
+	return strings.ReplaceAll(src, "TASK", taskScript())
 }
+
+// taskScript is the e2e task script's path.
+func taskScript() string { return filepath.Join(repoRoot, "e2e", "testdata", "task.sh") }
 
 // apply applies a job file through the API.
 func (c *cluster) apply(src string) *batonv1.Job {

@@ -49,11 +49,14 @@ http=$(sed -n 's/.*"http":"\([^"]*\)".*/\1/p' "$dir/addr.json")
 export BATON_ADDR=$grpc
 echo "batond is up: gRPC $grpc, REST http://$http (log: $dir/batond.log)"
 
-# The example's tasks call dtexec-sim, sqlcmd-sim and notify-sim.
+# The example's tasks call dtexec-sim, sqlcmd-sim and notify-sim, found in
+# PATH; the agents' allowlist names that directory and nothing else, so a
+# job asking for any other program is refused (shown as rejected).
 export PATH="$root/examples/nightly-dw-load/bin:$PATH"
 for a in "etl-ssis role=ssis" "etl-sql role=sql"; do
   set -- $a
   "$bin/baton-agent" --server "$grpc" --name "$1" --label "$2" --slots 2 \
+    --allow "$root/examples/nightly-dw-load/bin/*" \
     --state-dir "$dir/agents/$1" >"$dir/agent-$1.log" 2>&1 &
   pids+=($!)
 done

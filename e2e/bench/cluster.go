@@ -168,13 +168,13 @@ func (cl *cluster) agentsCPU() (time.Duration, error) {
 	return total, nil
 }
 
-// startAgents starts n baton-agents with slots slots each and waits until
-// all are connected.
-func (cl *cluster) startAgents(ctx context.Context, n, slots int) error {
+// startAgents starts n baton-agents with slots slots each, allowed to run
+// the program allow only, and waits until all are connected.
+func (cl *cluster) startAgents(ctx context.Context, n, slots int, allow string) error {
 	for i := 1; i <= n; i++ {
 		name := "agent-" + strconv.Itoa(i)
 		p, err := startProcess(cl.dir, name, cl.bins.agent, "--server", cl.grpc, "--name", name,
-			"--slots", strconv.Itoa(slots), "--state-dir", filepath.Join(cl.dir, "agents", name))
+			"--slots", strconv.Itoa(slots), "--state-dir", filepath.Join(cl.dir, "agents", name), "--allow", allow)
 		if err != nil {
 			return err
 		}

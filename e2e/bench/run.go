@@ -126,7 +126,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.GoVersion = goVersion(ctx, repo)
 	res.CPU, res.Mem, res.Kernel = machineInfo()
 
-	h := &harness{cfg: cfg, log: log, bins: bins, work: work}
+	h := &harness{cfg: cfg, log: log, bins: bins, work: work, allow: trueBin}
 	shapes := cfg.shapes(trueBin)
 	for _, sh := range shapes {
 		res.Rows = append(res.Rows, &row{shape: sh})
@@ -168,6 +168,8 @@ type harness struct {
 	log  *slog.Logger
 	bins binaries
 	work string
+	// allow is the one program the agents allow: what every task runs.
+	allow string
 }
 
 // measureJob runs one repetition of a job shape on a fresh batond.
@@ -184,7 +186,7 @@ func (h *harness) measureJob(ctx context.Context, sh *shape, rep int) (s sample,
 	if sh.sim {
 		err = cl.startSims(ctx, sh.agents, sh.slots)
 	} else {
-		err = cl.startAgents(ctx, sh.agents, sh.slots)
+		err = cl.startAgents(ctx, sh.agents, sh.slots, h.allow)
 	}
 	if err != nil {
 		return s, err

@@ -17,12 +17,24 @@
 #                         itself (as one more child); every pid (this shell's
 #                         and the sleeps') goes to $MARK_DIR/<task>.pids
 #   wait-file F           wait until $MARK_DIR/F exists (exit 3 after 120 s)
+#   secret VAR            print "VAR is <its value>" to stdout and stderr and
+#                         write the outputs VAR=<value> and VAR_matches=yes
+#                         (or no) saying whether the value is the content of
+#                         $MARK_DIR/VAR.expected
 me="$MARK_DIR/$BATON_TASK"
 echo "run=$BATON_RUN_ID agent=$AGENT_NAME attempt=$BATON_ATTEMPT item=$BATON_ITEM id=$BATON_ATTEMPT_ID" >> "$me"
 while [ $# -gt 0 ]; do
   verb=$1
   shift
   case "$verb" in
+    secret)
+      eval "value=\${$1}"
+      echo "$1 is $value"
+      echo "$1 is $value" >&2
+      echo "$1=$value" >> "$BATON_OUTPUT"
+      if [ "$value" = "$(cat "$MARK_DIR/$1.expected")" ]; then matches=yes; else matches=no; fi
+      echo "$1_matches=$matches" >> "$BATON_OUTPUT"
+      shift ;;
     ok) ;;
     exit)
       echo "task $BATON_TASK failing with exit code $1" >&2
