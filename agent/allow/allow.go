@@ -249,7 +249,7 @@ func (p *Policy) resolvePrefix(raw string, elems []string) ([]string, bool) {
 	if err != nil {
 		return nil, false
 	}
-	out := append(re, elems[n:]...)
+	out := slices.Concat(re, elems[n:])
 	if slices.Equal(out, elems) {
 		return nil, false
 	}

@@ -80,7 +80,8 @@ func (r *Set) Bytes(b []byte) []byte {
 func (r *Set) scan(carry, p []byte, emit func([]byte), final bool) []byte {
 	buf := p
 	if len(carry) > 0 {
-		buf = append(carry, p...)
+		carry = append(carry, p...)
+		buf = carry
 	}
 	// next[i] is where secret i occurs next at or after pos (-1: never).
 	next := make([]int, len(r.secrets))
