@@ -199,7 +199,16 @@ func child(behaviour string) int {
 		// Leak TEST_SECRET every way: on stdout right across the first
 		// 32 KiB read of the pipe (and the first log chunk), on stderr,
 		// and in an output; say in another output whether it is the
-		// value the test expects.
+		// value the test expects. With BATON_TEST_RELEASE, first wait
+		// until the test creates that file.
+		if release := os.Getenv("BATON_TEST_RELEASE"); release != "" {
+			for {
+				if _, err := os.Stat(release); err == nil {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
 		secret := os.Getenv("TEST_SECRET")
 		half := len(secret) / 2
 		fmt.Print(strings.Repeat("x", 32<<10-half) + secret + "\n")
@@ -244,6 +253,7 @@ type agentSpec struct {
 	Server        string
 	StateDir      string
 	RunnerVersion int
+	SecretsDir    string
 }
 
 // agentMain runs an agent process: the first SIGTERM drains it, a second
@@ -280,6 +290,7 @@ func agentMain(specJSON string) int {
 		Env:           env,
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Policy:        policy,
+		SecretsDir:    spec.SecretsDir,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,12 +34,19 @@ type agentProcess struct {
 // start one); runnerVersion 0 is the current protocol version.
 func (b *testBundle) startProcess(t *testing.T, runnerVersion int, env ...string) *agentProcess {
 	t.Helper()
-	spec, err := json.Marshal(agentSpec{Server: b.srv.addr, StateDir: b.stateDir, RunnerVersion: runnerVersion})
+	return b.startProcessSpec(t, agentSpec{RunnerVersion: runnerVersion}, env...)
+}
+
+// startProcessSpec is startProcess with more of the agent's settings.
+func (b *testBundle) startProcessSpec(t *testing.T, spec agentSpec, env ...string) *agentProcess {
+	t.Helper()
+	spec.Server, spec.StateDir = b.srv.addr, b.stateDir
+	specJSON, err := json.Marshal(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(b.exe)
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "BATON_TEST_AGENT="+string(spec))
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", "BATON_TEST_AGENT="+string(specJSON))
 	cmd.Env = append(cmd.Env, env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -267,6 +275,52 @@ func TestExitWhileNoAgentIsReportedByTheNextOne(t *testing.T) {
 	if pids := runnerPids(t, b.stateDir); len(pids) != 1 || pids[0] != runnerPid {
 		t.Errorf("runner pids %v, want the runner %d that saw the exit", pids, runnerPid)
 	}
+}
+
+// TestSecretRedactedAfterAgentRestart: a child that prints its secret
+// after its agent was killed has it redacted by the runner, and the next
+// agent process, which learns the child's secrets from the runner, redacts
+// them from the outputs; nothing under the state directory holds the
+// value.
+func TestSecretRedactedAfterAgentRestart(t *testing.T) {
+	t.Parallel()
+	const secret = "after-restart-s3cr3t"
+	b := setup(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "dbpass"), []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	release, done := releaseFile(t)
+	first := b.startProcessSpec(t, agentSpec{SecretsDir: dir})
+	s1 := b.srv.session(t)
+	st := b.task(411, "secret", "BATON_TEST_RELEASE", release, "TEST_WANT", secret)
+	st.SecretEnv = map[string]string{"TEST_SECRET": "dbpass"}
+	s1.startTask(t, st)
+	child := pidOf(t, s1.started(t, 411))
+	first.kill(t)
+
+	done()
+	waitGone(t, child)
+	waitFor(t, "the runner records the exit", func() bool { return exitRecorded(b.stateDir, runner.ProtocolVersion, 411) })
+
+	// The next agent has no secrets of its own: the runner tells it.
+	b.start(t, b.config())
+	s2 := b.srv.session(t)
+	unacked := s2.hello.GetUnacked()
+	if len(unacked) != 1 {
+		t.Fatalf("Hello.unacked = %v, want the outcome of 411", unacked)
+	}
+	tf := unacked[0]
+	if tf.GetOutcome() != succeeded || tf.GetOutputs()["match"] != "true" || tf.GetOutputs()["pw"] != "[secret:dbpass]" {
+		t.Errorf("outcome = %v, outputs %q; want SUCCEEDED, match=true, pw=[secret:dbpass]", tf.GetOutcome(), tf.GetOutputs())
+	}
+	if want := "connecting with password [secret:dbpass]\n"; string(tf.GetStderrTail()) != want {
+		t.Errorf("stderr tail = %q, want %q", tf.GetStderrTail(), want)
+	}
+	if bytes.Contains(tf.GetStdoutTail(), []byte(secret)) {
+		t.Error("stdout tail holds the secret")
+	}
+	noSecretUnder(t, b.stateDir, secret)
 }
 
 func TestTimeoutHoldsWhileTheAgentIsDown(t *testing.T) {
