@@ -163,7 +163,7 @@ func TestSecretRedacted(t *testing.T) {
 			}
 			cfg := b.config()
 			cfg.SecretsDir = dir
-			b.start(t, cfg)
+			ra := b.start(t, cfg)
 			s := b.srv.session(t)
 			st := b.task(5, "secret", "TEST_WANT", secret)
 			st.SecretEnv = map[string]string{"TEST_SECRET": "dbpass"}
@@ -204,7 +204,14 @@ func TestSecretRedacted(t *testing.T) {
 				t.Errorf("stderr tail = %q, want the placeholder", tf.GetStderrTail())
 			}
 			// The journal holds the outcome and the runner its exit record
-			// before TaskFinished is sent.
+			// before TaskFinished is sent; the child's own $BATON_OUTPUT
+			// file, which holds what it wrote, is emptied or removed once
+			// the outcome is journaled, which a stopped agent has done.
+			s.ack(t, 5)
+			ra.cancel()
+			if err := ra.wait(t); err != nil {
+				t.Fatalf("Run = %v", err)
+			}
 			noSecretUnder(t, b.stateDir, secret)
 		})
 	}
