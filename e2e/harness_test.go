@@ -293,6 +293,9 @@ func (c *cluster) cli(args ...string) (stdout, stderr string, code int) {
 	if c.dial.CAFile != "" {
 		cmd.Env = append(cmd.Env, "BATON_CA_FILE="+c.dial.CAFile)
 	}
+	if c.dial.Token != "" {
+		cmd.Env = append(cmd.Env, "BATON_TOKEN="+c.dial.Token)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
