@@ -271,4 +271,3 @@ func (c *cluster) restPostTLS(t *testing.T, path, token, body string) int {
 	_ = resp.Body.Close()
 	return resp.StatusCode
 }
-
