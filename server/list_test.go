@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -63,7 +65,10 @@ func sortedDesc(ids []int64) []int64 {
 // many runs without starting each through the scheduler.
 func seedRuns(t *testing.T, b *testBundle, job string, n int) []int64 {
 	t.Helper()
-	ctx := testContext(t)
+	// Thousands of writes under -race on a loaded machine take longer than
+	// waitTimeout, which bounds waits for the server, not this.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
 	j, err := b.st.JobGet(ctx, &store.JobGetParams{Name: job})
 	if err != nil {
 		t.Fatalf("JobGet(%s): %v", job, err)
