@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/batonhq/baton/agent/internal/redact"
 )
@@ -67,7 +68,8 @@ func (e *secretError) Error() string { return e.msg }
 
 // resolveSecrets returns the environment entries (NAME=value, sorted by
 // name) of a task's secret references (env name -> secret name), and the
-// secrets to redact from its output. Each secret is read from
+// secrets to redact from its output: each value, and on Windows also the
+// bytes a child prints it as (secretVariants). Each secret is read from
 // Config.SecretsDir/NAME when that file exists, else from the agent's
 // BATON_SECRET_NAME variable. Errors name the secret and where the agent
 // looked.
@@ -95,6 +97,11 @@ func (a *Agent) resolveSecrets(refs map[string]string) ([]string, []redact.Secre
 		}
 		env = append(env, envName+"="+val)
 		secrets = append(secrets, redact.Secret{Name: name, Value: val})
+		if len(val) >= redact.MinLen {
+			for _, v := range secretVariants(val) {
+				secrets = append(secrets, redact.Secret{Name: name, Value: v})
+			}
+		}
 	}
 	return env, secrets, nil
 }
@@ -133,7 +140,9 @@ func (a *Agent) secret(name string) (string, error) {
 
 // readSecretFile reads a secret file: a regular file of at most
 // maxSecretSize bytes that, on Unix, neither its group nor others may read.
-// One trailing newline (\n or \r\n) is dropped.
+// One trailing newline (\n or \r\n) is dropped. On Windows the file is
+// text: a byte order mark is dropped, UTF-16 with one decoded, and
+// anything else must be UTF-8.
 func readSecretFile(path string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -158,11 +167,22 @@ func readSecretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is larger than %d bytes", path, maxSecretSize)
 	}
 	s := string(b)
+	if runtime.GOOS == "windows" {
+		// Windows editors and PowerShell write a byte order mark
+		// (Set-Content -Encoding utf8), and PowerShell 5.1's Out-File and
+		// > write UTF-16: the secret is the text, not the mark.
+		s = decodeText(b)
+	}
 	if t, ok := strings.CutSuffix(s, "\n"); ok {
 		s = strings.TrimSuffix(t, "\r")
 	}
 	if strings.ContainsRune(s, 0) {
 		return "", fmt.Errorf("%s holds a NUL byte, which no environment variable can", path)
+	}
+	if runtime.GOOS == "windows" && !utf8.ValidString(s) {
+		// Windows hands a child its environment as UTF-16: bytes that are
+		// not UTF-8 would reach it as U+FFFD, a value other than the file's.
+		return "", fmt.Errorf("%s is not UTF-8 text (an ANSI code page?): save it as UTF-8, for example with PowerShell's Set-Content -Encoding utf8", path)
 	}
 	return s, nil
 }
