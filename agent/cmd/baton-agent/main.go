@@ -180,7 +180,7 @@ the flag wins.`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	f := root.Flags()
 	f.StringVar(&o.server, "server", client.DefaultAddr, "control plane gRPC address, host:port")
-	f.StringVar(&o.name, "name", "", "agent name, unique among live agents (default: the host name)")
+	f.StringVar(&o.name, "name", "", "agent name, unique among live agents (default: the name in --tls-cert, else the host name); against a batond with --agent-ca it must be the certificate's")
 	f.StringArrayVar(&o.labels, "label", nil, "label key=value matched by task selectors; repeatable (the variable takes k=v,k=v)")
 	f.IntVar(&o.slots, "slots", 0, fmt.Sprintf("how many children run at once (default: the number of CPUs, %d here)", runtime.NumCPU()))
 	f.StringVar(&o.stateDir, "state-dir", "", "directory for the journal and per-attempt files (default: "+stateDirHelp+")")
