@@ -38,8 +38,8 @@ func TestSmoke(t *testing.T) {
 		// and where the other one is.
 		want []string
 	}{
-		{name: "security off", want: []string{"# Benchmarks\n", securityOff + ".", "[benchmarks-secure.md](benchmarks-secure.md)"}},
-		{name: "security on", secure: true, want: []string{"# Benchmarks with security on\n", securityOn + ".", "[benchmarks.md](benchmarks.md)", "### Security on"}},
+		{name: "security off", want: []string{"# Benchmarks\n", "**" + securityOff + ".**", "[benchmarks-secure.md](benchmarks-secure.md)"}},
+		{name: "security on", secure: true, want: []string{"# Benchmarks with security on\n", "**" + securityOn + ".**", "[benchmarks.md](benchmarks.md)", "### Security on"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

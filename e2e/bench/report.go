@@ -71,11 +71,13 @@ func (r *Result) Markdown() string {
 	p("It starts a real `batond` on its embedded SQLite store and real agents on\n")
 	p("127.0.0.1, runs each shape %s and reports medians.\n\n", plural(cfg.Reps, "time"))
 	if cfg.Secure {
-		p("%s. The same shapes with security off (`make bench`) are in\n", securityOn)
+		p("**%s.**\n", securityOn)
+		p("The same shapes with security off (`make bench`) are in\n")
 		p("[benchmarks.md](benchmarks.md); what security adds, and where, is under\n")
 		p("*How it is measured*.\n\n")
 	} else {
-		p("%s. The same shapes with security on (`make bench-secure`) are in\n", securityOff)
+		p("**%s.**\n", securityOff)
+		p("The same shapes with security on (`make bench-secure`) are in\n")
 		p("[benchmarks-secure.md](benchmarks-secure.md).\n\n")
 	}
 	if !cfg.isDefault() {
@@ -265,7 +267,12 @@ func (r *Result) Markdown() string {
   harness's connection is encrypted and authenticated (TLS records). The
   token is checked once per API call, not per message, and a run makes few
   calls (apply, start, one WaitRun stream, ListAttempts); the agents'
-  stream carries no token. Idle RSS includes each connection's TLS state.
+  stream carries no token.
+- Idle RSS grows with each connection's TLS state: grpc-go (1.85) lends a
+  plaintext connection its 32 KB HTTP/2 read buffer from a pool only
+  while it reads, but gives a TLS connection one of its own, and
+  crypto/tls keeps record buffers and the peer's certificate per
+  connection.
 - Certificate generation, ` + "`batond init`" + ` and the approvals are not in any
   measured time.
 `)
