@@ -48,6 +48,10 @@ run: build ## Start batond, two local agents and the example nightly load; Ctrl-
 bench: ## Benchmark batond and agents on this machine (about 3 minutes); writes docs/benchmarks.md.
 	$(GO) run ./e2e/bench -out docs/benchmarks.md $(BENCH_FLAGS)
 
+.PHONY: bench-secure
+bench-secure: ## The same benchmark with TLS, agent certificates with approval and API tokens on; writes docs/benchmarks-secure.md.
+	$(GO) run ./e2e/bench -secure -out docs/benchmarks-secure.md $(BENCH_FLAGS)
+
 .PHONY: tools
 tools: $(TOOLS) ## Install the pinned code generators and linter into ./bin.
 

@@ -26,12 +26,39 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestSmoke runs the whole benchmark with tiny sizes, so that make test
-// catches a harness that no longer works against the current batond,
-// agent and simagent.
+// TestSmoke runs the whole benchmark with tiny sizes, with security off
+// and on, so that make test catches a harness that no longer works against
+// the current batond, agent and simagent.
 func TestSmoke(t *testing.T) {
 	t.Parallel()
+	tests := []struct {
+		name   string
+		secure bool
+		// want are lines of the report that say which mode it measured
+		// and where the other one is.
+		want []string
+	}{
+		{name: "security off", want: []string{"# Benchmarks\n", "**" + securityOff + ".**", "[benchmarks-secure.md](benchmarks-secure.md)"}},
+		{name: "security on", secure: true, want: []string{"# Benchmarks with security on\n", "**" + securityOn + ".**", "[benchmarks.md](benchmarks.md)", "### Security on"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			md := smoke(t, tc.secure)
+			for _, s := range tc.want {
+				if !strings.Contains(md, s) {
+					t.Errorf("report lacks %q:\n%s", s, md)
+				}
+			}
+		})
+	}
+}
+
+// smoke runs the benchmark with SmokeConfig, checks its result and report
+// and returns the report.
+func smoke(t *testing.T, secure bool) string {
 	cfg := SmokeConfig()
+	cfg.Secure = secure
 	cfg.Repo = filepath.Join("..", "..")
 	cfg.Dir = t.TempDir()
 	cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
@@ -108,6 +135,7 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("report has %d table rows for %s, want %d:\n%s", rows[r.shape.key], r.shape.key, want, md)
 		}
 	}
+	return md
 }
 
 // tableCells splits a Markdown table row into its trimmed cells, or

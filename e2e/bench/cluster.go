@@ -63,30 +63,46 @@ type cluster struct {
 	runs   batonv1.RunServiceClient
 	agents []*process
 	sims   *process
+	// sec is the security settings, nil when security is off.
+	sec *security
 }
 
 // startCluster starts batond in dir on an embedded SQLite store: with the
-// shipped defaults, or with synchronous=full when full is set.
-func startCluster(ctx context.Context, bins binaries, dir string, full bool, log *slog.Logger) (*cluster, error) {
+// shipped defaults, or with synchronous=full when full is set. With sec,
+// security is on: `batond init` first makes the admin token the harness
+// then uses, and batond serves TLS, requires agent certificates with
+// approval and API tokens.
+func startCluster(ctx context.Context, bins binaries, dir string, full bool, sec *security, log *slog.Logger) (*cluster, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
 	}
 	addrFile := filepath.Join(dir, "addr.json")
 	args := []string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--addr-file", addrFile}
 	store := filepath.Join(dir, "batond")
+	var storeArgs []string
 	if full {
 		if err := os.MkdirAll(store, 0o755); err != nil {
 			return nil, fmt.Errorf("start cluster: %w", err)
 		}
-		args = append(args, "--db", "sqlite://"+filepath.ToSlash(filepath.Join(store, "baton.db"))+"?synchronous=full")
+		storeArgs = []string{"--db", "sqlite://" + filepath.ToSlash(filepath.Join(store, "baton.db")) + "?synchronous=full"}
 	} else {
-		args = append(args, "--data-dir", store)
+		storeArgs = []string{"--data-dir", store}
+	}
+	args = append(args, storeArgs...)
+	dial := client.DialConfig{}
+	if sec != nil {
+		token, err := initToken(ctx, bins.batond, dir, storeArgs)
+		if err != nil {
+			return nil, err
+		}
+		args = append(args, sec.batondArgs()...)
+		dial = client.DialConfig{CAFile: sec.caFile(), Token: token}
 	}
 	b, err := startProcess(dir, "batond", bins.batond, args...)
 	if err != nil {
 		return nil, err
 	}
-	cl := &cluster{bins: bins, dir: dir, log: log, batond: b}
+	cl := &cluster{bins: bins, dir: dir, log: log, batond: b, sec: sec}
 	var addrs struct{ GRPC string }
 	err = waitFor(ctx, startTimeout, "batond to listen", func() (bool, error) {
 		if err := b.exited(); err != nil {
@@ -99,8 +115,8 @@ func startCluster(ctx context.Context, bins binaries, dir string, full bool, log
 		return nil, errors.Join(err, cl.close())
 	}
 	cl.grpc = addrs.GRPC
-	cl.conn, err = client.Dial(client.DialConfig{Addr: addrs.GRPC},
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)))
+	dial.Addr = addrs.GRPC
+	cl.conn, err = client.Dial(dial, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsg)))
 	if err != nil {
 		return nil, errors.Join(err, cl.close())
 	}
@@ -173,8 +189,9 @@ func (cl *cluster) agentsCPU() (time.Duration, error) {
 func (cl *cluster) startAgents(ctx context.Context, n, slots int, allow string) error {
 	for i := 1; i <= n; i++ {
 		name := "agent-" + strconv.Itoa(i)
-		p, err := startProcess(cl.dir, name, cl.bins.agent, "--server", cl.grpc, "--name", name,
-			"--slots", strconv.Itoa(slots), "--state-dir", filepath.Join(cl.dir, "agents", name), "--allow", allow)
+		args := []string{"--server", cl.grpc, "--name", name,
+			"--slots", strconv.Itoa(slots), "--state-dir", filepath.Join(cl.dir, "agents", name), "--allow", allow}
+		p, err := startProcess(cl.dir, name, cl.bins.agent, append(args, cl.sec.agentArgs(name)...)...)
 		if err != nil {
 			return err
 		}
@@ -190,7 +207,8 @@ func (cl *cluster) startAgents(ctx context.Context, n, slots int, allow string) 
 	})
 }
 
-// connected reports whether at least n agents are connected.
+// connected reports whether at least n agents are connected. A pending
+// agent is an error: every agent is approved before it connects.
 func (cl *cluster) connected(ctx context.Context, n int) (bool, error) {
 	if err := cl.batond.exited(); err != nil {
 		return false, err
@@ -201,18 +219,42 @@ func (cl *cluster) connected(ctx context.Context, n int) (bool, error) {
 	}
 	k := 0
 	for _, a := range agents {
-		if a.GetState() == batonv1.AgentState_AGENT_STATE_CONNECTED {
+		switch a.GetState() {
+		case batonv1.AgentState_AGENT_STATE_CONNECTED:
 			k++
+		case batonv1.AgentState_AGENT_STATE_PENDING:
+			return false, fmt.Errorf("agent %s connected but is pending, although it was approved beforehand: %s",
+				a.GetName(), a.GetPendingReason())
 		}
 	}
 	return k >= n, nil
 }
 
+// approve approves the agents of a shape before they connect, when
+// approval is on: the n baton-agents, or simulated agents when sim, may
+// claim slots slots and no labels. Each agent's Hello then finds its
+// approval in the store, which batond looks up once per connection.
+func (cl *cluster) approve(ctx context.Context, sim bool, n, slots int) error {
+	if cl.sec == nil {
+		return nil
+	}
+	for _, name := range agentNames(sim, n) {
+		resp, err := cl.c.ApproveAgent(ctx, name, nil, int32(slots))
+		if err != nil {
+			return fmt.Errorf("approve agent %s: %w", name, err)
+		}
+		if r := resp.GetPendingReason(); r != "" {
+			return fmt.Errorf("approve agent %s: still pending: %s", name, r)
+		}
+	}
+	return nil
+}
+
 // startSims starts one simagent process running n simulated agents with
 // slots slots each and waits until every one has been welcomed.
 func (cl *cluster) startSims(ctx context.Context, n, slots int) error {
-	p, err := startProcessLines(cl.dir, "simagent", cl.bins.simagent, "--server", cl.grpc,
-		"--count", strconv.Itoa(n), "--slots", strconv.Itoa(slots))
+	args := []string{"--server", cl.grpc, "--count", strconv.Itoa(n), "--slots", strconv.Itoa(slots), "--prefix", simPrefix}
+	p, err := startProcessLines(cl.dir, "simagent", cl.bins.simagent, append(args, cl.sec.simArgs()...)...)
 	if err != nil {
 		return err
 	}
@@ -227,9 +269,16 @@ func (cl *cluster) startSims(ctx context.Context, n, slots int) error {
 				return p.exited()
 			}
 			var msg struct{ Welcomed int }
-			if json.Unmarshal([]byte(line), &msg) == nil && msg.Welcomed == n {
+			if json.Unmarshal([]byte(line), &msg) != nil || msg.Welcomed != n {
+				continue
+			}
+			if cl.sec == nil {
 				return nil
 			}
+			// A pending agent is welcomed too: check that each one is
+			// connected with its approval.
+			return waitFor(ctx, startTimeout, fmt.Sprintf("%d simulated agents to be connected and approved", n),
+				func() (bool, error) { return cl.connected(ctx, n) })
 		case <-cl.batond.done:
 			return cl.batond.exited()
 		case <-ctx.Done():

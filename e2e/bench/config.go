@@ -23,6 +23,13 @@ type Config struct {
 	// Profile, when set, is a directory where the first repetition of each
 	// shape records batond with perf.
 	Profile string
+	// Secure runs every shape with security on: batond serves TLS,
+	// requires a client certificate from every agent (baton-agents and
+	// simulated ones alike, each its own, made once per run) and its
+	// approval, which the harness gives before the agents connect, and
+	// requires an API token, which the harness gets from `batond init`.
+	// Everything else is as without it, so the two reports compare.
+	Secure bool
 
 	// Reps is how many times each shape runs; the report gives medians.
 	Reps int

@@ -64,6 +64,7 @@ func cli(ctx context.Context, args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Repo, "repo", "", "module root to build the binaries from (default: the one holding the working directory)")
 	fs.StringVar(&cfg.Dir, "dir", "", "work directory for stores, agent state and logs (default: a temporary directory, removed at the end)")
 	fs.StringVar(&cfg.Profile, "profile", "", "record batond with perf during the first repetition of each shape into this directory")
+	fs.BoolVar(&cfg.Secure, "secure", false, "run every shape with security on: TLS, agent client certificates with approval, API tokens")
 	fs.IntVar(&cfg.Reps, "reps", cfg.Reps, "repetitions of each shape")
 	fs.IntVar(&cfg.Spawn, "spawn", cfg.Spawn, "spawn ceiling: /bin/true starts")
 	fs.IntVar(&cfg.SpawnWorkers, "spawn-workers", cfg.SpawnWorkers, "spawn ceiling: goroutines starting /bin/true")

@@ -17,6 +17,12 @@ const (
 	goalForeachGrowMB  = 100
 )
 
+// The line near the top of a report that says which mode it measured.
+const (
+	securityOff = "Security: off (loopback, no TLS, no tokens)"
+	securityOn  = "Security: on (TLS, agent client certificates with approval, API tokens)"
+)
+
 // medianOf returns the median of f over samples.
 func medianOf(samples []sample, f func(sample) float64) float64 {
 	xs := make([]float64, len(samples))
@@ -55,13 +61,27 @@ func (r *Result) Markdown() string {
 	spawn := medianOf(r.Spawn, rate)
 	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 
-	p("# Benchmarks\n\n")
-	p("`make bench` measured these numbers and wrote this file; run it again to\n")
+	target, title := "make bench", "Benchmarks"
+	if cfg.Secure {
+		target, title = "make bench-secure", "Benchmarks with security on"
+	}
+	p("# %s\n\n", title)
+	p("`%s` measured these numbers and wrote this file; run it again to\n", target)
 	p("measure your own machine (it needs Linux, Go and about five minutes).\n")
 	p("It starts a real `batond` on its embedded SQLite store and real agents on\n")
 	p("127.0.0.1, runs each shape %s and reports medians.\n\n", plural(cfg.Reps, "time"))
+	if cfg.Secure {
+		p("**%s.**\n", securityOn)
+		p("The same shapes with security off (`make bench`) are in\n")
+		p("[benchmarks.md](benchmarks.md); what security adds, and where, is under\n")
+		p("*How it is measured*.\n\n")
+	} else {
+		p("**%s.**\n", securityOff)
+		p("The same shapes with security on (`make bench-secure`) are in\n")
+		p("[benchmarks-secure.md](benchmarks-secure.md).\n\n")
+	}
 	if !cfg.isDefault() {
-		p("**These are not `make bench`'s sizes** (a smoke run or custom flags), so the\n")
+		p("**These are not `%s`'s sizes** (a smoke run or custom flags), so the\n", target)
 		p("goals below are not evaluated.\n\n")
 	}
 	p("| | |\n|---|---|\n")
@@ -216,8 +236,47 @@ func (r *Result) Markdown() string {
 - synchronous=full rows start batond with
   ` + "`--db 'sqlite:///path/baton.db?synchronous=full'`" + `: every commit is fsynced.
 - Flags of ` + "`go run ./e2e/bench -h`" + ` change the sizes; ` + "`-profile DIR`" + ` records batond
-  with perf during the first repetition of each shape.
+  with perf during the first repetition of each shape; ` + "`-secure`" + ` turns security
+  on (` + "`make bench-secure`" + `).
 `)
+	if cfg.Secure {
+		p(`
+### Security on
+
+- Once per benchmark run, before any shape, the harness makes a private CA,
+  batond's server certificate for 127.0.0.1 and a client certificate for
+  every agent name the shapes use (ECDSA P-256, with client/pki): one per
+  baton-agent and one per simulated agent.
+- Every batond starts with ` + "`--tls-cert --tls-key`" + ` (TLS on the gRPC and REST
+  listeners), ` + "`--agent-ca`" + ` (each agent must present a client certificate
+  naming it), ` + "`--agent-approval`" + ` and ` + "`--auth on`" + `. Before it starts,
+  ` + "`batond init --token-file`" + ` migrates its fresh store and makes the admin
+  token the harness's own client sends, over TLS, with every call.
+- Before the agents connect, the harness approves each one through
+  AgentAdminService.ApproveAgent with the slots it will claim and no labels
+  (pre-approval). When an agent connects, batond looks its approval up
+  once, at the Hello of its connection, and finds it, so the agent gets
+  work at once; the harness checks that no agent is left pending.
+  baton-agents get ` + "`--ca-file --tls-cert --tls-key`" + `; simagent gets
+  ` + "`--ca-file --cert-dir`" + `, each simulated agent presenting its own
+  certificate.
+- What security adds, and where: one TLS handshake per connection (each
+  agent's, and the harness's one), with a client-certificate check and an
+  approval lookup for each agent, all before a run starts (idle: before the
+  windows). During a run every message on the agents' streams and on the
+  harness's connection is encrypted and authenticated (TLS records). The
+  token is checked once per API call, not per message, and a run makes few
+  calls (apply, start, one WaitRun stream, ListAttempts); the agents'
+  stream carries no token.
+- Idle RSS grows with each connection's TLS state: grpc-go (1.85) lends a
+  plaintext connection its 32 KB HTTP/2 read buffer from a pool only
+  while it reads, but gives a TLS connection one of its own, and
+  crypto/tls keeps record buffers and the peer's certificate per
+  connection.
+- Certificate generation, ` + "`batond init`" + ` and the approvals are not in any
+  measured time.
+`)
+	}
 	return b.String()
 }
 

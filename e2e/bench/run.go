@@ -131,6 +131,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for _, sh := range shapes {
 		res.Rows = append(res.Rows, &row{shape: sh})
 	}
+	if cfg.Secure {
+		// Every agent name any shape uses gets its certificate now, before
+		// the first shape, so that no shape pays for making them.
+		sims := max(cfg.CeilingAgents, cfg.IdleAgents)
+		log.Info("making certificates", slog.Int("agents", cfg.ForeachAgents), slog.Int("simulated_agents", sims))
+		if h.sec, err = newSecurity(filepath.Join(work, "pki"), max(cfg.ForeachAgents, 1), sims, time.Now()); err != nil {
+			return nil, err
+		}
+	}
 	// Repetitions go round all shapes in turn, so a slow phase of the
 	// machine does not land on one shape only.
 	for rep := range cfg.Reps {
@@ -164,8 +173,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 // harness runs shapes against the built binaries.
 type harness struct {
-	cfg  Config
-	log  *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// sec is the security settings of every cluster; nil when
+	// cfg.Secure is not set.
+	sec  *security
 	bins binaries
 	work string
 	// allow is the one program the agents allow: what every task runs.
@@ -174,7 +186,7 @@ type harness struct {
 
 // measureJob runs one repetition of a job shape on a fresh batond.
 func (h *harness) measureJob(ctx context.Context, sh *shape, rep int) (s sample, err error) {
-	cl, err := startCluster(ctx, h.bins, filepath.Join(h.work, fmt.Sprintf("%s-%d", sh.key, rep+1)), sh.full, h.log)
+	cl, err := startCluster(ctx, h.bins, filepath.Join(h.work, fmt.Sprintf("%s-%d", sh.key, rep+1)), sh.full, h.sec, h.log)
 	if err != nil {
 		return s, err
 	}
@@ -183,6 +195,9 @@ func (h *harness) measureJob(ctx context.Context, sh *shape, rep int) (s sample,
 			err = cerr
 		}
 	}()
+	if err := cl.approve(ctx, sh.sim, sh.agents, sh.slots); err != nil {
+		return s, err
+	}
 	if sh.sim {
 		err = cl.startSims(ctx, sh.agents, sh.slots)
 	} else {
@@ -333,7 +348,7 @@ func attemptTimesOf(ctx context.Context, runs batonv1.RunServiceClient, run *bat
 // measureIdle connects the idle shape's simulated agents to a fresh batond
 // and measures it over cfg.Reps consecutive windows.
 func (h *harness) measureIdle(ctx context.Context, sh *shape) (samples []sample, err error) {
-	cl, err := startCluster(ctx, h.bins, filepath.Join(h.work, sh.key), false, h.log)
+	cl, err := startCluster(ctx, h.bins, filepath.Join(h.work, sh.key), false, h.sec, h.log)
 	if err != nil {
 		return nil, err
 	}
@@ -342,6 +357,9 @@ func (h *harness) measureIdle(ctx context.Context, sh *shape) (samples []sample,
 			err = cerr
 		}
 	}()
+	if err := cl.approve(ctx, sh.sim, sh.agents, sh.slots); err != nil {
+		return nil, err
+	}
 	before, err := cl.stat()
 	if err != nil {
 		return nil, err

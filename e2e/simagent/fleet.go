@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/batonhq/baton/client"
+	"github.com/batonhq/baton/client/pki"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -62,6 +64,12 @@ type Config struct {
 	Prefix string
 	// Labels are advertised by every agent.
 	Labels map[string]string
+	// CertDir, when set, holds a client certificate per agent: agent NAME
+	// presents CertDir/agent-NAME.crt with its key agent-NAME.key (the
+	// names of [pki.AgentFiles]), as baton-agent --tls-cert and --tls-key
+	// would, so a control plane started with --agent-ca admits it. It
+	// turns TLS on. Empty means no client certificates.
+	CertDir string
 	// DialParallel is how many agents connect at once while the fleet
 	// starts. Defaults to DefaultDialParallel.
 	DialParallel int
@@ -128,15 +136,29 @@ func NewFleet(cfg Config) (*Fleet, error) {
 	if _, err := cfg.Server.TLSConfig(); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if cfg.CertDir != "" && (cfg.Server.CertFile != "" || cfg.Server.KeyFile != "") {
+		return nil, errors.New("cert dir: the agents' certificates come from the directory; Server must name none")
+	}
 	f := &Fleet{cfg: cfg, log: cfg.Logger}
 	for i := 1; i <= cfg.Count; i++ {
-		f.agents = append(f.agents, &simAgent{
+		a := &simAgent{
 			fleet:    f,
 			name:     fmt.Sprintf("%s-%d", cfg.Prefix, i),
 			bootID:   rand.Text(),
+			server:   cfg.Server,
 			unacked:  map[int64]*batonv1.TaskFinished{},
 			answered: map[int64]struct{}{},
-		})
+		}
+		if cfg.CertDir != "" {
+			crt, key := pki.AgentFiles(a.name)
+			a.server.CertFile, a.server.KeyFile = filepath.Join(cfg.CertDir, crt), filepath.Join(cfg.CertDir, key)
+			// Fail now on a missing or bad pair rather than at the first
+			// handshake, after part of the fleet has connected.
+			if _, err := a.server.TLSConfig(); err != nil {
+				return nil, fmt.Errorf("agent %s: %w", a.name, err)
+			}
+		}
+		f.agents = append(f.agents, a)
 	}
 	return f, nil
 }
@@ -208,6 +230,8 @@ type simAgent struct {
 	fleet  *Fleet
 	name   string
 	bootID string
+	// server is Config.Server with the agent's own client certificate.
+	server client.DialConfig
 
 	mu       sync.Mutex
 	unacked  map[int64]*batonv1.TaskFinished
@@ -233,7 +257,7 @@ func (a *simAgent) run(ctx context.Context, tokens chan struct{}) error {
 		grpc.WithStaticStreamWindowSize(client.StreamWindow),
 		grpc.WithStaticConnWindowSize(client.ConnWindow),
 	}, a.fleet.cfg.DialOptions...)
-	conn, err := client.Dial(a.fleet.cfg.Server, opts...)
+	conn, err := client.Dial(a.server, opts...)
 	if err != nil {
 		return err
 	}

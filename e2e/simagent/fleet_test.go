@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +17,14 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/batonhq/baton/client"
+	"github.com/batonhq/baton/client/pki"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 )
 
@@ -339,5 +345,104 @@ func TestRunRejectsBadUsage(t *testing.T) {
 	stderr.Reset()
 	if code := run(t.Context(), []string{"--label", "=x"}, &stdout, &stderr); code != 2 {
 		t.Errorf("run(--label =x) = %d, want 2", code)
+	}
+}
+
+// TestFleetPresentsEachAgentsCertificate runs two agents with a
+// certificate directory against a control plane that requires client
+// certificates from its agent CA: each stream's verified certificate names
+// the agent whose Hello it carries.
+func TestFleetPresentsEachAgentsCertificate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	now := time.Now()
+	if err := pki.NewCA(dir, "Test CA", time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.Server(dir, []string{"localhost"}, time.Hour, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sim-1", "sim-2"} {
+		if err := ca.Agent(dir, name, time.Hour, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srvCert, err := tls.LoadX509KeyPair(filepath.Join(dir, pki.ServerCrt), filepath.Join(dir, pki.ServerKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	lis := bufconn.Listen(1 << 20)
+	fs := &fakeServer{streams: make(chan *stream, 4)}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{srvCert}, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12,
+	})))
+	batonv1.RegisterAgentServiceServer(gs, fs)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+
+	fleet, err := NewFleet(Config{
+		Server: client.DialConfig{Addr: "passthrough:///bufnet", CAFile: filepath.Join(dir, pki.CACert), ServerName: "localhost"},
+		Count:  2, CertDir: dir,
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return lis.DialContext(ctx)
+		})},
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	})
+	if err != nil {
+		t.Fatalf("NewFleet: %v", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- fleet.Run(ctx) }()
+
+	got := map[string]string{} // Hello name -> certificate's agent name
+	for range 2 {
+		var s *stream
+		select {
+		case s = <-fs.streams:
+		case <-time.After(waitTimeout):
+			t.Fatal("no stream opened")
+		}
+		hello := recv(t, s, nil).GetHello()
+		p, ok := peer.FromContext(s.srv.Context())
+		if !ok {
+			t.Fatal("stream has no peer")
+		}
+		info, ok := p.AuthInfo.(credentials.TLSInfo)
+		if !ok || len(info.State.VerifiedChains) == 0 {
+			t.Fatalf("%s: connection has no verified client certificate (auth info %T)", hello.GetName(), p.AuthInfo)
+		}
+		name, err := client.AgentCertName(info.State.PeerCertificates[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[hello.GetName()] = name
+	}
+	if diff := cmp.Diff(map[string]string{"sim-1": "sim-1", "sim-2": "sim-2"}, got); diff != "" {
+		t.Errorf("certificate of each agent (-want +got):\n%s", diff)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil after cancel", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Fatal("Run did not return")
+	}
+
+	// An agent without a certificate in the directory is refused at once.
+	_, err = NewFleet(Config{Count: 3, CertDir: dir, Server: client.DialConfig{CAFile: filepath.Join(dir, pki.CACert)},
+		Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "agent sim-3: client certificate") {
+		t.Errorf("NewFleet with no certificate for sim-3 = %v, want it named", err)
 	}
 }

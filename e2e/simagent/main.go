@@ -16,6 +16,13 @@
 //
 //	simagent --server 127.0.0.1:7700 --count 1000 --slots 100 --prefix sim
 //
+// Against a control plane with TLS and --agent-ca, --ca-file verifies the
+// control plane and --cert-dir holds each agent's client certificate, as
+// 'baton cert agent' or pki.Agent writes them (agent-NAME.crt and
+// agent-NAME.key):
+//
+//	simagent --server 127.0.0.1:7700 --count 1000 --ca-file certs/ca.crt --cert-dir certs
+//
 // Once every agent has received its first Welcome, simagent prints
 // {"welcomed":N} on a line of its own to stdout. On SIGINT or SIGTERM it
 // closes every stream, prints its totals as one JSON line and exits 0.
@@ -63,6 +70,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Slots, "slots", 1, "slots each agent advertises")
 	fs.StringVar(&cfg.Prefix, "prefix", "sim", "agent names are PREFIX-1 ... PREFIX-COUNT")
 	fs.Var(&labels, "label", "label k=v every agent advertises (repeatable)")
+	fs.StringVar(&cfg.Server.CAFile, "ca-file", "", "PEM file of CAs to verify the control plane with; turns TLS on")
+	fs.StringVar(&cfg.CertDir, "cert-dir", "", "directory holding each agent's client certificate agent-NAME.crt and key agent-NAME.key; turns TLS on")
 	fs.IntVar(&cfg.DialParallel, "dial-parallel", DefaultDialParallel, "how many agents connect at once while the fleet starts")
 	fs.StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
