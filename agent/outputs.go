@@ -54,8 +54,8 @@ func readOutputs(path string, red *redact.Set) (map[string]string, []string, err
 }
 
 // parseOutputs parses name=value lines. It trims a trailing \r, skips blank
-// lines and lines starting with '#', trims spaces around the name (which
-// must not be empty), keeps the value as written, and lets a later line win
+// lines and lines starting with '#', trims spaces and byte order marks
+// around the name (which must not be empty), keeps the value as written, and lets a later line win
 // over an earlier one with the same name. A UTF-8 byte order mark is
 // dropped and UTF-16 with a byte order mark (PowerShell's default) is
 // decoded. When truncated is set, a last line without its newline was cut
@@ -96,7 +96,9 @@ func parseOutputs(data []byte, truncated bool, red *redact.Set) (map[string]stri
 			note("output file line %d: no '=' in the line; skipped", n+1)
 			continue
 		}
-		name = strings.TrimSpace(name)
+		// A byte order mark inside the file (appended files that each
+		// began with one) is no part of a name.
+		name = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(name), "\ufeff"))
 		if name == "" {
 			note("output file line %d: empty name; skipped", n+1)
 			continue

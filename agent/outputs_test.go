@@ -69,6 +69,12 @@ func TestParseOutputs(t *testing.T) {
 			want: map[string]string{"RowCount": "5"},
 		},
 		{
+			name:  "a byte order mark inside the file (appended files) is no part of a name",
+			data:  []byte("\ufeffa=1\n\ufeffRowCount=5\n\ufeff\ufeff=x\n"),
+			want:  map[string]string{"a": "1", "RowCount": "5"},
+			notes: []string{"output file line 3: empty name; skipped"},
+		},
+		{
 			name: "UTF-16LE as PowerShell writes it",
 			data: utf16Bytes("RowCount=5\r\nName=Zürich\r\n", false),
 			want: map[string]string{"RowCount": "5", "Name": "Zürich"},
