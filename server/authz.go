@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"path"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -341,7 +343,11 @@ func responseNote(req, resp any) string {
 	switch r := resp.(type) {
 	case *batonv1.ApproveAgentResponse:
 		a := r.GetApproval()
-		note := fmt.Sprintf("approved agent %q: labels %v, slots %d", a.GetName(), a.GetLabels(), a.GetSlots())
+		labels := make([]string, 0, len(a.GetLabels()))
+		for _, k := range slices.Sorted(maps.Keys(a.GetLabels())) {
+			labels = append(labels, k+"="+a.GetLabels()[k])
+		}
+		note := fmt.Sprintf("approved agent %q: labels %s, slots %d", a.GetName(), strings.Join(labels, ","), a.GetSlots())
 		if a.GetCertSha256() != "" {
 			note += ", certificate sha256:" + a.GetCertSha256()
 		}

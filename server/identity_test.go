@@ -19,6 +19,7 @@ import (
 	"github.com/batonhq/baton/client/pki"
 	batonv1 "github.com/batonhq/baton/gen/baton/v1"
 	"github.com/batonhq/baton/server"
+	"github.com/batonhq/baton/server/store"
 )
 
 // mtlsBundle is a batond that requires agent certificates from its CA.
@@ -224,6 +225,20 @@ func TestAgentWaitsForApproval(t *testing.T) {
 	if _, got := waitEnded(t, b.runs, run.GetId()); got.GetState() != batonv1.RunState_RUN_STATE_SUCCEEDED {
 		t.Fatalf("run = %v, want succeeded", got.GetState())
 	}
+	// The audit trail says what was approved.
+	waitFor(t, "the approval in the audit trail", func() bool {
+		recs, err := b.st.AuditList(ctx, &store.AuditListParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Method == batonv1.AgentAdminService_ApproveAgent_FullMethodName &&
+				strings.HasPrefix(r.Message, `approved agent "sql01": labels dc=east,role=ssis, slots 4, certificate sha256:`) {
+				return true
+			}
+		}
+		return false
+	})
 
 	// Revoked: pending again, no new work.
 	if _, err := b.admin.RevokeAgent(ctx, &batonv1.RevokeAgentRequest{Name: "sql01"}); err != nil {
