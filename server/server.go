@@ -161,12 +161,19 @@ type Server struct {
 	audit *auditor
 }
 
-// New validates cfg, opens the listeners and returns a Server ready to Run.
-// It refuses a non-loopback address without TLS unless cfg.Insecure.
-func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil || cfg.Logger == nil {
-		return nil, errors.New("server: Store and Logger are required")
-	}
+// CheckConfig reports what New would refuse in cfg before anything is
+// opened: flags that do not go together, TLS files that cannot be read,
+// and a listener beyond loopback without TLS, agent certificates or API
+// authentication. It needs neither Store nor Logger, so batond checks its
+// command line before it creates or migrates a store.
+func CheckConfig(cfg Config) error {
+	_, err := configure(cfg)
+	return err
+}
+
+// configure fills cfg's defaults and checks it, and returns a Server
+// holding it and its TLS configuration; New adds the rest.
+func configure(cfg Config) (*Server, error) {
 	cfg.GRPCAddr = cmpOr(cfg.GRPCAddr, DefaultGRPCAddr)
 	cfg.HTTPAddr = cmpOr(cfg.HTTPAddr, DefaultHTTPAddr)
 	if cfg.ShutdownTimeout <= 0 {
@@ -238,7 +245,20 @@ func New(cfg Config) (*Server, error) {
 			"connect as any agent and be sent tasks; give --agent-ca (see 'baton cert'), or --insecure", cfg.GRPCAddr)
 	}
 	s.cfg = cfg
-	var err error
+	return s, nil
+}
+
+// New validates cfg, opens the listeners and returns a Server ready to Run.
+// It refuses a non-loopback address without TLS unless cfg.Insecure.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil || cfg.Logger == nil {
+		return nil, errors.New("server: Store and Logger are required")
+	}
+	s, err := configure(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg = s.cfg
 	s.metrics = prometheus.NewRegistry()
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.specs = &engine.Cache{}

@@ -78,3 +78,27 @@ func TestAuthFlag(t *testing.T) {
 		t.Error("authMode(--auth maybe) = nil error, want a usage error")
 	}
 }
+
+// TestRefusedConfigChangesNothing: a command line batond refuses (a
+// listener beyond loopback without TLS or agent certificates) is refused
+// before the store is created or migrated.
+func TestRefusedConfigChangesNothing(t *testing.T) {
+	for _, args := range [][]string{
+		{"--grpc-addr", "0.0.0.0:0"},
+		{"--grpc-addr", "127.0.0.1:0", "--http-addr", "0.0.0.0:0"},
+		{"--grpc-addr", "127.0.0.1:0", "--agent-ca", "ca.crt"},
+		{"--grpc-addr", "127.0.0.1:0", "--tls-cert", "x.crt"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		var out, errb bytes.Buffer
+		if code := run(append(args, "--data-dir", dir), &out, &errb); code == 0 {
+			t.Fatalf("batond %v = 0, want refused", args)
+		}
+		if !strings.Contains(errb.String(), "batond: ") {
+			t.Errorf("batond %v: stderr %q, want the reason", args, errb.String())
+		}
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("batond %v created %s (%v) though it refused to start", args, dir, err)
+		}
+	}
+}

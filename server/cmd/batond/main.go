@@ -206,6 +206,23 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	authMode, err := authMode(o)
+	if err != nil {
+		return err
+	}
+	cfg := server.Config{
+		Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
+		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
+		AgentCAFile: o.agentCA, AgentApproval: o.approval,
+		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version,
+		HTTPAllowHosts: o.allowHosts, HTTPAllowOrigins: o.allowOrigins,
+		Auth: authMode, PublicMetrics: o.publicMetrics, AuditRetention: o.auditRetention,
+	}
+	// A command line batond would refuse changes nothing: checked before
+	// the store is created or migrated.
+	if err := server.CheckConfig(cfg); err != nil {
+		return err
+	}
 	st, err := openStore(ctx, o, log)
 	if err != nil {
 		return err
@@ -237,18 +254,8 @@ func serve(ctx context.Context, o *options, stderr io.Writer) error {
 			node = host + ":" + port
 		}
 	}
-	authMode, err := authMode(o)
-	if err != nil {
-		return err
-	}
-	srv, err := server.New(server.Config{
-		Store: st, Logger: log, GRPCAddr: o.grpcAddr, HTTPAddr: o.httpAddr,
-		TLSCertFile: o.tlsCert, TLSKeyFile: o.tlsKey, Insecure: o.insecure,
-		AgentCAFile: o.agentCA, AgentApproval: o.approval,
-		AgentTimeout: o.agentTimeout, KillGrace: o.killGrace, Version: version, NodeID: node,
-		HTTPAllowHosts: o.allowHosts, HTTPAllowOrigins: o.allowOrigins,
-		Auth: authMode, PublicMetrics: o.publicMetrics, AuditRetention: o.auditRetention,
-	})
+	cfg.Store, cfg.NodeID = st, node
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
