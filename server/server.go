@@ -321,7 +321,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	external := append(slices.Clone(opts), s.guardOptions(false)...)
 	if s.tls != nil {
-		external = append(external, grpc.Creds(credentials.NewTLS(s.tls)))
+		// crypto/tls already reads whole records into a buffer of its own;
+		// grpc-go's 32 KB read buffer on top of it (kept per connection,
+		// unpooled on TLS) would only copy them again: 32 KB per idle agent.
+		external = append(external, grpc.Creds(credentials.NewTLS(s.tls)), grpc.ReadBufferSize(0))
 	}
 	grpcSrv := grpc.NewServer(external...)
 	s.register(grpcSrv, runs)
