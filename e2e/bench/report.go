@@ -268,11 +268,10 @@ func (r *Result) Markdown() string {
   token is checked once per API call, not per message, and a run makes few
   calls (apply, start, one WaitRun stream, ListAttempts); the agents'
   stream carries no token.
-- Idle RSS grows with each connection's TLS state: grpc-go (1.85) lends a
-  plaintext connection its 32 KB HTTP/2 read buffer from a pool only
-  while it reads, but gives a TLS connection one of its own, and
-  crypto/tls keeps record buffers and the peer's certificate per
-  connection.
+- Idle RSS grows with each connection's TLS state: crypto/tls keeps record
+  buffers and the peer's certificate per connection. (grpc-go's own 32 KB
+  read buffer, which it pools only on plaintext connections, is turned off
+  on TLS ones: crypto/tls buffers whole records already.)
 - Certificate generation, ` + "`batond init`" + ` and the approvals are not in any
   measured time.
 `)
