@@ -76,7 +76,7 @@ may then claim any subset of the labels and at most the slots (0: any).`,
   baton agents approve sql02 --label role=ssis --label dc=east --slots 8`,
 		Args: wantArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			labels, err := parseLabelFlags(rawLabels)
+			labels, err := parseKeyValues("label", rawLabels)
 			if err != nil {
 				return err
 			}
@@ -141,20 +141,4 @@ Revoke the agent of a lost or stolen certificate, then approve the new one.`,
 			return err
 		},
 	}
-}
-
-// parseLabelFlags reads --label key=value flags.
-func parseLabelFlags(raw []string) (map[string]string, error) {
-	labels := make(map[string]string, len(raw))
-	for _, kv := range raw {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || strings.TrimSpace(k) == "" {
-			return nil, usagef("invalid --label %q: want key=value", kv)
-		}
-		if _, dup := labels[k]; dup {
-			return nil, usagef("invalid --label %q: %s is given twice", kv, k)
-		}
-		labels[k] = v
-	}
-	return labels, nil
 }

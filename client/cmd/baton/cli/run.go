@@ -58,7 +58,7 @@ response on one line and then each of the run's events as one JSON line.`,
   baton run start nightly-dw-load --request-id nightly-2026-11-21 --wait`,
 		Args: wantArgs("JOB"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := parseParams(params)
+			p, err := parseKeyValues("param", params)
 			if err != nil {
 				return err
 			}
@@ -107,26 +107,26 @@ response on one line and then each of the run's events as one JSON line.`,
 	return cmd
 }
 
-// parseParams reads --param key=value flags.
-func parseParams(raw []string) (map[string]string, error) {
+// parseKeyValues reads repeated --flag key=value flags (--param, --label).
+func parseKeyValues(flag string, raw []string) (map[string]string, error) {
 	if len(raw) == 0 {
 		return nil, nil
 	}
-	params := make(map[string]string, len(raw))
+	out := make(map[string]string, len(raw))
 	for _, kv := range raw {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
-			return nil, usagef("invalid --param %q: want key=value", kv)
+			return nil, usagef("invalid --%s %q: want key=value", flag, kv)
 		}
 		if k == "" {
-			return nil, usagef("invalid --param %q: the key before '=' is empty", kv)
+			return nil, usagef("invalid --%s %q: the key before '=' is empty", flag, kv)
 		}
-		if _, dup := params[k]; dup {
-			return nil, usagef("invalid --param %q: %s is given twice", kv, k)
+		if _, dup := out[k]; dup {
+			return nil, usagef("invalid --%s %q: %s is given twice", flag, kv, k)
 		}
-		params[k] = v
+		out[k] = v
 	}
-	return params, nil
+	return out, nil
 }
 
 func (a *app) runGetCommand() *cobra.Command {
